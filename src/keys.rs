@@ -1,0 +1,330 @@
+//! Master keys: generation, the key file, and the keyring that opens objects.
+//!
+//! A master key is 32 random bytes. Its id is derived from it
+//! (`HMAC-SHA256(key, "walseal/v1 key id")[..16]`), so a key file whose secret does not match
+//! its id is caught when it is loaded, and an object that names a key id we hold but does not
+//! open is known to be damaged rather than "the wrong key". Secrets live in [`Zeroizing`]
+//! buffers, are wiped on drop, and never appear in `Debug` or `Display`.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use crate::error::{local_io, Error, ErrorKind, Result};
+
+/// Length of a master key in bytes.
+pub const KEY_LEN: usize = 32;
+/// Length of a key id in bytes.
+pub const KEY_ID_LEN: usize = 16;
+const KEY_ID_LABEL: &[u8] = b"walseal/v1 key id";
+const FILE_TAG: &str = "walseal-key";
+
+/// The id of a master key: 16 bytes derived from the key, shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub [u8; KEY_ID_LEN]);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex_encode(&self.0))
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
+    }
+}
+
+/// A 256-bit master key. Wiped from memory on drop; `Debug` shows only the id.
+pub struct MasterKey {
+    id: KeyId,
+    secret: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MasterKey {{ id: {} }}", self.id)
+    }
+}
+
+impl MasterKey {
+    /// Wraps raw key bytes, deriving the id.
+    pub fn from_bytes(secret: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        let mac_key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref());
+        let tag = hmac::sign(&mac_key, KEY_ID_LABEL);
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&tag.as_ref()[..KEY_ID_LEN]);
+        MasterKey {
+            id: KeyId(id),
+            secret,
+        }
+    }
+
+    /// A new random key.
+    ///
+    /// # Errors
+    /// Fails only if the operating system's random generator fails.
+    pub fn generate() -> Result<Self> {
+        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+        SystemRandom::new()
+            .fill(secret.as_mut())
+            .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
+        Ok(Self::from_bytes(secret))
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The secret bytes, for key derivation inside this crate only.
+    pub(crate) fn secret(&self) -> &[u8; KEY_LEN] {
+        &self.secret
+    }
+
+    /// The key file text. The returned buffer is wiped on drop.
+    fn to_file_text(&self) -> Zeroizing<String> {
+        let secret_hex = Zeroizing::new(hex_encode(self.secret.as_ref()));
+        Zeroizing::new(format!(
+            "# walseal master key. Anyone holding this file can read every object sealed under it;\n\
+             # without it those objects cannot be opened. Keep it mode 0600 and keep a copy off this host.\n\
+             {FILE_TAG}: 1\nid: {}\nsecret: {}\n",
+            self.id,
+            secret_hex.as_str()
+        ))
+    }
+
+    /// Parses key file text (see `docs/FORMAT.md`, "Key file").
+    fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
+        let (mut version, mut id, mut secret_hex) = (None, None, None);
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once(':').ok_or("a line is not `name: value`")?;
+            match k.trim() {
+                FILE_TAG => version = Some(v.trim()),
+                "id" => id = Some(v.trim()),
+                "secret" => secret_hex = Some(v.trim()),
+                _ => return Err("unknown field"),
+            }
+        }
+        if version != Some("1") {
+            return Err("not a walseal key file (missing `walseal-key: 1`)");
+        }
+        let secret_hex = secret_hex.ok_or("missing `secret:` line")?;
+        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+        hex_decode_into(secret_hex, secret.as_mut()).ok_or("`secret:` is not 64 hex digits")?;
+        let key = MasterKey::from_bytes(secret);
+        let id = id.ok_or("missing `id:` line")?;
+        if !id.eq_ignore_ascii_case(&key.id.to_string()) {
+            return Err("`id:` does not match the secret (the file was edited or damaged)");
+        }
+        Ok(key)
+    }
+}
+
+/// Writes a new random master key to `path` with mode 0600. Refuses to overwrite.
+///
+/// # Errors
+/// `Conflict` if the file exists; `LocalIo` if it cannot be written.
+pub fn keygen(path: &Path) -> Result<KeyId> {
+    let key = MasterKey::generate()?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::new(
+                    ErrorKind::Conflict,
+                    format!("{} already exists; walseal keygen never overwrites a key", path.display()),
+                )
+                .hint("choose another file name, or remove the old key only if nothing was sealed under it")
+            } else {
+                local_io(format!("cannot create key file {}", path.display()), &e)
+            }
+        })?;
+    let text = key.to_file_text();
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| local_io(format!("cannot write key file {}", path.display()), &e))?;
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| local_io(format!("cannot sync directory {}", dir.display()), &e))?;
+    }
+    Ok(key.id())
+}
+
+/// Loads a key file, refusing one that group or others can access.
+///
+/// # Errors
+/// `Config` for a missing, unreadable, too-open or malformed key file.
+pub fn load_key_file(path: &Path) -> Result<MasterKey> {
+    let mut file = File::open(path).map_err(|e| {
+        Error::new(ErrorKind::Config, format!("cannot open key file {}: {e}", path.display()))
+            .hint("set WALSEAL_KEY_FILE (or key_file in the config) to a key made by `walseal keygen`, readable by this user")
+    })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot stat key file {}: {e}", path.display())))?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "key file {} is accessible by group or others (mode {mode:04o}); refusing to use it",
+                path.display()
+            ),
+        )
+        .hint(format!("chmod 600 {}", path.display())));
+    }
+    if meta.len() > 4096 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{} is not a walseal key file (too large)", path.display()),
+        ));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text)
+        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot read key file {}: {e}", path.display())))?;
+    MasterKey::from_file_text(&text).map_err(|why| {
+        Error::new(ErrorKind::Config, format!("key file {} is invalid: {why}", path.display()))
+            .hint("use a file written by `walseal keygen`")
+    })
+}
+
+/// The keys this process may use: the first is active for new objects, all can open.
+#[derive(Debug)]
+pub struct Keyring {
+    keys: Vec<MasterKey>,
+}
+
+impl Keyring {
+    /// A keyring from loaded keys; the first one is active.
+    ///
+    /// # Errors
+    /// `Config` if `keys` is empty.
+    pub fn new(keys: Vec<MasterKey>) -> Result<Self> {
+        if keys.is_empty() {
+            return Err(no_key_error());
+        }
+        Ok(Keyring { keys })
+    }
+
+    /// Loads every key file in order; the first is active.
+    ///
+    /// # Errors
+    /// As [`load_key_file`]; `Config` if `paths` is empty.
+    pub fn load(paths: &[PathBuf]) -> Result<Self> {
+        Self::new(paths.iter().map(|p| load_key_file(p)).collect::<Result<Vec<_>>>()?)
+    }
+
+    /// The key that seals new objects.
+    pub fn active(&self) -> &MasterKey {
+        // `new` refuses an empty list.
+        &self.keys[0]
+    }
+
+    /// The key with this id, if held.
+    pub fn get(&self, id: &KeyId) -> Option<&MasterKey> {
+        self.keys.iter().find(|k| k.id == *id)
+    }
+
+    /// The ids held, for error messages.
+    pub fn ids(&self) -> Vec<KeyId> {
+        self.keys.iter().map(|k| k.id).collect()
+    }
+}
+
+/// The error for "no key configured".
+pub fn no_key_error() -> Error {
+    Error::new(ErrorKind::Config, "no key configured")
+        .hint("create one with `walseal keygen -o FILE` and set WALSEAL_KEY_FILE=FILE (or key_file in the config)")
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex_encode(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+/// Decodes hex (either case) into `out`, which must match its length exactly.
+pub fn hex_decode_into(hex: &str, out: &mut [u8]) -> Option<()> {
+    let hex = hex.as_bytes();
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    fn nibble(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    }
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn keygen_then_load_round_trips_and_refuses_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let id = keygen(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(load_key_file(&path).unwrap().id(), id);
+        let err = keygen(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict);
+    }
+
+    #[test]
+    fn group_readable_key_is_refused_with_chmod_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        keygen(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let err = load_key_file(&path).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn edited_secret_is_detected_by_id() {
+        let key = MasterKey::from_bytes(Zeroizing::new([7u8; 32]));
+        let text = key.to_file_text().replace("0707", "0708");
+        assert!(MasterKey::from_file_text(&text).is_err());
+        assert_eq!(MasterKey::from_file_text(&key.to_file_text()).unwrap().id(), key.id());
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let key = MasterKey::from_bytes(Zeroizing::new([0xab; 32]));
+        let shown = format!("{key:?}");
+        let ring = format!("{:?}", Keyring::new(vec![key]).unwrap());
+        let shown = format!("{shown} {ring}");
+        assert!(!shown.contains("abababab"), "{shown}");
+    }
+}

@@ -1,0 +1,280 @@
+//! The object header: fixed fields, key slots and the header MAC (`docs/FORMAT.md` §2–§4).
+
+use std::io::Read;
+
+use ring::aead::{Aad, LessSafeKey, Nonce, AES_256_GCM};
+use ring::{hkdf, hmac};
+use zeroize::Zeroizing;
+
+use super::{Compression, SealError, MAX_NAME_LEN};
+use crate::keys::{KeyId, Keyring, MasterKey, KEY_ID_LEN};
+
+/// The first eight bytes of every sealed object.
+pub const MAGIC: [u8; 8] = *b"WALSEAL\x1a";
+/// The format version this module writes.
+pub const VERSION: u8 = 1;
+/// Bytes before the first key slot.
+pub const FIXED_LEN: usize = 12;
+/// Length of a slot salt.
+pub const SALT_LEN: usize = 32;
+/// Length of a data key.
+pub const DEK_LEN: usize = 32;
+/// AES-256-GCM tag length.
+pub const TAG_LEN: usize = 16;
+/// HMAC-SHA256 length.
+pub const MAC_LEN: usize = 32;
+/// Smallest and largest allowed `chunk_shift`.
+pub const CHUNK_SHIFT_RANGE: std::ops::RangeInclusive<u8> = 12..=24;
+/// Most key slots one header may carry.
+pub const MAX_SLOTS: usize = 16;
+/// Body length of a master-key slot: salt, wrapped data key, tag.
+pub const MASTER_SLOT_BODY_LEN: usize = SALT_LEN + DEK_LEN + TAG_LEN;
+
+const LABEL_WRAP: &[u8] = b"walseal/v1 wrap";
+const LABEL_HEADER: &[u8] = b"walseal/v1 header";
+const LABEL_PAYLOAD: &[u8] = b"walseal/v1 payload";
+
+/// Kinds of key slot. Unknown kinds are skipped when opening, so later versions may add some.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// The data key wrapped under a symmetric master key (HKDF + AES-256-GCM).
+    Master = 1,
+}
+
+/// One key slot: which key can unwrap the data key, and the wrapped data key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// Slot kind byte (see [`SlotKind`]).
+    pub kind: u8,
+    /// The key that can open this slot.
+    pub key_id: KeyId,
+    /// Kind-specific body.
+    pub body: Vec<u8>,
+}
+
+/// A parsed header. `raw` is the exact header bytes up to (not including) the MAC.
+#[derive(Debug, Clone)]
+pub struct Header {
+    /// Payload compression.
+    pub compression: Compression,
+    /// Payload chunk size is `1 << chunk_shift` bytes.
+    pub chunk_shift: u8,
+    /// Key slots in header order.
+    pub slots: Vec<Slot>,
+    raw: Vec<u8>,
+    mac: [u8; MAC_LEN],
+}
+
+/// A per-object data key; wiped on drop.
+pub(crate) struct DataKey(pub(crate) Zeroizing<[u8; DEK_LEN]>);
+
+impl DataKey {
+    /// The AES-256-GCM key of the payload chunks.
+    pub(crate) fn payload_key(&self) -> LessSafeKey {
+        LessSafeKey::new(derive(&[], self.0.as_ref(), &[LABEL_PAYLOAD], &AES_256_GCM))
+    }
+
+    fn mac_key(&self) -> hmac::Key {
+        derive(&[], self.0.as_ref(), &[LABEL_HEADER], hmac::HMAC_SHA256)
+    }
+}
+
+/// HKDF-SHA256(salt, ikm) expanded with `info` into a key of type `T`.
+fn derive<L: hkdf::KeyType, T: for<'a> From<hkdf::Okm<'a, L>>>(salt: &[u8], ikm: &[u8], info: &[&[u8]], len: L) -> T {
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
+    let okm = prk.expand(info, len).expect("HKDF-SHA256 can expand 32 bytes");
+    T::from(okm)
+}
+
+/// The key that wraps a data key in a master-key slot.
+fn wrap_key(master: &MasterKey, salt: &[u8], name: &[u8]) -> LessSafeKey {
+    LessSafeKey::new(derive(salt, master.secret(), &[LABEL_WRAP, name], &AES_256_GCM))
+}
+
+fn slot_aad(kind: u8, key_id: &KeyId) -> [u8; 1 + KEY_ID_LEN] {
+    let mut aad = [0u8; 1 + KEY_ID_LEN];
+    aad[0] = kind;
+    aad[1..].copy_from_slice(&key_id.0);
+    aad
+}
+
+/// Builds a master-key slot wrapping `dek` for `name`.
+pub(crate) fn master_slot(master: &MasterKey, salt: &[u8; SALT_LEN], dek: &DataKey, name: &[u8]) -> Slot {
+    let mut body = Vec::with_capacity(MASTER_SLOT_BODY_LEN);
+    body.extend_from_slice(salt);
+    let mut wrapped = Zeroizing::new(dek.0.to_vec());
+    let aad = slot_aad(SlotKind::Master as u8, &master.id());
+    wrap_key(master, salt, name)
+        .seal_in_place_append_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(aad), &mut *wrapped)
+        .expect("AES-256-GCM seals 32 bytes");
+    body.extend_from_slice(&wrapped);
+    Slot {
+        kind: SlotKind::Master as u8,
+        key_id: master.id(),
+        body,
+    }
+}
+
+fn unwrap_master_slot(master: &MasterKey, slot: &Slot, name: &[u8]) -> Result<DataKey, SealError> {
+    if slot.body.len() != MASTER_SLOT_BODY_LEN {
+        return Err(SealError::Malformed("master-key slot has the wrong length"));
+    }
+    let (salt, wrapped) = slot.body.split_at(SALT_LEN);
+    let mut buf = Zeroizing::new(wrapped.to_vec());
+    let aad = slot_aad(slot.kind, &slot.key_id);
+    let plain = wrap_key(master, salt, name)
+        .open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::from(aad), &mut buf)
+        .map_err(|_| SealError::SlotAuth(slot.key_id))?;
+    let mut dek = Zeroizing::new([0u8; DEK_LEN]);
+    dek.copy_from_slice(plain);
+    Ok(DataKey(dek))
+}
+
+impl Header {
+    /// A new header for `slots`, MACed under `dek` together with `name`.
+    pub(crate) fn new(compression: Compression, chunk_shift: u8, slots: Vec<Slot>, dek: &DataKey, name: &[u8]) -> Self {
+        let mut raw = Vec::with_capacity(FIXED_LEN + slots.len() * (19 + MASTER_SLOT_BODY_LEN));
+        raw.extend_from_slice(&MAGIC);
+        raw.push(VERSION);
+        raw.push(compression as u8);
+        raw.push(chunk_shift);
+        raw.push(u8::try_from(slots.len()).expect("slot count is bounded by MAX_SLOTS"));
+        for slot in &slots {
+            raw.push(slot.kind);
+            raw.extend_from_slice(&slot.key_id.0);
+            let len = u16::try_from(slot.body.len()).expect("slot bodies are small");
+            raw.extend_from_slice(&len.to_be_bytes());
+            raw.extend_from_slice(&slot.body);
+        }
+        let mac = compute_mac(dek, &raw, name);
+        Header {
+            compression,
+            chunk_shift,
+            slots,
+            raw,
+            mac,
+        }
+    }
+
+    /// The serialized header, MAC included.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.len() + MAC_LEN);
+        out.extend_from_slice(&self.raw);
+        out.extend_from_slice(&self.mac);
+        out
+    }
+
+    /// Payload chunk size in bytes.
+    pub fn chunk_size(&self) -> usize {
+        1usize << self.chunk_shift
+    }
+
+    /// The key ids named by the header's slots, in order.
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        self.slots.iter().map(|s| s.key_id).collect()
+    }
+
+    /// Reads and parses a header (without authenticating it; see [`Header::unlock`]).
+    ///
+    /// # Errors
+    /// `BadMagic`, `UnsupportedVersion`, `Malformed`, `Truncated` or `Io`.
+    pub fn read<R: Read>(r: &mut R) -> Result<Self, SealError> {
+        let mut raw = vec![0u8; FIXED_LEN];
+        read_exact(r, &mut raw)?;
+        if raw[..8] != MAGIC {
+            return Err(SealError::BadMagic);
+        }
+        if raw[8] != VERSION {
+            return Err(SealError::UnsupportedVersion(raw[8]));
+        }
+        let compression = match raw[9] {
+            0 => Compression::None,
+            1 => Compression::Lz4,
+            _ => return Err(SealError::Malformed("unknown compression")),
+        };
+        let chunk_shift = raw[10];
+        if !CHUNK_SHIFT_RANGE.contains(&chunk_shift) {
+            return Err(SealError::Malformed("chunk size out of range"));
+        }
+        let count = usize::from(raw[11]);
+        if count == 0 || count > MAX_SLOTS {
+            return Err(SealError::Malformed("key slot count out of range"));
+        }
+        let mut slots = Vec::with_capacity(count);
+        for _ in 0..count {
+            let mut fixed = [0u8; 1 + KEY_ID_LEN + 2];
+            read_exact(r, &mut fixed)?;
+            raw.extend_from_slice(&fixed);
+            let mut key_id = [0u8; KEY_ID_LEN];
+            key_id.copy_from_slice(&fixed[1..=KEY_ID_LEN]);
+            let len = usize::from(u16::from_be_bytes([fixed[17], fixed[18]]));
+            if len > 4096 {
+                return Err(SealError::Malformed("key slot body too long"));
+            }
+            let mut body = vec![0u8; len];
+            read_exact(r, &mut body)?;
+            raw.extend_from_slice(&body);
+            slots.push(Slot {
+                kind: fixed[0],
+                key_id: KeyId(key_id),
+                body,
+            });
+        }
+        let mut mac = [0u8; MAC_LEN];
+        read_exact(r, &mut mac)?;
+        Ok(Header {
+            compression,
+            chunk_shift,
+            slots,
+            raw,
+            mac,
+        })
+    }
+
+    /// Finds a slot for a key in `keyring`, unwraps the data key and verifies the header MAC.
+    ///
+    /// # Errors
+    /// `UnknownKey` if no slot names a key we hold; `SlotAuth` or `HeaderAuth` if the object
+    /// was modified or is opened under another name.
+    pub(crate) fn unlock(&self, keyring: &Keyring, name: &[u8]) -> Result<DataKey, SealError> {
+        if name.len() > MAX_NAME_LEN {
+            return Err(SealError::NameTooLong);
+        }
+        let found = self
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Master as u8)
+            .find_map(|s| keyring.get(&s.key_id).map(|k| (s, k)));
+        let Some((slot, master)) = found else {
+            let ids: Vec<String> = self.key_ids().iter().map(ToString::to_string).collect();
+            return Err(SealError::UnknownKey(ids.join(", ")));
+        };
+        let dek = unwrap_master_slot(master, slot, name)?;
+        let mut input = Vec::with_capacity(self.raw.len() + name.len());
+        input.extend_from_slice(&self.raw);
+        input.extend_from_slice(name);
+        hmac::verify(&dek.mac_key(), &input, &self.mac).map_err(|_| SealError::HeaderAuth)?;
+        Ok(dek)
+    }
+}
+
+fn compute_mac(dek: &DataKey, raw: &[u8], name: &[u8]) -> [u8; MAC_LEN] {
+    let mut ctx = hmac::Context::with_key(&dek.mac_key());
+    ctx.update(raw);
+    ctx.update(name);
+    let mut mac = [0u8; MAC_LEN];
+    mac.copy_from_slice(ctx.sign().as_ref());
+    mac
+}
+
+/// `read_exact` that reports a short read as `Truncated`.
+pub(crate) fn read_exact<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), SealError> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            SealError::Truncated
+        } else {
+            SealError::Io(e)
+        }
+    })
+}
+

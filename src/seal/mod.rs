@@ -1,0 +1,96 @@
+//! The sealed object format (`docs/FORMAT.md`): header, key slots, and the chunked
+//! AES-256-GCM payload (the STREAM construction) over an lz4 frame.
+//!
+//! Why this shape: every object gets a fresh random data key, wrapped in a *key slot* by a key
+//! derived (HKDF-SHA256) from the master key, the slot's random salt and the object's name. The
+//! payload is encrypted under a key derived from the data key, in fixed-size chunks whose nonce
+//! is a counter plus a last-chunk flag, so truncation, reordering and splicing fail. The name is
+//! associated data of every chunk and of the header MAC, so an object copied onto another name
+//! does not open. A slot can be rewritten (key rotation, more key kinds) without touching the
+//! payload. Everything here is pure computation over `Read`/`Write`: no storage, no async.
+
+mod header;
+mod stream;
+
+pub use header::{Header, SlotKind, MAGIC, VERSION};
+pub use stream::{open, seal, OpenReader, SealOptions, SealWriter};
+
+use crate::keys::KeyId;
+
+/// Compression of the payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// Stored as is.
+    None = 0,
+    /// One LZ4 frame (lz4 frame format, as `lz4_flex` writes it).
+    Lz4 = 1,
+}
+
+/// Why an object could not be sealed or opened. Never contains key material or plaintext.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SealError {
+    /// The bytes do not start with the walseal magic.
+    #[error("not a walseal object (bad magic)")]
+    BadMagic,
+    /// A format version this build cannot read.
+    #[error("sealed with format version {0}, which this walseal cannot read")]
+    UnsupportedVersion(u8),
+    /// A header field is out of range.
+    #[error("malformed header: {0}")]
+    Malformed(&'static str),
+    /// No slot is for a key we hold.
+    #[error("sealed under key id {0}, which is not in the configured keyring")]
+    UnknownKey(String),
+    /// A slot for a key we hold did not authenticate.
+    #[error("the key slot for key id {0} does not authenticate: the object was modified or copied from another name")]
+    SlotAuth(KeyId),
+    /// The header MAC did not verify.
+    #[error("header authentication failed: the object was modified or copied from another name")]
+    HeaderAuth,
+    /// A payload chunk did not authenticate.
+    #[error("payload chunk {0} failed authentication: the object was modified, truncated or spliced")]
+    ChunkAuth(u64),
+    /// The object ends early.
+    #[error("the object is truncated")]
+    Truncated,
+    /// The lz4 frame inside the authenticated payload is invalid (should be impossible).
+    #[error("decompression failed: {0}")]
+    Decompress(String),
+    /// The object name is longer than the format allows.
+    #[error("object name is longer than {max} bytes", max = MAX_NAME_LEN)]
+    NameTooLong,
+    /// Reading or writing the underlying stream failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Longest object name the format binds.
+pub const MAX_NAME_LEN: usize = 1024;
+
+impl From<SealError> for std::io::Error {
+    fn from(e: SealError) -> Self {
+        match e {
+            SealError::Io(io) => io,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other),
+        }
+    }
+}
+
+/// Recovers a [`SealError`] that travelled through an `io::Error` (e.g. via the lz4 decoder).
+pub fn seal_error_from_io(e: std::io::Error) -> SealError {
+    if e.get_ref().is_some_and(|inner| inner.is::<SealError>()) {
+        match e.into_inner().map(|b| b.downcast::<SealError>()) {
+            Some(Ok(seal)) => *seal,
+            Some(Err(other)) => SealError::Io(std::io::Error::other(other)),
+            None => SealError::Truncated,
+        }
+    } else if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof {
+        SealError::Decompress(e.to_string())
+    } else {
+        SealError::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests;

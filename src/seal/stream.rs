@@ -1,0 +1,317 @@
+//! Sealing and opening as streams: `SealWriter` (lz4 → chunked AES-256-GCM → `Write`) and
+//! `open` (`Read` → authenticate chunk by chunk → lz4 decode). Memory is bounded by the chunk
+//! size and the lz4 block size, whatever the object size (`docs/FORMAT.md` §5).
+
+use std::io::{self, Read, Write};
+
+use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
+use ring::aead::{Aad, LessSafeKey, Nonce};
+use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::Zeroizing;
+
+use super::header::{master_slot, DataKey, Header, DEK_LEN, SALT_LEN, TAG_LEN};
+use super::{seal_error_from_io, Compression, SealError, MAX_NAME_LEN};
+use crate::keys::{Keyring, MasterKey};
+
+/// How to seal: compression and chunk size.
+#[derive(Debug, Clone)]
+pub struct SealOptions {
+    /// Payload compression.
+    pub compression: Compression,
+    /// Payload chunk size is `1 << chunk_shift` (12..=24).
+    pub chunk_shift: u8,
+    /// Fixed data key and salt instead of random ones: for test vectors only.
+    #[doc(hidden)]
+    pub fixed_secrets: Option<([u8; DEK_LEN], [u8; SALT_LEN])>,
+}
+
+impl Default for SealOptions {
+    fn default() -> Self {
+        SealOptions {
+            compression: Compression::Lz4,
+            chunk_shift: 16,
+            fixed_secrets: None,
+        }
+    }
+}
+
+fn chunk_nonce(counter: u64, last: bool) -> Nonce {
+    let mut n = [0u8; 12];
+    n[3..11].copy_from_slice(&counter.to_be_bytes());
+    n[11] = u8::from(last);
+    Nonce::assume_unique_for_key(n)
+}
+
+/// Encrypts a byte stream into STREAM chunks written to `out`.
+struct ChunkSealer<W: Write> {
+    out: W,
+    key: LessSafeKey,
+    aad: Vec<u8>,
+    buf: Vec<u8>,
+    chunk: usize,
+    counter: u64,
+}
+
+impl<W: Write> ChunkSealer<W> {
+    fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
+        self.key
+            .seal_in_place_append_tag(chunk_nonce(self.counter, last), Aad::from(&self.aad), &mut self.buf)
+            .map_err(|_| io::Error::other("AES-256-GCM seal failed"))?;
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        self.counter += 1;
+        Ok(())
+    }
+
+    fn finish(mut self) -> io::Result<W> {
+        self.seal_chunk(true)?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for ChunkSealer<W> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let total = data.len();
+        while !data.is_empty() {
+            if self.buf.len() == self.chunk {
+                // More data follows, so this full chunk is not the last one.
+                self.seal_chunk(false)?;
+            }
+            let n = (self.chunk - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+enum Sink<W: Write> {
+    Plain(ChunkSealer<W>),
+    Lz4(Box<FrameEncoder<ChunkSealer<W>>>),
+}
+
+/// A `Write` that seals everything written to it; call [`SealWriter::finish`] at the end.
+/// Dropping it without `finish` leaves an object with no final chunk, which never opens.
+pub struct SealWriter<W: Write> {
+    sink: Sink<W>,
+}
+
+/// Starts sealing an object called `name` under `key`, writing the header to `out` at once.
+///
+/// # Errors
+/// `NameTooLong`, `Malformed` (bad chunk size) or `Io` from `out`.
+pub fn seal<W: Write>(mut out: W, key: &MasterKey, name: &str, opts: &SealOptions) -> Result<SealWriter<W>, SealError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(SealError::NameTooLong);
+    }
+    if !super::header::CHUNK_SHIFT_RANGE.contains(&opts.chunk_shift) {
+        return Err(SealError::Malformed("chunk size out of range"));
+    }
+    let (dek, salt) = match &opts.fixed_secrets {
+        Some((dek, salt)) => (DataKey(Zeroizing::new(*dek)), *salt),
+        None => {
+            let rng = SystemRandom::new();
+            let mut dek = Zeroizing::new([0u8; DEK_LEN]);
+            let mut salt = [0u8; SALT_LEN];
+            rng.fill(dek.as_mut())
+                .and_then(|()| rng.fill(&mut salt))
+                .map_err(|_| SealError::Io(io::Error::other("the system random generator failed")))?;
+            (DataKey(dek), salt)
+        }
+    };
+    let slot = master_slot(key, &salt, &dek, name.as_bytes());
+    let header = Header::new(opts.compression, opts.chunk_shift, vec![slot], &dek, name.as_bytes());
+    out.write_all(&header.to_bytes())?;
+    let chunk = 1usize << opts.chunk_shift;
+    let sealer = ChunkSealer {
+        out,
+        key: dek.payload_key(),
+        aad: name.as_bytes().to_vec(),
+        buf: Vec::with_capacity(chunk + TAG_LEN),
+        chunk,
+        counter: 0,
+    };
+    let sink = match opts.compression {
+        Compression::None => Sink::Plain(sealer),
+        Compression::Lz4 => {
+            let info = FrameInfo::new()
+                .block_size(BlockSize::Max256KB)
+                .block_mode(BlockMode::Linked);
+            Sink::Lz4(Box::new(FrameEncoder::with_frame_info(info, sealer)))
+        }
+    };
+    Ok(SealWriter { sink })
+}
+
+impl<W: Write> SealWriter<W> {
+    /// Writes the final chunk and returns the underlying writer.
+    ///
+    /// # Errors
+    /// I/O errors from the underlying writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self.sink {
+            Sink::Plain(s) => s.finish(),
+            Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for SealWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        match &mut self.sink {
+            Sink::Plain(s) => s.write(data),
+            Sink::Lz4(e) => e.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Sealing cannot flush a partial chunk; the data is written at `finish`.
+        Ok(())
+    }
+}
+
+/// Decrypts STREAM chunks from `src`; yields the (possibly compressed) payload.
+pub struct ChunkOpener<R: Read> {
+    src: R,
+    key: LessSafeKey,
+    aad: Vec<u8>,
+    chunk: usize,
+    /// Ciphertext of one chunk plus one look-ahead byte; after decryption, plaintext.
+    buf: Box<[u8]>,
+    filled: usize,
+    pt_start: usize,
+    pt_end: usize,
+    carry: Option<u8>,
+    counter: u64,
+    done: bool,
+}
+
+impl<R: Read> ChunkOpener<R> {
+    fn next_chunk(&mut self) -> Result<(), SealError> {
+        let full = self.chunk + TAG_LEN;
+        self.filled = 0;
+        if let Some(b) = self.carry.take() {
+            self.buf[0] = b;
+            self.filled = 1;
+        }
+        while self.filled < full + 1 {
+            match self.src.read(&mut self.buf[self.filled..full + 1]) {
+                Ok(0) => break,
+                Ok(n) => self.filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SealError::Io(e)),
+            }
+        }
+        let last = self.filled <= full;
+        let ct_len = if last { self.filled } else { full };
+        if !last {
+            self.carry = Some(self.buf[full]);
+        }
+        if ct_len < TAG_LEN {
+            return Err(SealError::Truncated);
+        }
+        let counter = self.counter;
+        let plain = self
+            .key
+            .open_in_place(chunk_nonce(counter, last), Aad::from(&self.aad), &mut self.buf[..ct_len])
+            .map_err(|_| SealError::ChunkAuth(counter))?;
+        let len = plain.len();
+        if last && len == 0 && counter > 0 {
+            return Err(SealError::Malformed("empty final chunk after full chunks"));
+        }
+        self.pt_start = 0;
+        self.pt_end = len;
+        self.counter += 1;
+        self.done = last;
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for ChunkOpener<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pt_start == self.pt_end {
+            if self.done {
+                return Ok(0);
+            }
+            self.next_chunk()?;
+        }
+        let n = (self.pt_end - self.pt_start).min(out.len());
+        out[..n].copy_from_slice(&self.buf[self.pt_start..self.pt_start + n]);
+        self.pt_start += n;
+        Ok(n)
+    }
+}
+
+enum Source<R: Read> {
+    Plain(ChunkOpener<R>),
+    Lz4(Box<FrameDecoder<ChunkOpener<R>>>),
+}
+
+/// The opened object: a `Read` of its plaintext. Every chunk is authenticated before its bytes
+/// are returned; end of stream (`Ok(0)`) is returned only after the final chunk authenticated,
+/// so a reader that reaches `Ok(0)` without error has the whole, authentic object.
+pub struct OpenReader<R: Read> {
+    source: Source<R>,
+    header: Header,
+}
+
+impl<R: Read> OpenReader<R> {
+    /// The object's header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn opener(&self) -> &ChunkOpener<R> {
+        match &self.source {
+            Source::Plain(o) => o,
+            Source::Lz4(d) => d.get_ref(),
+        }
+    }
+}
+
+impl<R: Read> Read for OpenReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = match &mut self.source {
+            Source::Plain(o) => o.read(out)?,
+            Source::Lz4(d) => d.read(out).map_err(|e| io::Error::from(seal_error_from_io(e)))?,
+        };
+        if n == 0 && !out.is_empty() && !self.opener().done {
+            return Err(SealError::Truncated.into());
+        }
+        Ok(n)
+    }
+}
+
+/// Opens an object called `name` from `src` with a key from `keyring`.
+///
+/// # Errors
+/// Header errors at once (bad magic, unknown key, slot or header authentication); payload
+/// errors come later from `read`, as `io::Error`s carrying a [`SealError`]
+/// (see [`super::seal_error_from_io`]).
+pub fn open<R: Read>(mut src: R, keyring: &Keyring, name: &str) -> Result<OpenReader<R>, SealError> {
+    let header = Header::read(&mut src)?;
+    let dek = header.unlock(keyring, name.as_bytes())?;
+    let chunk = header.chunk_size();
+    let opener = ChunkOpener {
+        src,
+        key: dek.payload_key(),
+        aad: name.as_bytes().to_vec(),
+        chunk,
+        buf: vec![0u8; chunk + TAG_LEN + 1].into_boxed_slice(),
+        filled: 0,
+        pt_start: 0,
+        pt_end: 0,
+        carry: None,
+        counter: 0,
+        done: false,
+    };
+    let source = match header.compression {
+        Compression::None => Source::Plain(opener),
+        Compression::Lz4 => Source::Lz4(Box::new(FrameDecoder::new(opener))),
+    };
+    Ok(OpenReader { source, header })
+}
