@@ -132,7 +132,7 @@ say "What the repository holds"
 NFILES=$(find "$REPO" -type f | wc -l)
 STORED=$(du -sb "$REPO" | cut -f1)
 [ "$NFILES" -gt 0 ] || die "the repository $REPO is empty"
-note "$NFILES files, $((STORED / 1024 / 1024)) MiB for $ARCHIVED segments of 16 MiB ($((ARCHIVED * 16)) MiB of WAL)"
+note "$NFILES files, $(awk -v b="$STORED" 'BEGIN { printf "%.1f", b / 1048576 }') MiB, for $ARCHIVED files archived by PostgreSQL (WAL segments are 16 MiB each)"
 find "$REPO" -type f | sort | awk 'NR <= 3' | sed "s|^$REPO/|    e.g. |"
 if grep -rqaF "$CANARY" "$REPO"; then
     die "the repository contains the plaintext string '$CANARY'"

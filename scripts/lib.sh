@@ -73,7 +73,7 @@ start_moto() {
     python3 -m moto.server -H 127.0.0.1 -p "$port" >"$MOTO_LOG" 2>&1 &
     MOTO_PID=$!
     for i in $(seq 1 100); do
-        kill -0 "$MOTO_PID" 2>/dev/null || { cat "$MOTO_LOG" >&2; MOTO_PID=; die "moto exited at start (log above)"; }
+        kill -0 "$MOTO_PID" 2>/dev/null || { cat "$MOTO_LOG" >&2; MOTO_PID=''; die "moto exited at start (log above)"; }
         if python3 - "$port" <<'EOF' 2>/dev/null
 import sys, urllib.request
 urllib.request.urlopen("http://127.0.0.1:%s/" % sys.argv[1], timeout=2).read()
@@ -107,7 +107,7 @@ stop_moto() {
         log "moto stopped (pid $MOTO_PID)"
     fi
     if [ -n "$MOTO_LOG" ] && [ "${KEEP_LOGS:-0}" != 1 ]; then rm -f "$MOTO_LOG"; fi
-    MOTO_PID= MOTO_LOG=
+    MOTO_PID='' MOTO_LOG=''
 }
 
 # ------------------------------------------------------------------------ PostgreSQL

@@ -129,7 +129,9 @@ pub fn local_io(what: impl fmt::Display, err: &std::io::Error) -> Error {
     use std::io::ErrorKind as K;
     let hint = match err.kind() {
         K::NotFound => Some("check the path"),
-        K::PermissionDenied => Some("check file ownership and permissions for the user running walseal"),
+        K::PermissionDenied => {
+            Some("check file ownership and permissions for the user running walseal")
+        }
         K::StorageFull => Some("free space on that filesystem"),
         _ => None,
     };

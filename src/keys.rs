@@ -158,7 +158,11 @@ pub fn keygen(path: &Path) -> Result<KeyId> {
         .and_then(|()| file.sync_all())
         .map_err(|e| local_io(format!("cannot write key file {}", path.display()), &e))?;
     if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| local_io(format!("cannot sync directory {}", dir.display()), &e))?;
@@ -175,9 +179,12 @@ pub fn load_key_file(path: &Path) -> Result<MasterKey> {
         Error::new(ErrorKind::Config, format!("cannot open key file {}: {e}", path.display()))
             .hint("set WALSEAL_KEY_FILE (or key_file in the config) to a key made by `walseal keygen`, readable by this user")
     })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot stat key file {}: {e}", path.display())))?;
+    let meta = file.metadata().map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot stat key file {}: {e}", path.display()),
+        )
+    })?;
     let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(Error::new(
@@ -196,11 +203,18 @@ pub fn load_key_file(path: &Path) -> Result<MasterKey> {
         ));
     }
     let mut text = Zeroizing::new(String::new());
-    file.read_to_string(&mut text)
-        .map_err(|e| Error::new(ErrorKind::Config, format!("cannot read key file {}: {e}", path.display())))?;
+    file.read_to_string(&mut text).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot read key file {}: {e}", path.display()),
+        )
+    })?;
     MasterKey::from_file_text(&text).map_err(|why| {
-        Error::new(ErrorKind::Config, format!("key file {} is invalid: {why}", path.display()))
-            .hint("use a file written by `walseal keygen`")
+        Error::new(
+            ErrorKind::Config,
+            format!("key file {} is invalid: {why}", path.display()),
+        )
+        .hint("use a file written by `walseal keygen`")
     })
 }
 
@@ -227,7 +241,12 @@ impl Keyring {
     /// # Errors
     /// As [`load_key_file`]; `Config` if `paths` is empty.
     pub fn load(paths: &[PathBuf]) -> Result<Self> {
-        Self::new(paths.iter().map(|p| load_key_file(p)).collect::<Result<Vec<_>>>()?)
+        Self::new(
+            paths
+                .iter()
+                .map(|p| load_key_file(p))
+                .collect::<Result<Vec<_>>>()?,
+        )
     }
 
     /// The key that seals new objects.
@@ -316,7 +335,10 @@ mod tests {
         let key = MasterKey::from_bytes(Zeroizing::new([7u8; 32]));
         let text = key.to_file_text().replace("0707", "0708");
         assert!(MasterKey::from_file_text(&text).is_err());
-        assert_eq!(MasterKey::from_file_text(&key.to_file_text()).unwrap().id(), key.id());
+        assert_eq!(
+            MasterKey::from_file_text(&key.to_file_text()).unwrap().id(),
+            key.id()
+        );
     }
 
     #[test]

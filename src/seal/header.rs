@@ -80,15 +80,27 @@ impl DataKey {
 }
 
 /// HKDF-SHA256(salt, ikm) expanded with `info` into a key of type `T`.
-fn derive<L: hkdf::KeyType, T: for<'a> From<hkdf::Okm<'a, L>>>(salt: &[u8], ikm: &[u8], info: &[&[u8]], len: L) -> T {
+fn derive<L: hkdf::KeyType, T: for<'a> From<hkdf::Okm<'a, L>>>(
+    salt: &[u8],
+    ikm: &[u8],
+    info: &[&[u8]],
+    len: L,
+) -> T {
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, salt).extract(ikm);
-    let okm = prk.expand(info, len).expect("HKDF-SHA256 can expand 32 bytes");
+    let okm = prk
+        .expand(info, len)
+        .expect("HKDF-SHA256 can expand 32 bytes");
     T::from(okm)
 }
 
 /// The key that wraps a data key in a master-key slot.
 fn wrap_key(master: &MasterKey, salt: &[u8], name: &[u8]) -> LessSafeKey {
-    LessSafeKey::new(derive(salt, master.secret(), &[LABEL_WRAP, name], &AES_256_GCM))
+    LessSafeKey::new(derive(
+        salt,
+        master.secret(),
+        &[LABEL_WRAP, name],
+        &AES_256_GCM,
+    ))
 }
 
 fn slot_aad(kind: u8, key_id: &KeyId) -> [u8; 1 + KEY_ID_LEN] {
@@ -99,13 +111,22 @@ fn slot_aad(kind: u8, key_id: &KeyId) -> [u8; 1 + KEY_ID_LEN] {
 }
 
 /// Builds a master-key slot wrapping `dek` for `name`.
-pub(crate) fn master_slot(master: &MasterKey, salt: &[u8; SALT_LEN], dek: &DataKey, name: &[u8]) -> Slot {
+pub(crate) fn master_slot(
+    master: &MasterKey,
+    salt: &[u8; SALT_LEN],
+    dek: &DataKey,
+    name: &[u8],
+) -> Slot {
     let mut body = Vec::with_capacity(MASTER_SLOT_BODY_LEN);
     body.extend_from_slice(salt);
     let mut wrapped = Zeroizing::new(dek.0.to_vec());
     let aad = slot_aad(SlotKind::Master as u8, &master.id());
     wrap_key(master, salt, name)
-        .seal_in_place_append_tag(Nonce::assume_unique_for_key([0; 12]), Aad::from(aad), &mut *wrapped)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(aad),
+            &mut *wrapped,
+        )
         .expect("AES-256-GCM seals 32 bytes");
     body.extend_from_slice(&wrapped);
     Slot {
@@ -123,7 +144,11 @@ fn unwrap_master_slot(master: &MasterKey, slot: &Slot, name: &[u8]) -> Result<Da
     let mut buf = Zeroizing::new(wrapped.to_vec());
     let aad = slot_aad(slot.kind, &slot.key_id);
     let plain = wrap_key(master, salt, name)
-        .open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::from(aad), &mut buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(aad),
+            &mut buf,
+        )
         .map_err(|_| SealError::SlotAuth(slot.key_id))?;
     let mut dek = Zeroizing::new([0u8; DEK_LEN]);
     dek.copy_from_slice(plain);
@@ -132,7 +157,13 @@ fn unwrap_master_slot(master: &MasterKey, slot: &Slot, name: &[u8]) -> Result<Da
 
 impl Header {
     /// A new header for `slots`, MACed under `dek` together with `name`.
-    pub(crate) fn new(compression: Compression, chunk_shift: u8, slots: Vec<Slot>, dek: &DataKey, name: &[u8]) -> Self {
+    pub(crate) fn new(
+        compression: Compression,
+        chunk_shift: u8,
+        slots: Vec<Slot>,
+        dek: &DataKey,
+        name: &[u8],
+    ) -> Self {
         let mut raw = Vec::with_capacity(FIXED_LEN + slots.len() * (19 + MASTER_SLOT_BODY_LEN));
         raw.extend_from_slice(&MAGIC);
         raw.push(VERSION);
@@ -277,4 +308,3 @@ pub(crate) fn read_exact<R: Read>(r: &mut R, buf: &mut [u8]) -> Result<(), SealE
         }
     })
 }
-

@@ -49,7 +49,9 @@ pub enum SealError {
     #[error("header authentication failed: the object was modified or copied from another name")]
     HeaderAuth,
     /// A payload chunk did not authenticate.
-    #[error("payload chunk {0} failed authentication: the object was modified, truncated or spliced")]
+    #[error(
+        "payload chunk {0} failed authentication: the object was modified, truncated or spliced"
+    )]
     ChunkAuth(u64),
     /// The object ends early.
     #[error("the object is truncated")]
@@ -85,7 +87,9 @@ pub fn seal_error_from_io(e: std::io::Error) -> SealError {
             Some(Err(other)) => SealError::Io(std::io::Error::other(other)),
             None => SealError::Truncated,
         }
-    } else if e.kind() == std::io::ErrorKind::InvalidData || e.kind() == std::io::ErrorKind::UnexpectedEof {
+    } else if e.kind() == std::io::ErrorKind::InvalidData
+        || e.kind() == std::io::ErrorKind::UnexpectedEof
+    {
         SealError::Decompress(e.to_string())
     } else {
         SealError::Io(e)
@@ -94,3 +98,63 @@ pub fn seal_error_from_io(e: std::io::Error) -> SealError {
 
 #[cfg(test)]
 mod tests;
+
+/// Seals a small in-memory object.
+///
+/// # Errors
+/// As [`seal`].
+pub fn seal_to_vec(
+    key: &crate::keys::MasterKey,
+    name: &str,
+    data: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    use std::io::Write;
+    let mut w = seal(
+        Vec::with_capacity(data.len() / 2 + 256),
+        key,
+        name,
+        &SealOptions::default(),
+    )?;
+    w.write_all(data)?;
+    Ok(w.finish()?)
+}
+
+/// Opens a small in-memory object completely.
+///
+/// # Errors
+/// As [`open`] and its reads.
+pub fn open_to_vec(
+    keyring: &crate::keys::Keyring,
+    name: &str,
+    sealed: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    use std::io::Read;
+    let mut r = open(sealed, keyring, name)?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out).map_err(seal_error_from_io)?;
+    Ok(out)
+}
+
+impl SealError {
+    /// Converts to the crate error for the object `object`, choosing kind and fix.
+    pub fn into_error(self, object: &str) -> crate::error::Error {
+        use crate::error::{Error, ErrorKind};
+        match self {
+            SealError::UnknownKey(ids) => Error::new(
+                ErrorKind::Key,
+                format!("{object}: sealed under key id {ids}, which is not in the configured keyring"),
+            )
+            .hint("add the key file with that id to WALSEAL_KEY_FILE (several files may be listed, separated by ':')"),
+            SealError::Io(e) => match e.get_ref().map(|inner| inner.is::<crate::error::Error>()) {
+                Some(true) => match e.into_inner().map(|b| b.downcast::<crate::error::Error>()) {
+                    Some(Ok(err)) => *err,
+                    _ => Error::new(ErrorKind::Internal, format!("{object}: lost error")),
+                },
+                _ => crate::error::local_io(object, &e),
+            },
+            SealError::NameTooLong => Error::new(ErrorKind::Usage, format!("{object}: {self}")),
+            other => Error::new(ErrorKind::Integrity, format!("{object}: {other}"))
+                .hint("the archived copy is damaged or was tampered with; do not use it: restore it from another copy of the repository"),
+        }
+    }
+}

@@ -55,7 +55,11 @@ struct ChunkSealer<W: Write> {
 impl<W: Write> ChunkSealer<W> {
     fn seal_chunk(&mut self, last: bool) -> io::Result<()> {
         self.key
-            .seal_in_place_append_tag(chunk_nonce(self.counter, last), Aad::from(&self.aad), &mut self.buf)
+            .seal_in_place_append_tag(
+                chunk_nonce(self.counter, last),
+                Aad::from(&self.aad),
+                &mut self.buf,
+            )
             .map_err(|_| io::Error::other("AES-256-GCM seal failed"))?;
         self.out.write_all(&self.buf)?;
         self.buf.clear();
@@ -90,7 +94,7 @@ impl<W: Write> Write for ChunkSealer<W> {
 }
 
 enum Sink<W: Write> {
-    Plain(ChunkSealer<W>),
+    Plain(Box<ChunkSealer<W>>),
     Lz4(Box<FrameEncoder<ChunkSealer<W>>>),
 }
 
@@ -104,7 +108,12 @@ pub struct SealWriter<W: Write> {
 ///
 /// # Errors
 /// `NameTooLong`, `Malformed` (bad chunk size) or `Io` from `out`.
-pub fn seal<W: Write>(mut out: W, key: &MasterKey, name: &str, opts: &SealOptions) -> Result<SealWriter<W>, SealError> {
+pub fn seal<W: Write>(
+    mut out: W,
+    key: &MasterKey,
+    name: &str,
+    opts: &SealOptions,
+) -> Result<SealWriter<W>, SealError> {
     if name.len() > MAX_NAME_LEN {
         return Err(SealError::NameTooLong);
     }
@@ -119,12 +128,20 @@ pub fn seal<W: Write>(mut out: W, key: &MasterKey, name: &str, opts: &SealOption
             let mut salt = [0u8; SALT_LEN];
             rng.fill(dek.as_mut())
                 .and_then(|()| rng.fill(&mut salt))
-                .map_err(|_| SealError::Io(io::Error::other("the system random generator failed")))?;
+                .map_err(|_| {
+                    SealError::Io(io::Error::other("the system random generator failed"))
+                })?;
             (DataKey(dek), salt)
         }
     };
     let slot = master_slot(key, &salt, &dek, name.as_bytes());
-    let header = Header::new(opts.compression, opts.chunk_shift, vec![slot], &dek, name.as_bytes());
+    let header = Header::new(
+        opts.compression,
+        opts.chunk_shift,
+        vec![slot],
+        &dek,
+        name.as_bytes(),
+    );
     out.write_all(&header.to_bytes())?;
     let chunk = 1usize << opts.chunk_shift;
     let sealer = ChunkSealer {
@@ -136,7 +153,7 @@ pub fn seal<W: Write>(mut out: W, key: &MasterKey, name: &str, opts: &SealOption
         counter: 0,
     };
     let sink = match opts.compression {
-        Compression::None => Sink::Plain(sealer),
+        Compression::None => Sink::Plain(Box::new(sealer)),
         Compression::Lz4 => {
             let info = FrameInfo::new()
                 .block_size(BlockSize::Max256KB)
@@ -154,7 +171,7 @@ impl<W: Write> SealWriter<W> {
     /// I/O errors from the underlying writer.
     pub fn finish(self) -> io::Result<W> {
         match self.sink {
-            Sink::Plain(s) => s.finish(),
+            Sink::Plain(s) => (*s).finish(),
             Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish(),
         }
     }
@@ -217,7 +234,11 @@ impl<R: Read> ChunkOpener<R> {
         let counter = self.counter;
         let plain = self
             .key
-            .open_in_place(chunk_nonce(counter, last), Aad::from(&self.aad), &mut self.buf[..ct_len])
+            .open_in_place(
+                chunk_nonce(counter, last),
+                Aad::from(&self.aad),
+                &mut self.buf[..ct_len],
+            )
             .map_err(|_| SealError::ChunkAuth(counter))?;
         let len = plain.len();
         if last && len == 0 && counter > 0 {
@@ -247,7 +268,7 @@ impl<R: Read> Read for ChunkOpener<R> {
 }
 
 enum Source<R: Read> {
-    Plain(ChunkOpener<R>),
+    Plain(Box<ChunkOpener<R>>),
     Lz4(Box<FrameDecoder<ChunkOpener<R>>>),
 }
 
@@ -277,7 +298,9 @@ impl<R: Read> Read for OpenReader<R> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         let n = match &mut self.source {
             Source::Plain(o) => o.read(out)?,
-            Source::Lz4(d) => d.read(out).map_err(|e| io::Error::from(seal_error_from_io(e)))?,
+            Source::Lz4(d) => d
+                .read(out)
+                .map_err(|e| io::Error::from(seal_error_from_io(e)))?,
         };
         if n == 0 && !out.is_empty() && !self.opener().done {
             return Err(SealError::Truncated.into());
@@ -292,7 +315,11 @@ impl<R: Read> Read for OpenReader<R> {
 /// Header errors at once (bad magic, unknown key, slot or header authentication); payload
 /// errors come later from `read`, as `io::Error`s carrying a [`SealError`]
 /// (see [`super::seal_error_from_io`]).
-pub fn open<R: Read>(mut src: R, keyring: &Keyring, name: &str) -> Result<OpenReader<R>, SealError> {
+pub fn open<R: Read>(
+    mut src: R,
+    keyring: &Keyring,
+    name: &str,
+) -> Result<OpenReader<R>, SealError> {
     let header = Header::read(&mut src)?;
     let dek = header.unlock(keyring, name.as_bytes())?;
     let chunk = header.chunk_size();
@@ -310,7 +337,7 @@ pub fn open<R: Read>(mut src: R, keyring: &Keyring, name: &str) -> Result<OpenRe
         done: false,
     };
     let source = match header.compression {
-        Compression::None => Source::Plain(opener),
+        Compression::None => Source::Plain(Box::new(opener)),
         Compression::Lz4 => Source::Lz4(Box::new(FrameDecoder::new(opener))),
     };
     Ok(OpenReader { source, header })

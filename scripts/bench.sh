@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# bench.sh - walseal in the WAL archive peer benchmark (shared/bench/peer-bench.sh):
+# the same real WAL segments pushed and fetched by cp, pgBackRest, gpg pipelines and walseal.
+#
+# Usage (as root):  bash scripts/bench.sh
+#   SEGMENTS=16 REPS=1 SKIP_REFERENCE=1 bash scripts/bench.sh     # quick check
+# Every knob of peer-bench.sh (SEGMENTS, REPS, SCALE, CLIENTS, PEERS, KEEP_TMP,
+# RESULTS_FILE, BENCH_TMPDIR, ...) is passed through from the environment.
+# Own knobs: WALSEAL_BIN (use this binary, no cargo build), PEER_BENCH (path of peer-bench.sh).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+
+[ "$(id -u)" = 0 ] || die "run as root (installs /usr/local/bin/walseal; the benchmark runs as postgres)"
+
+if [ -z "${PEER_BENCH:-}" ]; then
+    for c in "$ROOT/../shared/bench/peer-bench.sh" /work/shared/bench/peer-bench.sh; do
+        if [ -f "$c" ]; then PEER_BENCH=$c; break; fi
+    done
+fi
+[ -f "${PEER_BENCH:-}" ] || die "peer-bench.sh not found (set PEER_BENCH)"
+
+if [ -n "${WALSEAL_BIN:-}" ]; then
+    SRC_BIN=$WALSEAL_BIN
+else
+    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+    log "cargo build --release"
+    (cd "$ROOT" && cargo build --release)
+    SRC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/walseal
+fi
+[ -x "$SRC_BIN" ] || die "no walseal binary at $SRC_BIN"
+BIN=/usr/local/bin/walseal
+install -m 755 "$SRC_BIN" "$BIN"
+log "installed $BIN"
+
+# peer-bench.sh runs the commands as postgres (BENCH_USER), so the key must be theirs
+BENCH_USER=${BENCH_USER:-postgres}
+ensure_pg15      # peer-bench.sh needs it too; the postgresql packages create the postgres user
+id "$BENCH_USER" >/dev/null 2>&1 || die "OS user $BENCH_USER does not exist"
+KEYDIR=$(mktemp -d /tmp/walseal-bench-key.XXXXXX)
+trap 'rm -rf "$KEYDIR"' EXIT
+chown "$BENCH_USER:" "$KEYDIR"
+chmod 700 "$KEYDIR"
+KEY=$KEYDIR/master.key
+PG_USER=$BENCH_USER as_pg "$BIN" keygen -o "$KEY"
+[ "$(stat -c '%U %a' "$KEY")" = "$BENCH_USER 600" ] || die "unexpected key file owner/mode: $(stat -c '%U %a' "$KEY")"
+
+# %r is "$TMP/run/repo" with TMP=$(mktemp -d "$BENCH_TMPDIR/peer-bench.XXXXXX"): absolute
+# exactly when BENCH_TMPDIR is, and file:// needs an absolute path.
+BENCH_TMPDIR=$(cd "${BENCH_TMPDIR:-/tmp}" && pwd -P)
+export BENCH_TMPDIR BENCH_USER
+
+export EXTRA_NAME=${EXTRA_NAME:-walseal}
+export PUSH_CMD="WALSEAL_REPO=file://%r WALSEAL_KEY_FILE=$KEY $BIN wal-push %p"
+export FETCH_CMD="WALSEAL_REPO=file://%r WALSEAL_KEY_FILE=$KEY $BIN wal-fetch %f %p"
+log "PUSH_CMD=$PUSH_CMD"
+log "FETCH_CMD=$FETCH_CMD"
+
+status=0
+bash "$PEER_BENCH" || status=$?
+exit "$status"

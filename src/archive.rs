@@ -1,0 +1,250 @@
+//! `wal-push`: PostgreSQL's `archive_command`.
+//!
+//! Seal → self-check (open what we sealed and compare length and CRC-32 with the source) →
+//! conditional put. Exit 0 means the object is durably stored under its name. A second push of
+//! the same name succeeds only if the stored object opens and holds exactly the same bytes.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::error::{local_io, Error, ErrorKind, Result};
+use crate::keys::Keyring;
+use crate::repository::{self, Identity};
+use crate::seal::{self, seal_error_from_io, SealOptions};
+use crate::storage::{Create, PutOutcome, Storage};
+use crate::wal::{LongPageHeader, WalFile, WalKind, LONG_HEADER_LEN};
+
+/// What `wal-push` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// The file was sealed and stored.
+    Stored,
+    /// An identical copy was already stored; nothing was written.
+    AlreadyArchived,
+}
+
+const READ_BUF: usize = 1 << 20;
+
+/// Archives the WAL file at `path`.
+///
+/// # Errors
+/// `Usage` for a file name PostgreSQL would not archive; `Integrity` for a segment whose
+/// header is not a WAL segment's; `Conflict` for another cluster's segment or different content
+/// under an archived name; `Config`, `Storage`, `LocalIo` as their names say.
+pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
+    let started = Instant::now();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let wal = WalFile::parse(name).ok_or_else(|| {
+        Error::new(ErrorKind::Usage, format!("{} is not a WAL file name", path.display()))
+            .hint("archive_command must pass %p, the path of a WAL segment, .partial, .history or .backup file")
+    })?;
+    let keyring = Keyring::load(&cfg.key_files)?;
+    let storage = Storage::open(cfg, Create::Yes)?;
+    let mut file =
+        File::open(path).map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| local_io(format!("cannot stat {}", path.display()), &e))?
+        .len();
+
+    if matches!(wal.kind, WalKind::Segment | WalKind::Partial) {
+        let candidate = check_segment(&mut file, path, &wal, size)?;
+        repository::ensure(&storage, &keyring, &candidate).await?;
+    }
+
+    let key = wal.object_key();
+    let (sealed, crc) = seal_file(&mut file, path, &keyring, &key, size)?;
+    self_check(&keyring, &key, &sealed, size, crc)?;
+    let sealed_len = sealed.len();
+    match storage.put_new(&key, sealed.into()).await? {
+        PutOutcome::Created => {
+            tracing::info!(
+                "archived {} to {} ({} -> {} bytes) in {} ms",
+                wal.name,
+                key,
+                size,
+                sealed_len,
+                started.elapsed().as_millis()
+            );
+            Ok(PushOutcome::Stored)
+        }
+        PutOutcome::AlreadyExists => {
+            compare_with_archived(&storage, &keyring, &key, path).await?;
+            tracing::info!("{} was already archived with identical content", wal.name);
+            Ok(PushOutcome::AlreadyArchived)
+        }
+    }
+}
+
+/// Reads the first page header and checks it against the file name and size.
+fn check_segment(file: &mut File, path: &Path, wal: &WalFile, size: u64) -> Result<Identity> {
+    let mut head = [0u8; LONG_HEADER_LEN];
+    file.read_exact(&mut head)
+        .map_err(|e| not_a_segment(path, &format!("cannot read its first page: {e}")))?;
+    let h = LongPageHeader::parse(&head).map_err(|e| not_a_segment(path, &e.to_string()))?;
+    if u64::from(h.segment_size) != size {
+        return Err(not_a_segment(
+            path,
+            &format!(
+                "its header says segments are {} bytes but the file has {size}",
+                h.segment_size
+            ),
+        ));
+    }
+    if wal.segment_number(u64::from(h.segment_size)) != Some(h.segment_number()) {
+        return Err(not_a_segment(
+            path,
+            "its first page belongs to another segment (renamed or recycled file)",
+        ));
+    }
+    Ok(Identity {
+        format_version: u32::from(seal::VERSION),
+        system_identifier: h.system_identifier.to_string(),
+        wal_segment_size: u64::from(h.segment_size),
+        pg_version: h.major_version(),
+    })
+}
+
+fn not_a_segment(path: &Path, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Integrity,
+        format!(
+            "refusing to archive {}: not a valid WAL segment: {why}",
+            path.display()
+        ),
+    )
+    .hint("archive_command must pass %p unchanged; check the file in pg_wal")
+}
+
+/// Seals the whole file into memory, returning the sealed bytes and the CRC-32 of the source.
+fn seal_file(
+    file: &mut File,
+    path: &Path,
+    keyring: &Keyring,
+    key: &str,
+    size: u64,
+) -> Result<(Vec<u8>, u32)> {
+    use std::io::Seek;
+    file.rewind()
+        .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
+    let estimate = usize::try_from(size / 3).unwrap_or(0) + 4096;
+    let mut writer = seal::seal(
+        Vec::with_capacity(estimate),
+        keyring.active(),
+        key,
+        &SealOptions::default(),
+    )
+    .map_err(|e| e.into_error(key))?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(local_io(format!("cannot read {}", path.display()), &e)),
+        };
+        crc.update(&buf[..n]);
+        writer
+            .write_all(&buf[..n])
+            .map_err(|e| seal_error_from_io(e).into_error(key))?;
+        total += n as u64;
+    }
+    if total != size {
+        return Err(Error::new(
+            ErrorKind::LocalIo,
+            format!(
+                "{} changed size while being archived ({size} -> {total} bytes)",
+                path.display()
+            ),
+        ));
+    }
+    let sealed = writer
+        .finish()
+        .map_err(|e| seal_error_from_io(e).into_error(key))?;
+    Ok((sealed, crc.finalize()))
+}
+
+/// Opens what we just sealed and checks length and CRC-32 against the source.
+fn self_check(keyring: &Keyring, key: &str, sealed: &[u8], size: u64, crc: u32) -> Result<()> {
+    let mut reader = seal::open(sealed, keyring, key).map_err(|e| e.into_error(key))?;
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; READ_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| seal_error_from_io(e).into_error(key))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    if total != size || hasher.finalize() != crc {
+        return Err(Error::new(
+            ErrorKind::Internal,
+            format!("{key}: self-check failed: the sealed object does not open to the source bytes; nothing was stored"),
+        )
+        .hint("this is a bug or a hardware fault: report it"));
+    }
+    Ok(())
+}
+
+/// The name is taken: succeed only if the archived object holds exactly the file's bytes.
+async fn compare_with_archived(
+    storage: &Storage,
+    keyring: &Keyring,
+    key: &str,
+    path: &Path,
+) -> Result<()> {
+    let sealed = storage.get_bytes(key).await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Storage,
+            format!("{key}: exists but vanished while being compared"),
+        )
+    })?;
+    let mut archived = seal::open(&sealed[..], keyring, key).map_err(|e| {
+        e.into_error(key).hint("the copy already archived under this name does not open: move it aside, then let PostgreSQL retry")
+    })?;
+    let mut local =
+        File::open(path).map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
+    let (mut a, mut b) = (vec![0u8; READ_BUF], vec![0u8; READ_BUF]);
+    loop {
+        let n =
+            read_full(&mut archived, &mut a).map_err(|e| seal_error_from_io(e).into_error(key))?;
+        let m = read_full(&mut local, &mut b)
+            .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
+        if n != m || a[..n] != b[..m] {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("{key} is already archived with different content; refusing to overwrite it"),
+            )
+            .hint("two clusters may share this repository, or this cluster was restored without a new timeline: give it its own repository or prefix"));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads until `buf` is full or the reader ends.
+fn read_full<R: Read>(r: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}

@@ -1,0 +1,102 @@
+//! Command-line flags (clap). Only parsing and validation live here; `config` resolves them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Encrypted, compressed WAL archiving and restore for PostgreSQL.
+///
+/// Everything that leaves the database host is compressed (lz4) and encrypted (AES-256-GCM)
+/// under per-object keys. Set in postgresql.conf:
+///   archive_command = 'walseal wal-push %p'
+///   restore_command = 'walseal wal-fetch %f %p'
+#[derive(Debug, Parser)]
+#[command(
+    name = "walseal",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings shared by every command. Each flag also reads its environment variable; both
+/// override the config file.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// TOML configuration file (see README, "Configuration").
+    #[arg(long, global = true, env = "WALSEAL_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Repository URL: file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix.
+    #[arg(long, global = true, env = "WALSEAL_REPO", value_name = "URL")]
+    pub repo: Option<String>,
+    /// Master key file(s) made by `walseal keygen`; several may be given separated by `:`,
+    /// the first seals new objects.
+    #[arg(
+        long,
+        global = true,
+        env = "WALSEAL_KEY_FILE",
+        value_name = "FILE[:FILE...]"
+    )]
+    pub key_file: Option<String>,
+    /// Allow a plain-http storage endpoint (e.g. a test server on loopback). Off by default:
+    /// data in transit is encrypted by TLS unless you allow this.
+    #[arg(long, global = true, env = "WALSEAL_ALLOW_HTTP", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_http: Option<bool>,
+    /// Log level on stderr: error, warn, info, debug or trace.
+    #[arg(long, global = true, env = "WALSEAL_LOG", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// walseal's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new random 256-bit master key file (mode 0600). Never overwrites.
+    ///
+    /// Prints the key id. Keep a copy of the key off this host: without it, nothing sealed under
+    /// it can be restored.
+    Keygen {
+        /// Where to write the key.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Archive one WAL file (archive_command = 'walseal wal-push %p').
+    ///
+    /// Seals a segment, .partial, .history or .backup file and stores it in the repository.
+    /// Exits 0 only once the object is durably stored. Pushing identical content again
+    /// succeeds without rewriting; different content under an existing name is refused.
+    WalPush {
+        /// Path of the WAL file (PostgreSQL's %p, relative to the data directory).
+        path: PathBuf,
+    },
+    /// Restore one WAL file (restore_command = 'walseal wal-fetch %f %p').
+    ///
+    /// Exit codes: 0 restored; 1 not in the archive (PostgreSQL's normal end of archive);
+    /// 202-209 anything that must stop recovery (tampered or truncated object, wrong or missing
+    /// key, storage unreachable): PostgreSQL aborts recovery on a code above 125 instead of
+    /// promoting with WAL missing.
+    WalFetch {
+        /// WAL file name (PostgreSQL's %f).
+        name: String,
+        /// Where to write it (PostgreSQL's %p).
+        dest: PathBuf,
+    },
+}
+
+impl Command {
+    /// The subcommand's name as typed.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Keygen { .. } => "keygen",
+            Command::WalPush { .. } => "wal-push",
+            Command::WalFetch { .. } => "wal-fetch",
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! Configuration: TOML file < environment < flags, resolved once into [`Config`].
+//!
+//! `archive_command` runs with PostgreSQL's environment, so every setting can come from a
+//! `VAR=value walseal ...` prefix inside the command, from `--config`, or both.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::GlobalArgs;
+use crate::error::{Error, ErrorKind, Result};
+
+/// The config file, as written by the user.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Repository URL.
+    pub repo: Option<String>,
+    /// Key file(s), `:`-separated; the first is active.
+    pub key_file: Option<String>,
+    /// Allow plain-http endpoints.
+    pub allow_http: Option<bool>,
+    /// Log level.
+    pub log_level: Option<String>,
+    /// Storage options passed to object_store (e.g. `aws_endpoint`, `aws_region`).
+    #[serde(default)]
+    pub storage: BTreeMap<String, String>,
+    /// Attempts after the first for a failing storage request.
+    pub storage_retries: Option<usize>,
+    /// Give up on a storage request after this many seconds (all retries included).
+    pub storage_timeout_secs: Option<u64>,
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Repository URL, if configured.
+    pub repo: Option<String>,
+    /// Key files in order; the first is active.
+    pub key_files: Vec<PathBuf>,
+    /// Plain http allowed.
+    pub allow_http: bool,
+    /// Log level filter.
+    pub log_level: String,
+    /// Extra storage options.
+    pub storage: BTreeMap<String, String>,
+    /// Storage retries.
+    pub storage_retries: usize,
+    /// Total storage timeout per request.
+    pub storage_timeout: Duration,
+}
+
+impl Config {
+    /// Resolves flags and environment (already merged by clap) over the config file.
+    ///
+    /// # Errors
+    /// `Config` if the file cannot be read or parsed.
+    pub fn resolve(args: &GlobalArgs) -> Result<Self> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None => FileConfig::default(),
+        };
+        let key_file = args.key_file.clone().or(file.key_file);
+        let key_files = key_file
+            .map(|s| {
+                s.split(':')
+                    .filter(|p| !p.is_empty())
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Config {
+            repo: args.repo.clone().or(file.repo),
+            key_files,
+            allow_http: args.allow_http.or(file.allow_http).unwrap_or(false),
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log_level)
+                .unwrap_or_else(|| "warn".into()),
+            storage: file.storage,
+            storage_retries: file.storage_retries.unwrap_or(3),
+            storage_timeout: Duration::from_secs(file.storage_timeout_secs.unwrap_or(60)),
+        })
+    }
+
+    /// The repository URL or a clear error.
+    ///
+    /// # Errors
+    /// `Config` if none is set.
+    pub fn repo_url(&self) -> Result<&str> {
+        self.repo.as_deref().ok_or_else(|| {
+            Error::new(ErrorKind::Config, "no repository configured")
+                .hint("set WALSEAL_REPO (e.g. file:///var/lib/walseal or s3://bucket/prefix) or repo in the config file")
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot read config file {}: {e}", path.display()),
+        )
+        .hint("check --config / WALSEAL_CONFIG and the file's permissions")
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().replace('\n', " ");
+        Error::new(
+            ErrorKind::Config,
+            format!("config file {} is invalid: {msg}", path.display()),
+        )
+        .hint("see README, Configuration, for the accepted keys")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(config: Option<PathBuf>) -> GlobalArgs {
+        GlobalArgs {
+            config,
+            repo: None,
+            key_file: None,
+            allow_http: None,
+            log_level: None,
+        }
+    }
+
+    #[test]
+    fn file_values_are_used_and_flags_override_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "repo = \"file:///a\"\nkey_file = \"/k1:/k2\"\nallow_http = true\n[storage]\naws_region = \"x\"\n").unwrap();
+        let c = Config::resolve(&args(Some(path.clone()))).unwrap();
+        assert_eq!(c.repo.as_deref(), Some("file:///a"));
+        assert_eq!(
+            c.key_files,
+            vec![PathBuf::from("/k1"), PathBuf::from("/k2")]
+        );
+        assert!(c.allow_http);
+        assert_eq!(c.storage["aws_region"], "x");
+        let mut a = args(Some(path));
+        a.repo = Some("file:///b".into());
+        a.allow_http = Some(false);
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.repo.as_deref(), Some("file:///b"));
+        assert!(!c.allow_http);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "repository = \"x\"\n").unwrap();
+        let err = Config::resolve(&args(Some(path))).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("w.toml"), "{err}");
+    }
+}

@@ -1,0 +1,150 @@
+//! `wal-fetch`: PostgreSQL's `restore_command`.
+//!
+//! The object is streamed from storage, authenticated chunk by chunk, decompressed into a
+//! temporary file beside the destination, and renamed into place only after the final chunk
+//! authenticated. A failure removes the temporary file, so PostgreSQL never sees a partial or
+//! unauthenticated file at `%p`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::error::{local_io, Error, ErrorKind, Result};
+use crate::keys::Keyring;
+use crate::seal::{self, seal_error_from_io};
+use crate::storage::{Create, Storage};
+use crate::wal::WalFile;
+
+/// Restores WAL file `name` from the repository to `dest`.
+///
+/// # Errors
+/// `NotFound` if the archive has no such file (exit 1); every other error must stop recovery.
+pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
+    let wal = WalFile::parse(name).ok_or_else(|| {
+        Error::new(ErrorKind::Usage, format!("{name:?} is not a WAL file name"))
+            .hint("restore_command must be 'walseal wal-fetch %f %p'")
+    })?;
+    let keyring = Keyring::load(&cfg.key_files)?;
+    let storage = Storage::open(cfg, Create::No)?;
+    let key = wal.object_key();
+    let Some(object) = storage.get(&key).await? else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{name} is not in the archive {}", storage.display()),
+        ));
+    };
+    let tmp = temp_path(dest)?;
+    let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
+    let writer = {
+        let (tmp, key) = (tmp.clone(), key.clone());
+        tokio::task::spawn_blocking(move || open_into(rx, &keyring, &key, &tmp))
+    };
+    let mut stream = object.stream;
+    while let Some(item) = stream.next().await {
+        let failed = item.is_err();
+        if tx.send(item).await.is_err() || failed {
+            break; // the writer stopped (and reports why), or the error was handed over
+        }
+    }
+    drop(tx);
+    let result = writer
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("restore task failed: {e}")))
+        .and_then(|r| r);
+    match result {
+        Ok(bytes) => {
+            std::fs::rename(&tmp, dest).map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                local_io(
+                    format!("cannot move restored file into place at {}", dest.display()),
+                    &e,
+                )
+            })?;
+            tracing::info!("restored {name} ({bytes} bytes) to {}", dest.display());
+            Ok(bytes)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// A temporary name beside `dest`, in the same directory so the rename is atomic.
+fn temp_path(dest: &Path) -> Result<PathBuf> {
+    let file = dest.file_name().and_then(|f| f.to_str()).ok_or_else(|| {
+        Error::new(
+            ErrorKind::Usage,
+            format!("destination {} has no file name", dest.display()),
+        )
+        .hint("restore_command must be 'walseal wal-fetch %f %p'")
+    })?;
+    Ok(dest.with_file_name(format!(".{file}.walseal-{}.tmp", std::process::id())))
+}
+
+/// Opens the sealed stream from `rx` and writes the plaintext to `tmp`; returns its length.
+fn open_into(
+    rx: mpsc::Receiver<Result<Bytes>>,
+    keyring: &Keyring,
+    key: &str,
+    tmp: &Path,
+) -> Result<u64> {
+    let mut reader = seal::open(
+        ChannelReader {
+            rx,
+            cur: Bytes::new(),
+        },
+        keyring,
+        key,
+    )
+    .map_err(|e| e.into_error(key))?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| local_io(format!("cannot create {}", tmp.display()), &e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| seal_error_from_io(e).into_error(key))?;
+        if n == 0 {
+            break;
+        }
+        write_all(&mut out, &buf[..n], tmp)?;
+        total += n as u64;
+    }
+    Ok(total)
+}
+
+fn write_all(out: &mut File, data: &[u8], tmp: &Path) -> Result<()> {
+    out.write_all(data)
+        .map_err(|e| local_io(format!("cannot write {}", tmp.display()), &e))
+}
+
+/// A blocking `Read` over the byte chunks an async task sends.
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<Bytes>>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => return Ok(0),
+            }
+        }
+        let n = self.cur.len().min(out.len());
+        out[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}

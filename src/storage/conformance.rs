@@ -1,0 +1,102 @@
+//! The storage conformance suite: one set of checks run against every backend we test
+//! (local directory, in-memory, S3-compatible server). Called from `tests/storage.rs`.
+
+use bytes::Bytes;
+
+use super::{PutOutcome, Storage};
+
+/// Runs every check; panics with the failing check's name.
+pub async fn run_all(s: &Storage) {
+    put_get_list_delete(s).await;
+    put_new_never_overwrites(s).await;
+    missing_objects(s).await;
+    large_object_round_trips(s).await;
+}
+
+/// Write, read back, list under a prefix, delete.
+pub async fn put_get_list_delete(s: &Storage) {
+    let key = "conformance/a/b/object-1";
+    s.delete(key).await.expect("delete before test");
+    assert_eq!(
+        s.put_new(key, Bytes::from_static(b"one"))
+            .await
+            .expect("put"),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        s.get_bytes(key).await.expect("get").as_deref(),
+        Some(&b"one"[..])
+    );
+    let listed = s.list("conformance/a").await.expect("list");
+    assert!(listed.contains(&(key.to_string(), 3)), "list: {listed:?}");
+    assert!(s
+        .list("conformance/zzz")
+        .await
+        .expect("list empty")
+        .is_empty());
+    s.delete(key).await.expect("delete");
+    assert!(s.get(key).await.expect("get after delete").is_none());
+}
+
+/// `put_new` on an existing key reports it and leaves the first content.
+pub async fn put_new_never_overwrites(s: &Storage) {
+    let key = "conformance/create-only";
+    s.delete(key).await.expect("delete before test");
+    assert_eq!(
+        s.put_new(key, Bytes::from_static(b"first"))
+            .await
+            .expect("put"),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        s.put_new(key, Bytes::from_static(b"second"))
+            .await
+            .expect("second put"),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(
+        s.get_bytes(key).await.expect("get").as_deref(),
+        Some(&b"first"[..]),
+        "overwritten"
+    );
+    s.delete(key).await.expect("delete");
+}
+
+/// Reading, deleting a missing key.
+pub async fn missing_objects(s: &Storage) {
+    assert!(s
+        .get("conformance/never-written")
+        .await
+        .expect("get missing")
+        .is_none());
+    assert!(s
+        .get_bytes("conformance/never-written")
+        .await
+        .expect("get_bytes missing")
+        .is_none());
+    s.delete("conformance/never-written")
+        .await
+        .expect("delete missing");
+}
+
+/// A multi-megabyte object comes back byte for byte, streamed in pieces.
+pub async fn large_object_round_trips(s: &Storage) {
+    let key = "conformance/large";
+    s.delete(key).await.expect("delete before test");
+    let data: Vec<u8> = (0..(12u32 << 20))
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert_eq!(
+        s.put_new(key, Bytes::from(data.clone()))
+            .await
+            .expect("put large"),
+        PutOutcome::Created
+    );
+    let obj = s.get(key).await.expect("get large").expect("exists");
+    assert_eq!(obj.size, data.len() as u64);
+    assert!(
+        s.get_bytes(key).await.expect("bytes").as_deref() == Some(&data[..]),
+        "large object differs"
+    );
+    s.delete(key).await.expect("delete");
+}

@@ -1,0 +1,388 @@
+//! The repository's storage: one `object_store` backend behind a small API that speaks in
+//! outcomes (created / already there / not found) rather than backend errors.
+//!
+//! Writes are atomic and durable before they return: the local backend writes a staging file,
+//! fsyncs it, links it into place and fsyncs the directory (`LocalFileSystem::with_fsync`);
+//! S3, GCS and Azure complete a single PUT. New objects are written with `PutMode::Create`, so
+//! an existing object is never overwritten (S3: `If-None-Match: *`).
+
+pub mod conformance;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjPath;
+use object_store::{
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
+
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Outcome of [`Storage::put_new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The object was written.
+    Created,
+    /// An object already exists under that key; nothing was written.
+    AlreadyExists,
+}
+
+/// An object's bytes as a stream, with its size.
+pub struct ObjectStream {
+    /// Size in bytes as the storage reports it.
+    pub size: u64,
+    /// The bytes.
+    pub stream: BoxStream<'static, Result<Bytes>>,
+}
+
+/// A repository location: a backend plus a display name without credentials.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjPath,
+    display: String,
+}
+
+/// Whether a command may create a missing local repository directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Create the directory (writers).
+    Yes,
+    /// A missing directory is an error (readers).
+    No,
+}
+
+impl Storage {
+    /// Wraps an existing store (tests, in-memory).
+    pub fn from_store(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        display: impl Into<String>,
+    ) -> Self {
+        Storage {
+            store,
+            prefix: ObjPath::from(prefix),
+            display: display.into(),
+        }
+    }
+
+    /// Opens the repository named by the configuration.
+    ///
+    /// # Errors
+    /// `Config` for a missing or invalid URL, unknown storage options, or a refused plain-http
+    /// endpoint; `Storage` if the backend cannot be set up.
+    pub fn open(cfg: &Config, create: Create) -> Result<Self> {
+        let url_text = cfg.repo_url()?;
+        let url = url::Url::parse(url_text).map_err(|e| {
+            Error::new(ErrorKind::Config, format!("repository URL {url_text:?} is invalid: {e}"))
+                .hint("use file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix")
+        })?;
+        let display = redact(&url);
+        let retry = RetryConfig {
+            max_retries: cfg.storage_retries,
+            retry_timeout: cfg.storage_timeout,
+            ..RetryConfig::default()
+        };
+        let timeout = format!("{}s", cfg.storage_timeout.as_secs().max(1));
+        let prefix = url.path().trim_matches('/').to_string();
+        let store: Arc<dyn ObjectStore> = match url.scheme() {
+            "file" => {
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("repository URL {url_text} names a host"),
+                    )
+                    .hint("a local repository is file:///absolute/path (three slashes)"));
+                }
+                let dir = url.to_file_path().map_err(|()| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("repository URL {url_text} is not an absolute path"),
+                    )
+                })?;
+                if create == Create::Yes {
+                    std::fs::create_dir_all(&dir).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Storage,
+                            format!("cannot create repository directory {}: {e}", dir.display()),
+                        )
+                        .hint(
+                            "check that the directory's parent exists and is writable by this user",
+                        )
+                    })?;
+                } else if !dir.is_dir() {
+                    return Err(Error::new(
+                        ErrorKind::Config,
+                        format!("repository directory {} does not exist", dir.display()),
+                    )
+                    .hint("check WALSEAL_REPO / repo in the config"));
+                }
+                let fs = LocalFileSystem::new_with_prefix(&dir)
+                    .map_err(|e| storage_error(&display, "open", &e))?
+                    .with_fsync(true);
+                return Ok(Storage {
+                    store: Arc::new(fs),
+                    prefix: ObjPath::default(),
+                    display,
+                });
+            }
+            "s3" | "s3a" => {
+                let mut b = AmazonS3Builder::from_env()
+                    .with_url(url_text)
+                    .with_retry(retry);
+                for (k, v) in &cfg.storage {
+                    b = b.with_config(parse_key::<AmazonS3ConfigKey>(k)?, v);
+                }
+                b = b
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
+                        &timeout,
+                    )
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::ConnectTimeout),
+                        "5s",
+                    )
+                    .with_config(
+                        AmazonS3ConfigKey::Client(ClientConfigKey::AllowHttp),
+                        cfg.allow_http.to_string(),
+                    );
+                let endpoint = b.get_config_value(&AmazonS3ConfigKey::Endpoint);
+                check_http(endpoint.as_deref(), cfg.allow_http)?;
+                Arc::new(b.build().map_err(|e| config_error(&display, &e))?)
+            }
+            "gs" => {
+                let mut b = GoogleCloudStorageBuilder::from_env()
+                    .with_url(url_text)
+                    .with_retry(retry);
+                for (k, v) in &cfg.storage {
+                    b = b.with_config(parse_key::<GoogleConfigKey>(k)?, v);
+                }
+                b = b
+                    .with_config(GoogleConfigKey::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        GoogleConfigKey::Client(ClientConfigKey::AllowHttp),
+                        cfg.allow_http.to_string(),
+                    );
+                Arc::new(b.build().map_err(|e| config_error(&display, &e))?)
+            }
+            "az" | "azure" | "abfs" | "abfss" => {
+                let mut b = MicrosoftAzureBuilder::from_env()
+                    .with_url(url_text)
+                    .with_retry(retry);
+                for (k, v) in &cfg.storage {
+                    b = b.with_config(parse_key::<AzureConfigKey>(k)?, v);
+                }
+                b = b
+                    .with_config(AzureConfigKey::Client(ClientConfigKey::Timeout), &timeout)
+                    .with_config(
+                        AzureConfigKey::Client(ClientConfigKey::AllowHttp),
+                        cfg.allow_http.to_string(),
+                    );
+                let endpoint = b.get_config_value(&AzureConfigKey::Endpoint);
+                check_http(endpoint.as_deref(), cfg.allow_http)?;
+                Arc::new(b.build().map_err(|e| config_error(&display, &e))?)
+            }
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!("unsupported repository scheme {other:?} in {url_text}"),
+                )
+                .hint("use file://, s3://, gs:// or az://"))
+            }
+        };
+        // For bucket URLs, the path is the prefix inside the bucket/container.
+        Ok(Storage {
+            store,
+            prefix: ObjPath::from(prefix),
+            display,
+        })
+    }
+
+    /// The repository as shown to users (no credentials).
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    fn path(&self, key: &str) -> ObjPath {
+        let mut p = self.prefix.clone();
+        for part in key.split('/').filter(|s| !s.is_empty()) {
+            p = p.join(part);
+        }
+        p
+    }
+
+    /// Writes `data` under `key` unless an object is already there.
+    ///
+    /// # Errors
+    /// `Storage` if the write fails (after the backend's retries).
+    pub async fn put_new(&self, key: &str, data: Bytes) -> Result<PutOutcome> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(key), PutPayload::from(data), opts)
+            .await
+        {
+            Ok(_) => Ok(PutOutcome::Created),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(storage_error(
+                &self.display,
+                &format!("cannot write {key}"),
+                &e,
+            )),
+        }
+    }
+
+    /// Reads an object as a stream; `None` if it does not exist.
+    ///
+    /// # Errors
+    /// `Storage` for anything but "not found".
+    pub async fn get(&self, key: &str) -> Result<Option<ObjectStream>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => {
+                let size = r.meta.size;
+                let display = self.display.clone();
+                let key = key.to_string();
+                let stream = r
+                    .into_stream()
+                    .map_err(move |e| storage_error(&display, &format!("cannot read {key}"), &e))
+                    .boxed();
+                Ok(Some(ObjectStream { size, stream }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_error(
+                &self.display,
+                &format!("cannot read {key}"),
+                &e,
+            )),
+        }
+    }
+
+    /// Reads a whole (small) object into memory; `None` if it does not exist.
+    ///
+    /// # Errors
+    /// As [`Storage::get`].
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let Some(mut obj) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let mut out = Vec::with_capacity(usize::try_from(obj.size).unwrap_or(0));
+        while let Some(chunk) = obj.stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(Some(out))
+    }
+
+    /// Deletes an object; deleting a missing object succeeds.
+    ///
+    /// # Errors
+    /// `Storage` if the backend refuses.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        match self.store.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(storage_error(
+                &self.display,
+                &format!("cannot delete {key}"),
+                &e,
+            )),
+        }
+    }
+
+    /// Lists the keys (relative to the repository) and sizes under `prefix`, sorted.
+    ///
+    /// # Errors
+    /// `Storage` if listing fails.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        let base = self.prefix.clone();
+        let mut items: Vec<(String, u64)> = self
+            .store
+            .list(Some(&self.path(prefix)))
+            .map_ok(|m| {
+                let rel = m.location.prefix_match(&base).map_or_else(
+                    || m.location.to_string(),
+                    |parts| {
+                        parts
+                            .map(|p| p.as_ref().to_string())
+                            .collect::<Vec<_>>()
+                            .join("/")
+                    },
+                );
+                (rel, m.size)
+            })
+            .try_collect()
+            .await
+            .map_err(|e| storage_error(&self.display, &format!("cannot list {prefix}"), &e))?;
+        items.sort();
+        Ok(items)
+    }
+}
+
+fn parse_key<K: std::str::FromStr>(k: &str) -> Result<K> {
+    k.parse::<K>().map_err(|_| {
+        Error::new(ErrorKind::Config, format!("unknown storage option {k:?}")).hint(
+            "storage options are object_store configuration keys, e.g. aws_endpoint, aws_region",
+        )
+    })
+}
+
+fn check_http(endpoint: Option<&str>, allow_http: bool) -> Result<()> {
+    match endpoint {
+        Some(e) if e.starts_with("http://") && !allow_http => Err(Error::new(
+            ErrorKind::Config,
+            format!("storage endpoint {e} is plain http; refusing to send data unencrypted in transit"),
+        )
+        .hint("use an https endpoint, or set WALSEAL_ALLOW_HTTP=1 (allow_http = true) for a trusted local test server")),
+        _ => Ok(()),
+    }
+}
+
+fn redact(url: &url::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_password(None);
+    let _ = u.set_username("");
+    u.set_query(None);
+    u.to_string()
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn config_error(display: &str, e: &object_store::Error) -> Error {
+    Error::new(ErrorKind::Config, format!("cannot set up storage {display}: {}", one_line(e)))
+        .hint("check the repository URL and the storage settings (AWS_*, GOOGLE_*, AZURE_* or [storage] in the config)")
+}
+
+/// Maps a backend error to the crate error, naming the repository and the operation.
+pub fn storage_error(display: &str, what: &str, e: &object_store::Error) -> Error {
+    let hint = match e {
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => {
+            "check the storage credentials and that they may read and write this bucket/prefix"
+        }
+        _ => "check that the storage is reachable and the repository URL and credentials are right",
+    };
+    Error::new(
+        ErrorKind::Storage,
+        format!("{display}: {what}: {}", one_line(e)),
+    )
+    .hint(hint)
+}

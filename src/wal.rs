@@ -1,0 +1,240 @@
+//! WAL file names and the WAL page header: pure parsing, no I/O.
+//!
+//! PostgreSQL hands `archive_command` four kinds of file (segments, `.partial` segments,
+//! `.history` and `.backup` files) and asks `restore_command` for the same names. The first page
+//! of a segment carries the system identifier and segment size, which is how we refuse a
+//! segment from another cluster.
+
+use std::fmt;
+
+/// A file name PostgreSQL archives or restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalFile {
+    /// The file name as PostgreSQL gives it.
+    pub name: String,
+    /// The timeline it belongs to.
+    pub timeline: u32,
+    /// What kind of file it is.
+    pub kind: WalKind,
+}
+
+/// The kinds of WAL file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WalKind {
+    /// A full segment, `TTTTTTTTXXXXXXXXYYYYYYYY`.
+    Segment,
+    /// A segment left at a timeline switch, `<segment>.partial`.
+    Partial,
+    /// A timeline history file, `TTTTTTTT.history`.
+    History,
+    /// A backup history file, `<segment>.XXXXXXXX.backup`.
+    Backup,
+}
+
+fn is_upper_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+}
+
+impl WalFile {
+    /// Parses a WAL file name; `None` if it is not one.
+    pub fn parse(name: &str) -> Option<WalFile> {
+        let is_seg = |s: &str| s.len() == 24 && is_upper_hex(s);
+        let tli = |s: &str| u32::from_str_radix(&s[..8], 16).ok();
+        let (timeline, kind) = if is_seg(name) {
+            (tli(name)?, WalKind::Segment)
+        } else if let Some(seg) = name.strip_suffix(".partial").filter(|s| is_seg(s)) {
+            (tli(seg)?, WalKind::Partial)
+        } else if let Some(t) = name
+            .strip_suffix(".history")
+            .filter(|s| s.len() == 8 && is_upper_hex(s))
+        {
+            (tli(t)?, WalKind::History)
+        } else if let Some(rest) = name.strip_suffix(".backup") {
+            let (seg, off) = rest.split_once('.')?;
+            if !(is_seg(seg) && off.len() == 8 && is_upper_hex(off)) {
+                return None;
+            }
+            (tli(seg)?, WalKind::Backup)
+        } else {
+            return None;
+        };
+        if timeline == 0 {
+            return None;
+        }
+        Some(WalFile {
+            name: name.to_string(),
+            timeline,
+            kind,
+        })
+    }
+
+    /// The object key of this file in the repository: `wal/<timeline>/<name>`.
+    pub fn object_key(&self) -> String {
+        format!("wal/{:08X}/{}", self.timeline, self.name)
+    }
+
+    /// Segment number within the timeline (`log * segments_per_log + seg`) for segment kinds.
+    pub fn segment_number(&self, segment_size: u64) -> Option<u64> {
+        if !matches!(self.kind, WalKind::Segment | WalKind::Partial) {
+            return None;
+        }
+        let log = u64::from_str_radix(&self.name[8..16], 16).ok()?;
+        let seg = u64::from_str_radix(&self.name[16..24], 16).ok()?;
+        let per_log = 0x1_0000_0000u64 / segment_size;
+        Some(log * per_log + seg)
+    }
+}
+
+/// The fields of a segment's first-page (long) header we check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LongPageHeader {
+    /// `xlp_magic`: identifies the PostgreSQL major version.
+    pub magic: u16,
+    /// `xlp_tli`.
+    pub timeline: u32,
+    /// `xlp_pageaddr`: the LSN of the page.
+    pub page_addr: u64,
+    /// `xlp_sysid`: the database system identifier.
+    pub system_identifier: u64,
+    /// `xlp_seg_size`.
+    pub segment_size: u32,
+    /// `xlp_xlog_blcksz`.
+    pub block_size: u32,
+}
+
+/// Length of the long page header.
+pub const LONG_HEADER_LEN: usize = 40;
+const XLP_LONG_HEADER: u16 = 0x0002;
+
+/// Why a segment's first page is not what it should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageError {
+    /// Fewer than 40 bytes.
+    TooShort,
+    /// The first page has no long header.
+    NoLongHeader,
+    /// A field out of range.
+    Invalid(&'static str),
+}
+
+impl fmt::Display for PageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PageError::TooShort => f.write_str("shorter than a WAL page header"),
+            PageError::NoLongHeader => {
+                f.write_str("the first page has no long header (not a WAL segment start)")
+            }
+            PageError::Invalid(what) => write!(f, "invalid WAL page header: {what}"),
+        }
+    }
+}
+
+impl LongPageHeader {
+    /// Parses the first 40 bytes of a segment (little-endian, as on every platform we support).
+    ///
+    /// # Errors
+    /// A [`PageError`] naming what is wrong.
+    pub fn parse(b: &[u8]) -> Result<Self, PageError> {
+        if b.len() < LONG_HEADER_LEN {
+            return Err(PageError::TooShort);
+        }
+        let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
+        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u64_at = |o: usize| u64::from(u32_at(o)) | (u64::from(u32_at(o + 4)) << 32);
+        let info = u16_at(2);
+        if info & XLP_LONG_HEADER == 0 {
+            return Err(PageError::NoLongHeader);
+        }
+        let h = LongPageHeader {
+            magic: u16_at(0),
+            timeline: u32_at(4),
+            page_addr: u64_at(8),
+            system_identifier: u64_at(24),
+            segment_size: u32_at(32),
+            block_size: u32_at(36),
+        };
+        if !(h.segment_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&h.segment_size)) {
+            return Err(PageError::Invalid(
+                "segment size is not a power of two between 1 MiB and 1 GiB",
+            ));
+        }
+        if !(h.block_size.is_power_of_two() && (1024..=65536).contains(&h.block_size)) {
+            return Err(PageError::Invalid("block size out of range"));
+        }
+        Ok(h)
+    }
+
+    /// The PostgreSQL major version this page magic belongs to, if known.
+    pub fn major_version(&self) -> Option<u32> {
+        match self.magic {
+            0xD106 => Some(13),
+            0xD10D => Some(14),
+            0xD110 => Some(15),
+            0xD113 => Some(16),
+            0xD116 => Some(17),
+            0xD118 => Some(18),
+            _ => None,
+        }
+    }
+
+    /// The segment number implied by `xlp_pageaddr`.
+    pub fn segment_number(&self) -> u64 {
+        self.page_addr / u64::from(self.segment_size)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_and_rejects_others() {
+        let seg = WalFile::parse("000000010000000A000000FE").unwrap();
+        assert_eq!((seg.timeline, seg.kind), (1, WalKind::Segment));
+        assert_eq!(seg.object_key(), "wal/00000001/000000010000000A000000FE");
+        assert_eq!(seg.segment_number(16 << 20), Some(0xA * 256 + 0xFE));
+        assert_eq!(
+            WalFile::parse("00000002.history").unwrap().kind,
+            WalKind::History
+        );
+        assert_eq!(
+            WalFile::parse("000000020000000000000003.partial")
+                .unwrap()
+                .kind,
+            WalKind::Partial
+        );
+        let b = WalFile::parse("000000010000000000000002.00000028.backup").unwrap();
+        assert_eq!((b.kind, b.timeline), (WalKind::Backup, 1));
+        for bad in [
+            "",
+            "RECOVERYXLOG",
+            "00000001000000000000000",
+            "0000000100000000000000zz",
+            "00000000.history",
+            "000000010000000000000002.backup",
+            "../00000001.history",
+            "000000010000000000000002.0000002.backup",
+        ] {
+            assert!(WalFile::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_page_header_fields() {
+        let mut p = vec![0u8; 40];
+        p[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+        p[2..4].copy_from_slice(&2u16.to_le_bytes());
+        p[4..8].copy_from_slice(&1u32.to_le_bytes());
+        p[8..16].copy_from_slice(&(3u64 << 24).to_le_bytes());
+        p[24..32].copy_from_slice(&7301234567890123456u64.to_le_bytes());
+        p[32..36].copy_from_slice(&(16u32 << 20).to_le_bytes());
+        p[36..40].copy_from_slice(&8192u32.to_le_bytes());
+        let h = LongPageHeader::parse(&p).unwrap();
+        assert_eq!(h.system_identifier, 7301234567890123456);
+        assert_eq!(h.major_version(), Some(15));
+        assert_eq!(h.segment_number(), 3);
+        p[2] = 0;
+        assert_eq!(LongPageHeader::parse(&p), Err(PageError::NoLongHeader));
+    }
+}
