@@ -1,0 +1,519 @@
+//! The walseal binary on synthetic WAL files, against every backend (local directory and the
+//! loopback S3 server): exit codes, messages, idempotence, refusals and tamper detection.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::*;
+
+const SYSID: u64 = 7_301_000_000_000_000_001;
+const SEG: u32 = 16 << 20;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    key: PathBuf,
+    repo: RepoEnv,
+}
+
+impl Fixture {
+    fn new(repo: impl FnOnce(&Path) -> RepoEnv) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir(root.join("pg_wal")).unwrap();
+        let key = root.join("master.key");
+        let out = std::process::Command::new(walseal_bin())
+            .args(["keygen", "-o"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let repo = repo(&root);
+        Fixture {
+            _dir: dir,
+            root,
+            key,
+            repo,
+        }
+    }
+
+    fn write_wal(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.root.join("pg_wal").join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    fn push(&self, name: &str) -> Output {
+        self.repo
+            .walseal(&self.key)
+            .arg("wal-push")
+            .arg(format!("pg_wal/{name}"))
+            .current_dir(&self.root)
+            .output()
+            .unwrap()
+    }
+
+    fn fetch(&self, name: &str, dest: &str) -> Output {
+        self.repo
+            .walseal(&self.key)
+            .arg("wal-fetch")
+            .arg(name)
+            .arg(dest)
+            .current_dir(&self.root)
+            .output()
+            .unwrap()
+    }
+
+    fn restore_dir_entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.root.join("restore"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Runs `test` once per backend: local directory, then S3.
+fn each_backend(test: impl Fn(&Fixture)) {
+    test(&Fixture::new(|root| RepoEnv::local(&root.join("repo"))));
+    if let Some((endpoint, bucket)) = s3_endpoint() {
+        test(&Fixture::new(|_| {
+            RepoEnv::s3(&endpoint, &bucket, &unique("cli"))
+        }));
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn push_fetch_round_trip_and_idempotent_repush() {
+    each_backend(|f| {
+        let name = "000000010000000000000003";
+        let data = synthetic_segment(name, SYSID, SEG, None);
+        f.write_wal(name, &data);
+        let out = f.push(name);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        let again = f.push(name);
+        assert_eq!(
+            code(&again),
+            0,
+            "identical re-push must succeed: {}",
+            stderr(&again)
+        );
+        std::fs::create_dir_all(f.root.join("restore")).unwrap();
+        let out = f.fetch(name, "restore/RECOVERYXLOG");
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(
+            std::fs::read(f.root.join("restore/RECOVERYXLOG")).unwrap() == data,
+            "restored bytes differ"
+        );
+        // The other kinds of WAL file PostgreSQL archives.
+        let history = b"1\t0/3000000\tno recovery target specified\n";
+        for (other, content) in [
+            ("00000002.history", history.to_vec()),
+            (
+                "000000010000000000000003.00000028.backup",
+                b"START WAL LOCATION: 0/3000028\n".to_vec(),
+            ),
+            (
+                "000000010000000000000004.partial",
+                synthetic_segment("000000010000000000000004", SYSID, SEG, None),
+            ),
+        ] {
+            f.write_wal(other, &content);
+            let out = f.push(other);
+            assert_eq!(code(&out), 0, "{other}: {}", stderr(&out));
+            let out = f.fetch(other, "restore/RECOVERYHISTORY");
+            assert_eq!(code(&out), 0, "{other}: {}", stderr(&out));
+            assert!(
+                std::fs::read(f.root.join("restore/RECOVERYHISTORY")).unwrap() == content,
+                "{other} differs"
+            );
+        }
+    });
+}
+
+#[test]
+fn different_content_under_an_archived_name_is_refused_and_nothing_overwritten() {
+    each_backend(|f| {
+        let name = "000000010000000000000005";
+        let original = synthetic_segment(name, SYSID, SEG, None);
+        f.write_wal(name, &original);
+        assert_eq!(code(&f.push(name)), 0);
+        let mut changed = original.clone();
+        changed[SEG as usize - 1] ^= 0xff;
+        f.write_wal(name, &changed);
+        let out = f.push(name);
+        assert_eq!(code(&out), 7, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("already archived with different content"),
+            "{}",
+            stderr(&out)
+        );
+        std::fs::create_dir_all(f.root.join("restore")).unwrap();
+        assert_eq!(code(&f.fetch(name, "restore/X")), 0);
+        assert!(
+            std::fs::read(f.root.join("restore/X")).unwrap() == original,
+            "archived copy was overwritten"
+        );
+    });
+}
+
+#[test]
+fn segment_from_another_cluster_is_refused() {
+    each_backend(|f| {
+        f.write_wal(
+            "000000010000000000000001",
+            &synthetic_segment("000000010000000000000001", SYSID, SEG, None),
+        );
+        assert_eq!(code(&f.push("000000010000000000000001")), 0);
+        let other = SYSID + 1;
+        f.write_wal(
+            "000000010000000000000002",
+            &synthetic_segment("000000010000000000000002", other, SEG, None),
+        );
+        let out = f.push("000000010000000000000002");
+        assert_eq!(code(&out), 7, "{}", stderr(&out));
+        let msg = stderr(&out);
+        assert!(
+            msg.contains(&format!(
+                "belongs to system {SYSID}, this segment to {other}"
+            )),
+            "{msg}"
+        );
+        assert_eq!(msg.lines().count(), 1, "one-line error expected: {msg}");
+    });
+}
+
+#[test]
+fn fetch_failures_stop_recovery_and_leave_no_file() {
+    each_backend(|f| {
+        let storage = f.repo.storage();
+        for n in [
+            "000000010000000000000010",
+            "000000010000000000000011",
+            "000000010000000000000012",
+        ] {
+            f.write_wal(n, &synthetic_segment(n, SYSID, SEG, None));
+            assert_eq!(code(&f.push(n)), 0);
+        }
+        std::fs::create_dir_all(f.root.join("restore")).unwrap();
+        let key = |n: &str| format!("wal/00000001/{n}");
+        let replace = |n: &str, bytes: Vec<u8>| {
+            block_on(async {
+                storage.delete(&key(n)).await.unwrap();
+                storage.put_new(&key(n), bytes.into()).await.unwrap();
+            })
+        };
+        let original = block_on(storage.get_bytes(&key("000000010000000000000010")))
+            .unwrap()
+            .unwrap();
+
+        // A flipped byte in the payload.
+        let mut flipped = original.clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x01;
+        replace("000000010000000000000010", flipped);
+        let out = f.fetch("000000010000000000000010", "restore/RECOVERYXLOG");
+        assert_eq!(code(&out), 205, "flipped: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("failed authentication"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(
+            f.restore_dir_entries().is_empty(),
+            "left behind: {:?}",
+            f.restore_dir_entries()
+        );
+
+        // Truncated.
+        replace(
+            "000000010000000000000010",
+            original[..original.len() - 100].to_vec(),
+        );
+        let out = f.fetch("000000010000000000000010", "restore/RECOVERYXLOG");
+        assert_eq!(code(&out), 205, "truncated: {}", stderr(&out));
+        assert!(f.restore_dir_entries().is_empty());
+
+        // Another segment's object copied onto this name.
+        let other = block_on(storage.get_bytes(&key("000000010000000000000011")))
+            .unwrap()
+            .unwrap();
+        replace("000000010000000000000012", other);
+        let out = f.fetch("000000010000000000000012", "restore/RECOVERYXLOG");
+        assert_eq!(code(&out), 205, "swapped: {}", stderr(&out));
+        assert!(f.restore_dir_entries().is_empty());
+
+        // Wrong key.
+        let wrong = f.root.join("wrong.key");
+        assert!(std::process::Command::new(walseal_bin())
+            .args(["keygen", "-o"])
+            .arg(&wrong)
+            .status()
+            .unwrap()
+            .success());
+        let out = f
+            .repo
+            .walseal(&wrong)
+            .args([
+                "wal-fetch",
+                "000000010000000000000011",
+                "restore/RECOVERYXLOG",
+            ])
+            .current_dir(&f.root)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 204, "wrong key: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("not in the configured keyring"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(f.restore_dir_entries().is_empty());
+
+        // Missing key file.
+        let out = f
+            .repo
+            .walseal(Path::new("/nonexistent/key"))
+            .args([
+                "wal-fetch",
+                "000000010000000000000011",
+                "restore/RECOVERYXLOG",
+            ])
+            .current_dir(&f.root)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 203, "missing key: {}", stderr(&out));
+
+        // A segment that is not in the archive: PostgreSQL's normal end of archive.
+        let out = f.fetch("000000010000000000000099", "restore/RECOVERYXLOG");
+        assert_eq!(code(&out), 1, "missing segment: {}", stderr(&out));
+        assert!(f.restore_dir_entries().is_empty());
+
+        // The untouched segment still restores.
+        assert_eq!(
+            code(&f.fetch("000000010000000000000011", "restore/RECOVERYXLOG")),
+            0
+        );
+    });
+}
+
+#[test]
+fn plaintext_never_reaches_the_repository() {
+    each_backend(|f| {
+        let marker = b"walseal-canary-7f3a9c-PLAINTEXT";
+        let name = "000000010000000000000020";
+        f.write_wal(name, &synthetic_segment(name, SYSID, SEG, Some(marker)));
+        assert_eq!(code(&f.push(name)), 0);
+        let storage = f.repo.storage();
+        let objects = block_on(storage.list("")).unwrap();
+        assert!(objects.len() >= 2, "{objects:?}");
+        for (key, _) in objects {
+            let raw = block_on(storage.get_bytes(&key)).unwrap().unwrap();
+            assert!(!contains(&raw, marker), "plaintext marker found in {key}");
+            assert!(
+                !contains(&raw, &SYSID.to_le_bytes()),
+                "system identifier in clear in {key}"
+            );
+        }
+    });
+}
+
+#[test]
+fn storage_unreachable_is_fatal_for_fetch_and_a_failure_for_push() {
+    let f = Fixture::new(|_| {
+        RepoEnv::s3(
+            &format!("http://127.0.0.1:{}", free_port()),
+            "nobucket",
+            "x",
+        )
+    });
+    let name = "000000010000000000000001";
+    f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
+    let cfg = f.root.join("fast.toml");
+    std::fs::write(&cfg, "storage_retries = 1\nstorage_timeout_secs = 5\n").unwrap();
+    let out = f
+        .repo
+        .walseal(&f.key)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["wal-push", &format!("pg_wal/{name}")])
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    let out = f
+        .repo
+        .walseal(&f.key)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["wal-fetch", name, "pg_wal/RECOVERYXLOG"])
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 206, "{}", stderr(&out));
+    assert!(!f.root.join("pg_wal/RECOVERYXLOG").exists());
+}
+
+#[test]
+fn plain_http_endpoint_is_refused_unless_allowed() {
+    let f = Fixture::new(|_| RepoEnv::s3("http://127.0.0.1:9", "b", "p"));
+    let name = "000000010000000000000001";
+    f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
+    let out = f
+        .repo
+        .walseal(&f.key)
+        .env_remove("WALSEAL_ALLOW_HTTP")
+        .args(["wal-push", &format!("pg_wal/{name}")])
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("WALSEAL_ALLOW_HTTP=1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn key_file_readable_by_others_is_refused_with_chmod_hint() {
+    let f = Fixture::new(|root| RepoEnv::local(&root.join("repo")));
+    std::fs::set_permissions(&f.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let name = "000000010000000000000001";
+    f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
+    let out = f.push(name);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("chmod 600 {}", f.key.display())),
+        "{}",
+        stderr(&out)
+    );
+    let out = f.fetch(name, "pg_wal/RECOVERYXLOG");
+    assert_eq!(code(&out), 203, "{}", stderr(&out));
+}
+
+#[test]
+fn keygen_writes_0600_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k");
+    let out = std::process::Command::new(walseal_bin())
+        .args(["keygen", "-o"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 32, "key id on stdout: {id:?}");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let before = std::fs::read(&key).unwrap();
+    let out = std::process::Command::new(walseal_bin())
+        .args(["keygen", "-o"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    // The secret never appears on stdout or stderr.
+    let text = String::from_utf8_lossy(&before).into_owned();
+    let secret = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(secret) && !stderr(&out).contains(secret)
+    );
+}
+
+#[test]
+fn config_file_and_env_both_configure_the_repository() {
+    let f = Fixture::new(|root| RepoEnv::local(&root.join("repo-env")));
+    let name = "000000010000000000000001";
+    f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
+    let cfg = f.root.join("walseal.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "repo = \"file://{}/repo-cfg\"\nkey_file = \"{}\"\n",
+            f.root.display(),
+            f.key.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(walseal_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["wal-push", &format!("pg_wal/{name}")])
+        .env_remove("WALSEAL_REPO")
+        .env_remove("WALSEAL_KEY_FILE")
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(f.root.join("repo-cfg/wal/00000001").join(name).exists());
+    // The environment overrides the file.
+    let out = std::process::Command::new(walseal_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["wal-push", &format!("pg_wal/{name}")])
+        .env(
+            "WALSEAL_REPO",
+            format!("file://{}/repo-env", f.root.display()),
+        )
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(f.root.join("repo-env/wal/00000001").join(name).exists());
+    // An unknown key in the file is a config error naming the file.
+    std::fs::write(&cfg, "repository = \"x\"\n").unwrap();
+    let out = std::process::Command::new(walseal_bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["wal-push", &format!("pg_wal/{name}")])
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+}
+
+#[test]
+fn bad_usage_has_documented_codes() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(walseal_bin())
+            .args(args)
+            .env_remove("WALSEAL_REPO")
+            .output()
+            .unwrap()
+    };
+    assert_eq!(code(&run(&["wal-push"])), 2);
+    assert_eq!(code(&run(&["no-such-command"])), 2);
+    // restore_command misconfigured must stop recovery rather than look like end of archive.
+    assert_eq!(code(&run(&["wal-fetch", "000000010000000000000001"])), 202);
+    let out = run(&["wal-fetch", "not-a-wal-name", "/tmp/x"]);
+    assert_eq!(code(&out), 202, "{}", stderr(&out));
+    let out = run(&["wal-push", "/etc/passwd"]);
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not a WAL file name"));
+    for cmd in ["keygen", "wal-push", "wal-fetch"] {
+        let out = run(&[cmd, "--help"]);
+        assert_eq!(code(&out), 0);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: walseal"));
+    }
+}

@@ -1,0 +1,438 @@
+//! Shared test harness: a throwaway PostgreSQL cluster run as the `postgres` OS user, the
+//! loopback S3 server started by `scripts/test.sh`, and helpers to run the walseal binary.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// PostgreSQL 15 binaries (Debian package).
+pub fn pg_bin() -> PathBuf {
+    PathBuf::from(std::env::var("PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into()))
+}
+
+/// The built walseal binary.
+pub fn walseal_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_walseal"))
+}
+
+/// A directory under /tmp owned by postgres and removed on drop.
+pub struct PgDir(pub PathBuf);
+
+impl PgDir {
+    pub fn new(tag: &str) -> PgDir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("walseal-{tag}-"))
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        run_ok(Command::new("chmod").arg("755").arg(&dir));
+        chown_pg(&dir);
+        PgDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PgDir {
+    fn drop(&mut self) {
+        if std::env::var_os("WALSEAL_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn chown_pg(path: &Path) {
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(path),
+    );
+}
+
+/// Runs `cmd` as the postgres user (initdb refuses root), cwd `/`.
+pub fn as_pg(program: &Path) -> Command {
+    let mut c = Command::new("runuser");
+    c.arg("-u")
+        .arg("postgres")
+        .arg("--")
+        .arg(program)
+        .current_dir("/");
+    c
+}
+
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A throwaway cluster. Stopped (immediate) on drop.
+pub struct Pg {
+    pub data: PathBuf,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Pg {
+    /// `initdb` into `dir/name` with trust auth and the given extra settings.
+    pub fn init(dir: &Path, name: &str, settings: &[String]) -> Pg {
+        let data = dir.join(name);
+        let port = free_port();
+        run_ok(as_pg(&pg_bin().join("initdb")).arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-instructions",
+        ]));
+        let pg = Pg {
+            log: dir.join(format!("{name}.log")),
+            data,
+            port,
+        };
+        pg.configure(port, settings);
+        pg
+    }
+
+    /// A cluster on a data directory made some other way (e.g. pg_basebackup).
+    pub fn existing(dir: &Path, name: &str, settings: &[String]) -> Pg {
+        let data = dir.join(name);
+        let port = free_port();
+        let pg = Pg {
+            log: dir.join(format!("{name}.log")),
+            data,
+            port,
+        };
+        pg.configure(port, settings);
+        pg
+    }
+
+    fn configure(&self, port: u16, settings: &[String]) {
+        let sock = self.data.parent().unwrap();
+        let mut conf = format!(
+            "\n# walseal tests\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\nmax_wal_size = 256MB\n",
+            sock.display()
+        );
+        for s in settings {
+            conf.push_str(s);
+            conf.push('\n');
+        }
+        let path = self.data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str(&conf);
+        std::fs::write(&path, text).unwrap();
+    }
+
+    pub fn start(&self) {
+        let out = as_pg(&pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&self.log)
+            .args(["-w", "-t", "120", "start"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Starts without waiting (recovery may end in shutdown).
+    pub fn start_nowait(&self) {
+        run_ok(
+            as_pg(&pg_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .arg("-W")
+                .arg("start"),
+        );
+    }
+
+    pub fn stop(&self) {
+        let _ = as_pg(&pg_bin().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+            .output();
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn psql(&self, sql: &str) -> String {
+        let out = self.psql_raw(sql);
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}\nlog:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log_text(), 30)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn psql_raw(&self, sql: &str) -> Output {
+        as_pg(&pg_bin().join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .unwrap()
+    }
+
+    pub fn pgbench(&self, args: &[&str]) {
+        run_ok(
+            as_pg(&pg_bin().join("pgbench"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-p",
+                    &self.port.to_string(),
+                ])
+                .args(args)
+                .arg("postgres"),
+        );
+    }
+
+    /// Waits until `cond(psql(sql))` or panics after `timeout`.
+    pub fn wait_for(&self, sql: &str, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let out = self.psql_raw(sql);
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if out.status.success() && cond(&text) {
+                return text;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {sql:?} (last: {text:?}); log:\n{}",
+                tail(&self.log_text(), 40)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Switches WAL and waits until the switched-out segment is archived; returns its name.
+    pub fn switch_and_wait_archived(&self) -> String {
+        let seg = self.psql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+        self.psql("SELECT pg_switch_wal()");
+        self.wait_for(
+            "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+            Duration::from_secs(120),
+            |last| last.len() >= 24 && last[..24] >= seg[..],
+        );
+        seg
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        if self.data.join("postmaster.pid").exists() {
+            let _ = as_pg(&pg_bin().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}
+
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The loopback S3 server from `scripts/test.sh`, or a panic explaining how to get one.
+/// Set `WALSEAL_SKIP_S3=1` to skip S3 variants explicitly (they then print SKIPPED).
+pub fn s3_endpoint() -> Option<(String, String)> {
+    if std::env::var_os("WALSEAL_SKIP_S3").is_some() {
+        eprintln!("SKIPPED: S3 variant (WALSEAL_SKIP_S3 is set)");
+        return None;
+    }
+    let endpoint = std::env::var("WALSEAL_TEST_S3_ENDPOINT")
+        .expect("WALSEAL_TEST_S3_ENDPOINT is not set: run the tests with scripts/test.sh (it starts a loopback S3 server), or set WALSEAL_SKIP_S3=1");
+    let bucket = std::env::var("WALSEAL_TEST_S3_BUCKET").unwrap_or_else(|_| "walseal-test".into());
+    Some((endpoint, bucket))
+}
+
+/// A unique prefix per test run.
+pub fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+/// Environment that points walseal at a repository.
+#[derive(Clone, Debug)]
+pub struct RepoEnv {
+    pub url: String,
+    pub vars: Vec<(String, String)>,
+    /// Local directory of a file:// repository.
+    pub local_dir: Option<PathBuf>,
+}
+
+impl RepoEnv {
+    pub fn local(dir: &Path) -> RepoEnv {
+        let url = format!("file://{}", dir.display());
+        RepoEnv {
+            vars: vec![("WALSEAL_REPO".into(), url.clone())],
+            url,
+            local_dir: Some(dir.to_path_buf()),
+        }
+    }
+
+    pub fn s3(endpoint: &str, bucket: &str, prefix: &str) -> RepoEnv {
+        let url = format!("s3://{bucket}/{prefix}");
+        let vars = vec![
+            ("WALSEAL_REPO".into(), url.clone()),
+            ("WALSEAL_ALLOW_HTTP".into(), "1".into()),
+            ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+            (
+                "AWS_ACCESS_KEY_ID".into(),
+                std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_else(|_| "test".into()),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY".into(),
+                std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_else(|_| "test".into()),
+            ),
+            ("AWS_REGION".into(), "us-east-1".into()),
+        ];
+        RepoEnv {
+            url,
+            vars,
+            local_dir: None,
+        }
+    }
+
+    /// `VAR=value ...` prefix for archive_command / restore_command.
+    pub fn shell_prefix(&self) -> String {
+        self.vars
+            .iter()
+            .map(|(k, v)| format!("{k}='{v}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// A walseal command with this repository and key configured, as root.
+    pub fn walseal(&self, key: &Path) -> Command {
+        let mut c = Command::new(walseal_bin());
+        c.env_remove("WALSEAL_CONFIG").env_remove("WALSEAL_LOG");
+        for (k, v) in &self.vars {
+            c.env(k, v);
+        }
+        c.env("WALSEAL_KEY_FILE", key);
+        c
+    }
+
+    /// The walseal storage for direct (raw) access from tests.
+    pub fn storage(&self) -> walseal::storage::Storage {
+        let mut storage = std::collections::BTreeMap::new();
+        for (k, v) in &self.vars {
+            if let Some(rest) = k.strip_prefix("AWS_") {
+                let key = match rest {
+                    "ENDPOINT_URL" => "aws_endpoint".to_string(),
+                    other => format!("aws_{}", other.to_lowercase()),
+                };
+                storage.insert(key, v.clone());
+            }
+        }
+        let cfg = walseal::config::Config {
+            repo: Some(self.url.clone()),
+            key_files: vec![],
+            allow_http: true,
+            log_level: "warn".into(),
+            storage,
+            storage_retries: 2,
+            storage_timeout: Duration::from_secs(30),
+        };
+        walseal::storage::Storage::open(&cfg, walseal::storage::Create::Yes).unwrap()
+    }
+}
+
+/// Runs a future to completion on a fresh runtime.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// A synthetic but well-formed WAL segment: a long page header naming `sysid`, then
+/// pseudo-random, partly compressible bytes (with `marker` embedded if given).
+pub fn synthetic_segment(name: &str, sysid: u64, seg_size: u32, marker: Option<&[u8]>) -> Vec<u8> {
+    let log = u64::from_str_radix(&name[8..16], 16).unwrap();
+    let seg = u64::from_str_radix(&name[16..24], 16).unwrap();
+    let segno = log * (0x1_0000_0000u64 / u64::from(seg_size)) + seg;
+    let mut data = vec![0u8; seg_size as usize];
+    let mut x: u64 = sysid ^ segno;
+    for (i, b) in data.iter_mut().enumerate() {
+        if (i / 4096) % 3 == 0 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        } else {
+            *b = (i % 64) as u8;
+        }
+    }
+    data[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
+    data[2..4].copy_from_slice(&2u16.to_le_bytes());
+    data[4..8].copy_from_slice(&u32::from_str_radix(&name[0..8], 16).unwrap().to_le_bytes());
+    data[8..16].copy_from_slice(&(segno * u64::from(seg_size)).to_le_bytes());
+    data[16..24].fill(0);
+    data[24..32].copy_from_slice(&sysid.to_le_bytes());
+    data[32..36].copy_from_slice(&seg_size.to_le_bytes());
+    data[36..40].copy_from_slice(&8192u32.to_le_bytes());
+    if let Some(m) = marker {
+        data[100_000..100_000 + m.len()].copy_from_slice(m);
+    }
+    data
+}
+
+/// True if `needle` occurs in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
