@@ -1,6 +1,8 @@
 //! The walseal binary on synthetic WAL files, against every backend (local directory and the
 //! loopback S3 server): exit codes, messages, idempotence, refusals and tamper detection.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

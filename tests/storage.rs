@@ -1,5 +1,7 @@
 //! The storage conformance suite against every backend we test.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! Shared test harness: a throwaway PostgreSQL cluster run as the `postgres` OS user, the
 //! loopback S3 server started by `scripts/test.sh`, and helpers to run the walseal binary.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
