@@ -19,7 +19,14 @@ log "cargo build --release --all-targets"
 cargo build --release --all-targets
 
 log "cargo test --release"
-status=0
-cargo test --release -- --test-threads=2 || status=$?
+out=$(mktemp /tmp/walseal-test-output.XXXXXX)
+set +e
+cargo test --release -- --test-threads=2 2>&1 | tee "$out"
+status=${PIPESTATUS[0]}
+set -e
 log "cargo test exited with $status"
+# One closing line for the whole suite (CI reads it): the sums of every "test result:" line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
+rm -f "$out"
 exit "$status"
