@@ -88,6 +88,82 @@ pub enum Command {
         /// Where to write it (PostgreSQL's %p).
         dest: PathBuf,
     },
+    /// Take an encrypted base backup over the replication protocol (run it from cron).
+    ///
+    /// Connects like pg_basebackup (a role with REPLICATION, a `replication` line in
+    /// pg_hba.conf), streams every tablespace and the backup manifest into sealed parts, waits
+    /// until the WAL the backup needs is archived, then writes the backup's record. Only then is
+    /// the backup complete and listed.
+    Backup(BackupArgs),
+    /// Restore a base backup into a new data directory, ready for point-in-time recovery.
+    ///
+    /// Checks every file against the backup manifest and writes recovery.signal plus
+    /// restore_command and the recovery target into postgresql.auto.conf: start the server
+    /// afterwards. Run it as the OS user PostgreSQL runs as.
+    Restore(RestoreArgs),
+    /// List complete backups and the archived WAL per timeline.
+    List {
+        /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Flags of `walseal backup`.
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// Connection: libpq conninfo ('host=H port=P user=U') or URL (postgresql://U@H:P/).
+    /// Unset parts come from PGHOST, PGPORT, PGUSER, PGPASSWORD, PGPASSFILE/~/.pgpass, PGSSLMODE.
+    #[arg(long, value_name = "CONNINFO")]
+    pub pg: Option<String>,
+    /// Request an immediate checkpoint instead of a spread one (PostgreSQL's default).
+    #[arg(long)]
+    pub fast: bool,
+    /// Plaintext bytes per sealed part (KiB, MiB, GiB). Memory use is about three parts.
+    #[arg(long, default_value = "32MiB", value_name = "SIZE")]
+    pub part_size: String,
+    /// Seconds to wait for the WAL the backup needs to reach the archive.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub wal_timeout: u64,
+    /// Print the backup record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Progress bar: auto (on a terminal), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub progress: String,
+}
+
+/// Flags of `walseal restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id (see `walseal list`) or `latest`.
+    pub backup: String,
+    /// Data directory to create; must not exist or be empty.
+    pub pgdata: PathBuf,
+    /// Recover to this time (e.g. '2026-11-28 08:15:00+00'; no zone means UTC).
+    #[arg(long, value_name = "TIME", group = "target")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL location (e.g. 0/5000028).
+    #[arg(long, value_name = "LSN", group = "target")]
+    pub target_lsn: Option<String>,
+    /// Recover to this transaction id.
+    #[arg(long, value_name = "XID", group = "target")]
+    pub target_xid: Option<String>,
+    /// Recover to this named restore point (pg_create_restore_point).
+    #[arg(long, value_name = "NAME", group = "target")]
+    pub target_name: Option<String>,
+    /// Timeline to recover along: latest, current, or a number.
+    #[arg(long, default_value = "latest", value_name = "TLI")]
+    pub target_timeline: String,
+    /// What the server does at the target: pause, promote or shutdown.
+    #[arg(long, default_value = "pause", value_parser = ["pause", "promote", "shutdown"])]
+    pub target_action: String,
+    /// Put a tablespace at another location: OLD=NEW (repeatable).
+    #[arg(long, value_name = "OLD=NEW")]
+    pub tablespace_map: Vec<String>,
+    /// Print the restored backup's record as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Command {
@@ -97,6 +173,9 @@ impl Command {
             Command::Keygen { .. } => "keygen",
             Command::WalPush { .. } => "wal-push",
             Command::WalFetch { .. } => "wal-fetch",
+            Command::Backup(_) => "backup",
+            Command::Restore(_) => "restore",
+            Command::List { .. } => "list",
         }
     }
 }

@@ -29,6 +29,10 @@ pub enum ErrorKind {
     LocalIo,
     /// A bug in walseal.
     Internal,
+    /// PostgreSQL could not be reached, refused us, or did not do what a backup needs.
+    Database,
+    /// A restore or recovery target that cannot work with the chosen backup.
+    Target,
 }
 
 impl ErrorKind {
@@ -44,6 +48,8 @@ impl ErrorKind {
             ErrorKind::Conflict => 7,
             ErrorKind::LocalIo => 8,
             ErrorKind::Internal => 9,
+            ErrorKind::Database => 10,
+            ErrorKind::Target => 11,
         }
     }
 

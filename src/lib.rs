@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod backup;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -15,7 +17,10 @@ pub mod repository;
 pub mod restore;
 pub mod seal;
 pub mod storage;
+pub mod time;
 pub mod wal;
+
+mod commands;
 
 use cli::{Cli, Command};
 use config::Config;
@@ -42,10 +47,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::WalFetch { name, dest } => {
             block_on(restore::wal_fetch(&cfg, &name, &dest)).map(|_| ())
         }
+        Command::Backup(args) => commands::backup(&cfg, &args),
+        Command::Restore(args) => commands::restore(&cfg, cli.global.config.as_deref(), &args),
+        Command::List { json } => commands::list(&cfg, json),
     }
 }
 
-fn block_on<F: std::future::Future<Output = Result<T>>, T>(f: F) -> Result<T> {
+pub(crate) fn block_on<F: std::future::Future<Output = Result<T>>, T>(f: F) -> Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -238,3 +238,79 @@ mod tests {
         assert_eq!(LongPageHeader::parse(&p), Err(PageError::NoLongHeader));
     }
 }
+
+/// A WAL location (`XLogRecPtr`), written `%X/%X`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Parses `hi/lo` in hex.
+    pub fn parse(s: &str) -> Option<Lsn> {
+        let (hi, lo) = s.trim().split_once('/')?;
+        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
+            return None;
+        }
+        Some(Lsn(
+            (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?
+        ))
+    }
+
+    /// The name of the segment that holds the byte just before this location (the segment a
+    /// record ending here lives in), on `timeline`.
+    pub fn prev_segment_name(self, timeline: u32, segment_size: u64) -> String {
+        segment_name(
+            timeline,
+            self.0.saturating_sub(1) / segment_size,
+            segment_size,
+        )
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+impl serde::Serialize for Lsn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Lsn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Lsn::parse(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid LSN {s:?}")))
+    }
+}
+
+/// The file name of segment number `segno` on `timeline`.
+pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
+    let per_log = 0x1_0000_0000u64 / segment_size;
+    format!(
+        "{timeline:08X}{:08X}{:08X}",
+        segno / per_log,
+        segno % per_log
+    )
+}
+
+#[cfg(test)]
+mod lsn_tests {
+    use super::*;
+
+    #[test]
+    fn lsn_parse_display_and_segments() {
+        let l = Lsn::parse("1/2000028").unwrap();
+        assert_eq!(l.0, 0x1_0200_0028);
+        assert_eq!(l.to_string(), "1/2000028");
+        assert_eq!(l.prev_segment_name(1, 16 << 20), "000000010000000100000002");
+        assert_eq!(
+            Lsn::parse("0/3000000")
+                .unwrap()
+                .prev_segment_name(2, 16 << 20),
+            "000000020000000000000002"
+        );
+        assert!(Lsn::parse("zz").is_none());
+    }
+}

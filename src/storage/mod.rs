@@ -288,6 +288,22 @@ impl Storage {
         Ok(Some(out))
     }
 
+    /// Whether an object exists.
+    ///
+    /// # Errors
+    /// `Storage` for anything but "not found".
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        match self.store.head(&self.path(key)).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(storage_error(
+                &self.display,
+                &format!("cannot check {key}"),
+                &e,
+            )),
+        }
+    }
+
     /// Deletes an object; deleting a missing object succeeds.
     ///
     /// # Errors

@@ -1,4 +1,4 @@
-//! `wal-fetch`: PostgreSQL's `restore_command`.
+//! `wal-fetch`: PostgreSQL's `restore_command`; [`base`]: `walseal restore` of a base backup.
 //!
 //! The object is streamed from storage, authenticated chunk by chunk, decompressed into a
 //! temporary file beside the destination, and renamed into place only after the final chunk
@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::mpsc;
+
+pub mod base;
+pub mod tar;
 
 use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};

@@ -1,0 +1,367 @@
+//! A replication connection (`replication=true`, a physical walsender) spoken over
+//! `postgres-protocol`: startup, authentication (trust, password, md5, SCRAM-SHA-256), simple
+//! queries, and the message stream of BASE_BACKUP.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{DataRowBody, ErrorFields, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::conninfo::{ConnParams, SslMode};
+use crate::error::{Error, ErrorKind, Result};
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// An open replication connection.
+pub struct Conn {
+    io: Box<dyn Io>,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// ParameterStatus values the server reported (server_version, ...).
+    pub server_params: HashMap<String, String>,
+    what: String,
+}
+
+fn db_error(msg: String) -> Error {
+    Error::new(ErrorKind::Database, msg)
+}
+
+fn protocol_error(what: &str, detail: impl std::fmt::Display) -> Error {
+    db_error(format!("{what}: protocol error: {detail}"))
+}
+
+/// One text row of a result.
+pub type Row = Vec<Option<String>>;
+
+impl Conn {
+    /// Connects and authenticates as a physical replication client.
+    ///
+    /// # Errors
+    /// `Database` if the server is unreachable or refuses the connection or the credentials;
+    /// `Config` for a TLS mode this build cannot honour.
+    pub async fn connect(p: &ConnParams) -> Result<Conn> {
+        let what = p.describe();
+        if matches!(
+            p.sslmode,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+        ) {
+            return Err(Error::new(ErrorKind::Config, format!("sslmode={:?} is not supported by this walseal build yet", p.sslmode).to_lowercase())
+                .hint("connect over a Unix socket or a trusted network with sslmode=disable/prefer until TLS support lands"));
+        }
+        let io: Box<dyn Io> = if p.host.starts_with('/') {
+            let path = format!("{}/.s.PGSQL.{}", p.host, p.port);
+            Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+                db_error(format!("cannot connect to PostgreSQL at {what}: {e}"))
+                    .hint("check that the server runs and PGHOST/PGPORT (or host=/port= in --pg) point at it")
+            })?)
+        } else {
+            let s = tokio::net::TcpStream::connect((p.host.as_str(), p.port)).await.map_err(|e| {
+                db_error(format!("cannot connect to PostgreSQL at {what}: {e}"))
+                    .hint("check that the server runs, listen_addresses/port, firewalls, and PGHOST/PGPORT")
+            })?;
+            let _ = s.set_nodelay(true);
+            Box::new(s)
+        };
+        let mut conn = Conn {
+            io,
+            rbuf: BytesMut::with_capacity(1 << 17),
+            wbuf: BytesMut::with_capacity(1024),
+            server_params: HashMap::new(),
+            what,
+        };
+        conn.startup(p).await?;
+        Ok(conn)
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        self.io
+            .write_all(&self.wbuf)
+            .await
+            .map_err(|e| db_error(format!("{}: write failed: {e}", self.what)))?;
+        self.io
+            .flush()
+            .await
+            .map_err(|e| db_error(format!("{}: write failed: {e}", self.what)))?;
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Reads the next message, reporting ErrorResponse as an error and skipping notices.
+    pub async fn next(&mut self) -> Result<Message> {
+        loop {
+            let msg = self.next_raw().await?;
+            match msg {
+                Message::ErrorResponse(body) => {
+                    return Err(server_error(&self.what, body.fields()))
+                }
+                Message::NoticeResponse(body) => {
+                    let (text, _) = describe_fields(body.fields());
+                    tracing::warn!("server notice: {text}");
+                }
+                Message::ParameterStatus(body) => {
+                    if let (Ok(k), Ok(v)) = (body.name(), body.value()) {
+                        self.server_params.insert(k.to_string(), v.to_string());
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    async fn next_raw(&mut self) -> Result<Message> {
+        loop {
+            match Message::parse(&mut self.rbuf) {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => {}
+                Err(e) => return Err(protocol_error(&self.what, e)),
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 8192 {
+                self.rbuf.reserve(1 << 17);
+            }
+            let n = self
+                .io
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| db_error(format!("{}: read failed: {e}", self.what)))?;
+            if n == 0 {
+                return Err(db_error(format!(
+                    "{}: the server closed the connection",
+                    self.what
+                )));
+            }
+        }
+    }
+
+    async fn startup(&mut self, p: &ConnParams) -> Result<()> {
+        let params = [
+            ("user", p.user.as_str()),
+            ("replication", "true"),
+            ("application_name", p.application_name.as_str()),
+        ];
+        frontend::startup_message(params.iter().copied(), &mut self.wbuf)
+            .map_err(|e| protocol_error(&self.what, e))?;
+        self.flush().await?;
+        let no_password = || {
+            db_error(format!("{}: the server asks for a password and none is configured", p.describe()))
+                .hint("set PGPASSWORD, password= in --pg, or an entry for database 'replication' in ~/.pgpass (PGPASSFILE)")
+        };
+        loop {
+            match self.next().await? {
+                Message::AuthenticationOk => break,
+                Message::AuthenticationCleartextPassword => {
+                    let pw = p.password.as_ref().ok_or_else(no_password)?;
+                    frontend::password_message(pw.as_bytes(), &mut self.wbuf)
+                        .map_err(|e| protocol_error(&self.what, e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let pw = p.password.as_ref().ok_or_else(no_password)?;
+                    let hash =
+                        zeroize::Zeroizing::new(postgres_protocol::authentication::md5_hash(
+                            p.user.as_bytes(),
+                            pw.as_bytes(),
+                            body.salt(),
+                        ));
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf)
+                        .map_err(|e| protocol_error(&self.what, e))?;
+                    self.flush().await?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let pw = p.password.as_ref().ok_or_else(no_password)?;
+                    let mut mechs = body.mechanisms();
+                    let mut has_scram = false;
+                    while let Some(m) = mechs.next().map_err(|e| protocol_error(&self.what, e))? {
+                        has_scram |= m == SCRAM_SHA_256;
+                    }
+                    if !has_scram {
+                        return Err(db_error(format!(
+                            "{}: the server offers no SASL mechanism walseal supports",
+                            self.what
+                        )));
+                    }
+                    self.scram(pw.as_bytes()).await?;
+                }
+                Message::AuthenticationKerberosV5
+                | Message::AuthenticationScmCredential
+                | Message::AuthenticationGss
+                | Message::AuthenticationSspi
+                | Message::AuthenticationGssContinue(_) => {
+                    return Err(db_error(format!("{}: the server asks for an authentication method walseal does not support (Kerberos/GSS/SSPI)", self.what))
+                        .hint("use scram-sha-256, md5, password or trust for the replication line in pg_hba.conf"));
+                }
+                _ => {
+                    return Err(protocol_error(
+                        &self.what,
+                        "unexpected message during authentication",
+                    ))
+                }
+            }
+        }
+        loop {
+            match self.next().await? {
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::BackendKeyData(_) => {}
+                _ => {
+                    return Err(protocol_error(
+                        &self.what,
+                        "unexpected message after authentication",
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn scram(&mut self, password: &[u8]) -> Result<()> {
+        let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.wbuf)
+            .map_err(|e| protocol_error(&self.what, e))?;
+        self.flush().await?;
+        match self.next().await? {
+            Message::AuthenticationSaslContinue(body) => scram
+                .update(body.data())
+                .map_err(|e| protocol_error(&self.what, e))?,
+            _ => return Err(protocol_error(&self.what, "expected SASL continue")),
+        }
+        frontend::sasl_response(scram.message(), &mut self.wbuf)
+            .map_err(|e| protocol_error(&self.what, e))?;
+        self.flush().await?;
+        match self.next().await? {
+            Message::AuthenticationSaslFinal(body) => scram.finish(body.data()).map_err(|e| {
+                db_error(format!(
+                    "{}: the server's SCRAM signature is invalid: {e}",
+                    self.what
+                ))
+            }),
+            _ => Err(protocol_error(&self.what, "expected SASL final")),
+        }
+    }
+
+    /// Sends a simple query (a replication command).
+    ///
+    /// # Errors
+    /// `Database` on I/O errors.
+    pub async fn send_query(&mut self, sql: &str) -> Result<()> {
+        frontend::query(sql, &mut self.wbuf).map_err(|e| protocol_error(&self.what, e))?;
+        self.flush().await
+    }
+
+    /// Reads one result set: RowDescription, DataRows, CommandComplete.
+    ///
+    /// # Errors
+    /// `Database` for server errors or unexpected messages.
+    pub async fn read_result_set(&mut self) -> Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        loop {
+            match self.next().await? {
+                Message::RowDescription(_) => {}
+                Message::DataRow(body) => {
+                    rows.push(text_row(&body).map_err(|e| protocol_error(&self.what, e))?)
+                }
+                Message::CommandComplete(_) => return Ok(rows),
+                _ => {
+                    return Err(protocol_error(
+                        &self.what,
+                        "unexpected message in a result set",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Waits for ReadyForQuery, accepting CommandComplete on the way.
+    ///
+    /// # Errors
+    /// `Database` for server errors.
+    pub async fn wait_ready(&mut self) -> Result<()> {
+        loop {
+            match self.next().await? {
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::CommandComplete(_) | Message::EmptyQueryResponse => {}
+                _ => {
+                    return Err(protocol_error(
+                        &self.what,
+                        "unexpected message while waiting for ReadyForQuery",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Runs a command returning one result set.
+    ///
+    /// # Errors
+    /// As [`Conn::read_result_set`].
+    pub async fn query(&mut self, sql: &str) -> Result<Vec<Row>> {
+        self.send_query(sql).await?;
+        let rows = self.read_result_set().await?;
+        self.wait_ready().await?;
+        Ok(rows)
+    }
+
+    /// Where this connection goes, for messages.
+    pub fn describe(&self) -> &str {
+        &self.what
+    }
+
+    /// Says goodbye.
+    pub async fn close(mut self) {
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.flush().await;
+    }
+}
+
+fn text_row(body: &DataRowBody) -> std::io::Result<Row> {
+    let buf = body.buffer();
+    body.ranges()
+        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+        .collect()
+}
+
+fn describe_fields(mut fields: ErrorFields<'_>) -> (String, String) {
+    let (mut severity, mut message, mut code, mut detail, mut hint) = (
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+    );
+    while let Ok(Some(f)) = fields.next() {
+        match f.type_() {
+            b'V' => severity = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'S' if severity.is_empty() => {
+                severity = String::from_utf8_lossy(f.value_bytes()).into_owned()
+            }
+            b'M' => message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'C' => code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'D' => detail = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            b'H' => hint = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+            _ => {}
+        }
+    }
+    let mut text = format!("{severity}: {message}");
+    if !detail.is_empty() {
+        text += &format!(" ({detail})");
+    }
+    if !hint.is_empty() {
+        text += &format!(" [server hint: {hint}]");
+    }
+    (text.replace('\n', " "), code)
+}
+
+fn server_error(what: &str, fields: ErrorFields<'_>) -> Error {
+    let (text, code) = describe_fields(fields);
+    let hint = match code.as_str() {
+        "28P01" => "wrong password: check PGPASSWORD, password= in --pg, or ~/.pgpass",
+        "28000" => "pg_hba.conf has no matching line: add `host replication USER ADDRESS scram-sha-256` (database 'replication') and reload",
+        "42501" => "the role needs the REPLICATION attribute: ALTER ROLE name REPLICATION",
+        "53300" => "no free WAL sender: raise max_wal_senders or wait for other backups/standbys",
+        "55000" => "check the server settings named in the message (wal_level, archive_mode, max_wal_senders)",
+        _ => "see the PostgreSQL server log for details",
+    };
+    db_error(format!("{what}: {text} (SQLSTATE {code})")).hint(hint)
+}

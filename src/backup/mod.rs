@@ -1,0 +1,501 @@
+//! `walseal backup`: a base backup over the replication protocol, cut into sealed parts that
+//! are uploaded while the next part is read.
+//!
+//! Pipeline: the connection task reads BASE_BACKUP's CopyData messages and feeds the tar bytes
+//! to a sealing thread; the sealing thread cuts each archive into parts of `part_size`
+//! plaintext bytes, seals each under its own key and hands it to the upload task. At most one
+//! part is being sealed, one waits and one uploads, so memory is bounded by about three parts
+//! whatever the database size. The record is written last, after the WAL up to the stop LSN is
+//! in the archive: an interrupted backup is never listed as complete.
+
+pub mod conn;
+pub mod conninfo;
+pub mod protocol;
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ring::digest;
+use tokio::sync::mpsc;
+
+use crate::catalog::{self, Archive, BackupRecord, Part};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::Keyring;
+use crate::repository::{self, Identity};
+use crate::seal::{self, seal_error_from_io, SealOptions, SealWriter};
+use crate::storage::{Create, PutOutcome, Storage};
+use conn::Conn;
+use protocol::{CopyMessage, StartOptions};
+
+/// What `walseal backup` was asked to do.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// libpq conninfo or URL (else PG* variables and defaults).
+    pub conninfo: Option<String>,
+    /// Fast (immediate) checkpoint instead of spread.
+    pub fast: bool,
+    /// Plaintext bytes per part.
+    pub part_size: u64,
+    /// How long to wait for the WAL the backup needs to be archived.
+    pub wal_timeout: Duration,
+    /// Show a progress bar (terminal).
+    pub progress: bool,
+}
+
+enum Feed {
+    Archive {
+        name: String,
+        location: String,
+        oid: Option<u32>,
+    },
+    Data(Bytes),
+}
+
+struct Upload {
+    key: String,
+    bytes: Vec<u8>,
+}
+
+/// Takes a base backup into the repository.
+///
+/// # Errors
+/// `Database` for connection, authentication, permission or protocol problems and for WAL
+/// that does not reach the archive in time; `Storage`, `Config` as usual.
+pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> {
+    let started = Instant::now();
+    let keyring = Arc::new(Keyring::load(&cfg.key_files)?);
+    let storage = Storage::open(cfg, Create::Yes)?;
+    let params = conninfo::resolve(opts.conninfo.as_deref())?;
+    let mut conn = Conn::connect(&params).await?;
+    let ident = protocol::identify_system(&mut conn).await?;
+    let seg_size = protocol::wal_segment_size(&mut conn).await?;
+    let pg_version = conn
+        .server_params
+        .get("server_version")
+        .cloned()
+        .unwrap_or_default();
+    let major = pg_version
+        .split(['.', ' '])
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    if major.is_some_and(|m| m < 15) {
+        return Err(Error::new(
+            ErrorKind::Database,
+            format!("PostgreSQL {pg_version} is not supported by walseal backup"),
+        )
+        .hint("walseal backup supports PostgreSQL 15 and later"));
+    }
+    repository::ensure(
+        &storage,
+        &keyring,
+        &Identity {
+            format_version: u32::from(seal::VERSION),
+            system_identifier: ident.system_identifier.clone(),
+            wal_segment_size: seg_size,
+            pg_version: major,
+        },
+    )
+    .await?;
+
+    let start_unix = crate::time::now();
+    let id = crate::time::format_id(start_unix);
+    if !storage
+        .list(&format!("{}/{id}/", catalog::BACKUPS))
+        .await?
+        .is_empty()
+    {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("backup id {id} is already used in {}", storage.display()),
+        )
+        .hint("wait a second and run the backup again"));
+    }
+    let label = format!("walseal {id}");
+    conn.send_query(&protocol::base_backup_command(&StartOptions {
+        label: &label,
+        fast: opts.fast,
+    }))
+    .await?;
+    let start = protocol::read_position(&mut conn).await?;
+    let tablespaces = protocol::read_tablespaces(&mut conn).await?;
+    let total_hint: u64 = tablespaces.iter().filter_map(|t| t.size_kb).sum::<u64>() * 1024;
+    protocol::expect_copy_out(&mut conn).await?;
+
+    let (feed_tx, feed_rx) = mpsc::channel::<Feed>(64);
+    let (up_tx, mut up_rx) = mpsc::channel::<Upload>(1);
+    let sealer = {
+        let (keyring, id, part_size) = (keyring.clone(), id.clone(), opts.part_size);
+        tokio::task::spawn_blocking(move || seal_parts(feed_rx, &up_tx, &keyring, &id, part_size))
+    };
+    let uploader = {
+        let storage = storage.clone();
+        tokio::spawn(async move {
+            while let Some(u) = up_rx.recv().await {
+                if storage.put_new(&u.key, u.bytes.into()).await? == PutOutcome::AlreadyExists {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!("{} already exists; refusing to overwrite", u.key),
+                    ));
+                }
+            }
+            Ok::<(), Error>(())
+        })
+    };
+    let mut progress = Progress::new(opts.progress, total_hint);
+    let streamed = stream_copy(&mut conn, &feed_tx, &mut progress, &tablespaces).await;
+    drop(feed_tx);
+    let sealed = sealer
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("sealing task failed: {e}")))?;
+    let uploaded = uploader
+        .await
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("upload task failed: {e}")))?;
+    progress.finish();
+    // Report the first real cause: an upload or sealing failure stops the stream too.
+    uploaded?;
+    let archives = sealed?;
+    streamed?;
+    let stop = protocol::read_position(&mut conn).await?;
+    conn.wait_ready().await?;
+    conn.close().await;
+
+    let stop_segment = stop.lsn.prev_segment_name(stop.timeline, seg_size);
+    wait_for_wal(&storage, stop.timeline, &stop_segment, opts.wal_timeout).await?;
+    let stop_unix = crate::time::now();
+    let record = BackupRecord {
+        format_version: 1,
+        id: id.clone(),
+        label,
+        system_identifier: ident.system_identifier,
+        pg_version,
+        timeline: start.timeline,
+        start_lsn: start.lsn,
+        stop_lsn: stop.lsn,
+        stop_timeline: stop.timeline,
+        start_time: crate::time::format_pg(start_unix),
+        stop_time: crate::time::format_pg(stop_unix),
+        stop_unix,
+        wal_segment_size: seg_size,
+        size: archives.iter().map(|a| a.size).sum(),
+        stored: archives
+            .iter()
+            .flat_map(|a| &a.parts)
+            .map(|p| p.stored)
+            .sum(),
+        archives,
+    };
+    let json = serde_json::to_vec_pretty(&record)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode record: {e}")))?;
+    let key = catalog::record_key(&id);
+    let sealed =
+        seal::seal_to_vec(keyring.active(), &key, &json).map_err(|e| e.into_error(&key))?;
+    if storage.put_new(&key, sealed.into()).await? == PutOutcome::AlreadyExists {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{key} already exists"),
+        ));
+    }
+    tracing::info!(
+        "backup {id} complete in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(record)
+}
+
+/// Reads the COPY stream and feeds the sealing thread until CopyDone.
+async fn stream_copy(
+    conn: &mut Conn,
+    feed: &mpsc::Sender<Feed>,
+    progress: &mut Progress,
+    tablespaces: &[protocol::Tablespace],
+) -> Result<()> {
+    let closed = || Error::new(ErrorKind::Internal, "the sealing or upload task stopped");
+    loop {
+        match protocol::next_copy(conn).await? {
+            CopyMessage::NewArchive { name, location } => {
+                let oid = tablespaces
+                    .iter()
+                    .find(|t| {
+                        t.location.as_deref() == Some(location.as_str()) && !location.is_empty()
+                    })
+                    .and_then(|t| t.oid);
+                feed.send(Feed::Archive {
+                    name,
+                    location,
+                    oid,
+                })
+                .await
+                .map_err(|_| closed())?;
+            }
+            CopyMessage::Manifest => {
+                feed.send(Feed::Archive {
+                    name: "backup_manifest".into(),
+                    location: String::new(),
+                    oid: None,
+                })
+                .await
+                .map_err(|_| closed())?;
+            }
+            CopyMessage::Data(data) => {
+                progress.add(data.len() as u64);
+                feed.send(Feed::Data(data)).await.map_err(|_| closed())?;
+            }
+            CopyMessage::Progress(done) => progress.server(done),
+            CopyMessage::Done => return Ok(()),
+        }
+    }
+}
+
+struct PartState {
+    key: String,
+    writer: SealWriter<Vec<u8>>,
+    plain: u64,
+}
+
+/// The sealing thread: archives in, sealed parts out.
+fn seal_parts(
+    mut feed: mpsc::Receiver<Feed>,
+    up: &mpsc::Sender<Upload>,
+    keyring: &Keyring,
+    id: &str,
+    part_size: u64,
+) -> Result<Vec<Archive>> {
+    let mut archives: Vec<Archive> = Vec::new();
+    let mut part: Option<PartState> = None;
+    let cap = usize::try_from(part_size / 2).unwrap_or(1 << 20);
+    let finish = |part: PartState, archive: &mut Archive| -> Result<()> {
+        let bytes = part
+            .writer
+            .finish()
+            .map_err(|e| seal_error_from_io(e).into_error(&part.key))?;
+        let sha = digest::digest(&digest::SHA256, &bytes);
+        archive.parts.push(Part {
+            key: part.key.clone(),
+            size: part.plain,
+            stored: bytes.len() as u64,
+            sha256: crate::keys::hex_encode(sha.as_ref()),
+        });
+        up.blocking_send(Upload {
+            key: part.key,
+            bytes,
+        })
+        .map_err(|_| Error::new(ErrorKind::Internal, "the upload task stopped"))
+    };
+    while let Some(item) = feed.blocking_recv() {
+        match item {
+            Feed::Archive {
+                name,
+                location,
+                oid,
+            } => {
+                if let (Some(p), Some(a)) = (part.take(), archives.last_mut()) {
+                    finish(p, a)?;
+                }
+                archives.push(Archive {
+                    name,
+                    tablespace_oid: oid,
+                    location,
+                    size: 0,
+                    parts: Vec::new(),
+                });
+            }
+            Feed::Data(mut data) => {
+                let archive = archives.last_mut().ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Database,
+                        "BASE_BACKUP sent data before naming an archive",
+                    )
+                })?;
+                while !data.is_empty() {
+                    let p = match part.as_mut() {
+                        Some(p) => p,
+                        None => {
+                            let key = format!(
+                                "{}/{id}/{}.{:05}",
+                                catalog::BACKUPS,
+                                archive.name,
+                                archive.parts.len()
+                            );
+                            let writer = seal::seal(
+                                Vec::with_capacity(cap),
+                                keyring.active(),
+                                &key,
+                                &SealOptions::default(),
+                            )
+                            .map_err(|e| e.into_error(&key))?;
+                            part.insert(PartState {
+                                key,
+                                writer,
+                                plain: 0,
+                            })
+                        }
+                    };
+                    let room = usize::try_from(part_size - p.plain).unwrap_or(usize::MAX);
+                    let chunk = data.split_to(room.min(data.len()));
+                    p.writer
+                        .write_all(&chunk)
+                        .map_err(|e| seal_error_from_io(e).into_error(&p.key))?;
+                    p.plain += chunk.len() as u64;
+                    archive.size += chunk.len() as u64;
+                    if p.plain == part_size {
+                        if let Some(full) = part.take() {
+                            finish(full, archive)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let (Some(p), Some(a)) = (part.take(), archives.last_mut()) {
+        finish(p, a)?;
+    }
+    Ok(archives)
+}
+
+/// Waits until `wal/<tli>/<segment>` is in the repository.
+async fn wait_for_wal(
+    storage: &Storage,
+    timeline: u32,
+    segment: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let key = format!("wal/{timeline:08X}/{segment}");
+    let start = Instant::now();
+    loop {
+        if storage.exists(&key).await? {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::new(
+                ErrorKind::Database,
+                format!("backup is not complete: WAL segment {segment} (needed to restore it) did not reach the archive within {} s", timeout.as_secs()),
+            )
+            .hint("check archive_mode/archive_command and pg_stat_archiver on the server; then run the backup again"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A progress bar on a terminal, nothing otherwise.
+struct Progress {
+    enabled: bool,
+    total: u64,
+    received: u64,
+    server_done: u64,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(enabled: bool, total: u64) -> Self {
+        let now = Instant::now();
+        Progress {
+            enabled,
+            total,
+            received: 0,
+            server_done: 0,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.received += n;
+        self.draw(false);
+    }
+
+    fn server(&mut self, done: u64) {
+        self.server_done = done;
+        self.draw(false);
+    }
+
+    fn draw(&mut self, force: bool) {
+        if !self.enabled || (!force && self.last.elapsed() < Duration::from_millis(250)) {
+            return;
+        }
+        self.last = Instant::now();
+        let done = self.server_done.max(self.received);
+        let secs = self.started.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let (pct, eta) = if self.total > 0 {
+            let pct = (done as f64 * 100.0 / self.total as f64).min(100.0);
+            let eta = if rate > 0.0 {
+                (self.total.saturating_sub(done)) as f64 / rate
+            } else {
+                0.0
+            };
+            (format!("{pct:5.1}%"), format!("ETA {eta:.0}s"))
+        } else {
+            (String::from("  ?  "), String::new())
+        };
+        let width = 30usize;
+        let filled = if self.total > 0 {
+            ((done as f64 / self.total as f64).min(1.0) * width as f64) as usize
+        } else {
+            0
+        };
+        eprint!(
+            "\r[{}{}] {pct} {} / {} {}/s {eta}   ",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            human(done),
+            human(self.total),
+            human(rate as u64)
+        );
+    }
+
+    fn finish(&mut self) {
+        if self.enabled {
+            self.draw(true);
+            eprintln!();
+        }
+    }
+}
+
+/// `1.5 GiB`-style sizes.
+pub fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Parses `64MiB`, `64M`, `1GiB`, `1048576`.
+///
+/// # Errors
+/// `Usage` for anything else.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::Usage,
+            format!("size {s:?} is not a number with an optional unit (KiB, MiB, GiB)"),
+        )
+    })?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("unknown size unit in {s:?} (use KiB, MiB or GiB)"),
+            ))
+        }
+    };
+    Ok(n * mult)
+}

@@ -1,0 +1,200 @@
+//! The catalog: backup records, and what the repository holds (backups, WAL per timeline).
+//!
+//! A backup's record (`backups/<id>/backup.json`, sealed) is written last, after every part
+//! and after the WAL the backup needs is archived; a backup without a record is incomplete and
+//! is never listed or restored.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::Keyring;
+use crate::seal;
+use crate::storage::Storage;
+use crate::wal::{Lsn, WalFile, WalKind};
+
+/// Prefix of all backup objects.
+pub const BACKUPS: &str = "backups";
+
+/// Key of a backup's record.
+pub fn record_key(id: &str) -> String {
+    format!("{BACKUPS}/{id}/backup.json")
+}
+
+/// One sealed part of an archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Part {
+    /// Object key.
+    pub key: String,
+    /// Bytes before sealing.
+    pub size: u64,
+    /// Bytes stored.
+    pub stored: u64,
+    /// SHA-256 of the stored (sealed) bytes, hex.
+    pub sha256: String,
+}
+
+/// One archive of the BASE_BACKUP stream (a tablespace's tar, or the manifest).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Archive {
+    /// `base.tar`, `<oid>.tar`, or `backup_manifest`.
+    pub name: String,
+    /// Tablespace OID (`None` for the data directory and the manifest).
+    pub tablespace_oid: Option<u32>,
+    /// Tablespace location on the source server (empty for the data directory).
+    pub location: String,
+    /// Total bytes before sealing.
+    pub size: u64,
+    /// Parts in order.
+    pub parts: Vec<Part>,
+}
+
+/// A complete backup's record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BackupRecord {
+    /// Record format version.
+    pub format_version: u32,
+    /// Backup id (UTC start time, `YYYYMMDDTHHMMSSZ`).
+    pub id: String,
+    /// The label given to the server.
+    pub label: String,
+    /// Database system identifier.
+    pub system_identifier: String,
+    /// Server version string (`server_version`).
+    pub pg_version: String,
+    /// Timeline at start.
+    pub timeline: u32,
+    /// Start LSN (from BASE_BACKUP).
+    pub start_lsn: Lsn,
+    /// Stop LSN.
+    pub stop_lsn: Lsn,
+    /// Timeline at stop.
+    pub stop_timeline: u32,
+    /// Start time, `YYYY-MM-DD HH:MM:SS.ffffff+00`.
+    pub start_time: String,
+    /// Stop time (after the needed WAL was archived), same form.
+    pub stop_time: String,
+    /// Stop time as Unix seconds (for comparisons).
+    pub stop_unix: f64,
+    /// WAL segment size.
+    pub wal_segment_size: u64,
+    /// Total bytes before compression and encryption.
+    pub size: u64,
+    /// Total bytes stored.
+    pub stored: u64,
+    /// The archives (tablespaces first, then `base.tar`, then `backup_manifest`).
+    pub archives: Vec<Archive>,
+}
+
+/// Loads one backup's record.
+///
+/// # Errors
+/// `NotFound` if there is no record (no such backup, or an incomplete one); `Integrity`/`Key`
+/// if it does not open.
+pub async fn load_record(storage: &Storage, keyring: &Keyring, id: &str) -> Result<BackupRecord> {
+    let key = record_key(id);
+    let Some(sealed) = storage.get_bytes(&key).await? else {
+        let parts = storage.list(&format!("{BACKUPS}/{id}/")).await?;
+        let msg = if parts.is_empty() {
+            format!("no backup {id:?} in {}", storage.display())
+        } else {
+            format!(
+                "backup {id} in {} is incomplete (interrupted before its record was written)",
+                storage.display()
+            )
+        };
+        return Err(Error::new(ErrorKind::NotFound, msg)
+            .hint("run `walseal list` to see the complete backups"));
+    };
+    let plain = seal::open_to_vec(keyring, &key, &sealed).map_err(|e| e.into_error(&key))?;
+    serde_json::from_slice(&plain).map_err(|e| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("{key}: unreadable backup record: {e}"),
+        )
+    })
+}
+
+/// What the repository holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    /// Complete backups, oldest first.
+    pub backups: Vec<BackupRecord>,
+    /// Ids of incomplete backups (parts without a record).
+    pub incomplete: Vec<String>,
+    /// Archived WAL per timeline.
+    pub wal: Vec<TimelineWal>,
+}
+
+/// Archived WAL on one timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineWal {
+    /// Timeline.
+    pub timeline: u32,
+    /// Oldest archived segment.
+    pub first: String,
+    /// Newest archived segment.
+    pub last: String,
+    /// Number of segments.
+    pub segments: u64,
+    /// Whether the timeline's `.history` file is archived (timeline 1 has none).
+    pub history: bool,
+}
+
+/// Lists backups and WAL.
+///
+/// # Errors
+/// Storage errors; records that do not open.
+pub async fn list(storage: &Storage, keyring: &Keyring) -> Result<Listing> {
+    let objects = storage.list(&format!("{BACKUPS}/")).await?;
+    let mut ids: BTreeMap<String, bool> = BTreeMap::new();
+    for (key, _) in &objects {
+        let mut it = key.split('/');
+        if let (Some(_), Some(id), Some(file)) = (it.next(), it.next(), it.next()) {
+            let complete = ids.entry(id.to_string()).or_insert(false);
+            *complete |= file == "backup.json";
+        }
+    }
+    let mut backups = Vec::new();
+    let mut incomplete = Vec::new();
+    for (id, complete) in ids {
+        if complete {
+            backups.push(load_record(storage, keyring, &id).await?);
+        } else {
+            incomplete.push(id);
+        }
+    }
+    backups.sort_by(|a, b| a.stop_unix.total_cmp(&b.stop_unix));
+    let mut per_tl: BTreeMap<u32, TimelineWal> = BTreeMap::new();
+    for (key, _) in storage.list("wal/").await? {
+        let Some(wal) = key.rsplit('/').next().and_then(WalFile::parse) else {
+            continue;
+        };
+        let entry = per_tl.entry(wal.timeline).or_insert_with(|| TimelineWal {
+            timeline: wal.timeline,
+            first: String::new(),
+            last: String::new(),
+            segments: 0,
+            history: false,
+        });
+        match wal.kind {
+            WalKind::Segment => {
+                if entry.first.is_empty() || wal.name < entry.first {
+                    entry.first.clone_from(&wal.name);
+                }
+                if wal.name > entry.last {
+                    entry.last.clone_from(&wal.name);
+                }
+                entry.segments += 1;
+            }
+            WalKind::History => entry.history = true,
+            _ => {}
+        }
+    }
+    Ok(Listing {
+        backups,
+        incomplete,
+        wal: per_tl.into_values().collect(),
+    })
+}

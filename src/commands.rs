@@ -1,0 +1,188 @@
+//! The shell of the backup, restore and list commands: turn flags into options, run, print.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::backup::{self, human, BackupOptions};
+use crate::catalog;
+use crate::cli::{BackupArgs, RestoreArgs};
+use crate::config::Config;
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::Keyring;
+use crate::restore::base::{self, RestoreOptions, Target};
+use crate::storage::{Create, Storage};
+use crate::wal::Lsn;
+
+fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode JSON: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// `walseal backup`.
+pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
+    let part_size = backup::parse_size(&args.part_size)?;
+    if part_size < 1 << 20 {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            "--part-size must be at least 1MiB",
+        ));
+    }
+    let progress = match args.progress.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => std::io::stderr().is_terminal(),
+    };
+    let opts = BackupOptions {
+        conninfo: args.pg.clone(),
+        fast: args.fast,
+        part_size,
+        wal_timeout: Duration::from_secs(args.wal_timeout),
+        progress,
+    };
+    let started = std::time::Instant::now();
+    let record = crate::block_on(backup::backup(cfg, &opts))?;
+    let secs = started.elapsed().as_secs_f64();
+    if args.json {
+        json_out(&record)?;
+    }
+    eprintln!(
+        "walseal backup: backup {} complete: {} -> {} stored in {:.1} s ({}/s), WAL {} to {} on timeline {}",
+        record.id,
+        human(record.size),
+        human(record.stored),
+        secs,
+        human((record.size as f64 / secs.max(0.001)) as u64),
+        record.start_lsn,
+        record.stop_lsn,
+        record.stop_timeline
+    );
+    Ok(())
+}
+
+fn parse_target(args: &RestoreArgs) -> Result<Target> {
+    if let Some(t) = &args.target_time {
+        let unix = crate::time::parse(t).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Usage,
+                format!("--target-time {t:?} is not a time"),
+            )
+            .hint("use 'YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM]' (no zone means UTC)")
+        })?;
+        return Ok(Target::Time(crate::time::format_pg(unix), unix));
+    }
+    if let Some(l) = &args.target_lsn {
+        return Lsn::parse(l).map(Target::Lsn).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Usage,
+                format!("--target-lsn {l:?} is not an LSN like 0/5000028"),
+            )
+        });
+    }
+    if let Some(x) = &args.target_xid {
+        if x.parse::<u64>().is_err() {
+            return Err(Error::new(
+                ErrorKind::Usage,
+                format!("--target-xid {x:?} is not a transaction id"),
+            ));
+        }
+        return Ok(Target::Xid(x.clone()));
+    }
+    if let Some(n) = &args.target_name {
+        return Ok(Target::Name(n.clone()));
+    }
+    Ok(Target::Latest)
+}
+
+/// `walseal restore`.
+pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> Result<()> {
+    let mut map = Vec::new();
+    for m in &args.tablespace_map {
+        let (old, new) = m.split_once('=').ok_or_else(|| {
+            Error::new(
+                ErrorKind::Usage,
+                format!("--tablespace-map {m:?} is not OLD=NEW"),
+            )
+        })?;
+        map.push((old.to_string(), new.to_string()));
+    }
+    let opts = RestoreOptions {
+        backup: args.backup.clone(),
+        pgdata: args.pgdata.clone(),
+        target: parse_target(args)?,
+        timeline: args.target_timeline.clone(),
+        action: args.target_action.clone(),
+        tablespace_map: map,
+        config_file: config_file.map(Path::to_path_buf),
+    };
+    let record = crate::block_on(base::restore(cfg, &opts))?;
+    if args.json {
+        json_out(&record)?;
+    }
+    eprintln!(
+        "walseal restore: backup {} restored to {} ({}); start the server to recover{}",
+        record.id,
+        args.pgdata.display(),
+        human(record.size),
+        match &opts.target {
+            Target::Latest => " to the end of the archive".to_string(),
+            Target::Time(t, _) => format!(" to {t}"),
+            Target::Lsn(l) => format!(" to LSN {l}"),
+            Target::Xid(x) => format!(" to transaction {x}"),
+            Target::Name(n) => format!(" to restore point {n}"),
+        }
+    );
+    Ok(())
+}
+
+/// `walseal list`.
+pub fn list(cfg: &Config, json: bool) -> Result<()> {
+    let keyring = Keyring::load(&cfg.key_files)?;
+    let storage = Storage::open(cfg, Create::No)?;
+    let listing = crate::block_on(catalog::list(&storage, &keyring))?;
+    if json {
+        return json_out(&listing);
+    }
+    println!("repository {}", storage.display());
+    println!(
+        "{:<18} {:<28} {:<28} {:>3} {:>12} {:>12} {:>10} {:>10}",
+        "backup", "start", "stop", "tli", "start lsn", "stop lsn", "size", "stored"
+    );
+    for b in &listing.backups {
+        println!(
+            "{:<18} {:<28} {:<28} {:>3} {:>12} {:>12} {:>10} {:>10}",
+            b.id,
+            b.start_time,
+            b.stop_time,
+            b.timeline,
+            b.start_lsn.to_string(),
+            b.stop_lsn.to_string(),
+            human(b.size),
+            human(b.stored)
+        );
+    }
+    if listing.backups.is_empty() {
+        println!("(no complete backup)");
+    }
+    for id in &listing.incomplete {
+        println!("{id:<18} incomplete (interrupted; not restorable)");
+    }
+    println!();
+    println!(
+        "{:<8} {:<26} {:<26} {:>8} history",
+        "timeline", "first segment", "last segment", "segments"
+    );
+    for t in &listing.wal {
+        println!(
+            "{:<8} {:<26} {:<26} {:>8} {}",
+            t.timeline,
+            t.first,
+            t.last,
+            t.segments,
+            if t.history { "yes" } else { "-" }
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,515 @@
+//! `walseal restore`: a base backup plus recovery settings, ready for `pg_ctl start`.
+//!
+//! Picks the backup (`latest`, the newest that ended before `--target-time`, or an id), refuses
+//! a non-empty PGDATA, downloads each archive's parts in order (the next part downloads while
+//! the current one is opened and extracted), checks every file against the backup manifest,
+//! writes `backup_manifest`, `recovery.signal` and the recovery settings.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use ring::digest;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use super::tar::{self, FileInfo};
+use crate::catalog::{self, Archive, BackupRecord};
+use crate::config::Config;
+use crate::error::{local_io, Error, ErrorKind, Result};
+use crate::keys::Keyring;
+use crate::seal::{self, seal_error_from_io, OpenReader};
+use crate::storage::{Create, Storage};
+use crate::wal::Lsn;
+
+/// A recovery target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// Replay all archived WAL.
+    Latest,
+    /// `recovery_target_time` (normalised to UTC) and its Unix time.
+    Time(String, f64),
+    /// `recovery_target_lsn`.
+    Lsn(Lsn),
+    /// `recovery_target_xid`.
+    Xid(String),
+    /// `recovery_target_name`.
+    Name(String),
+}
+
+/// What to restore and how to recover.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Backup id or `latest`.
+    pub backup: String,
+    /// Destination data directory.
+    pub pgdata: PathBuf,
+    /// Recovery target.
+    pub target: Target,
+    /// `recovery_target_timeline`.
+    pub timeline: String,
+    /// `recovery_target_action`.
+    pub action: String,
+    /// Tablespace relocations (old location → new).
+    pub tablespace_map: Vec<(String, String)>,
+    /// The config file walseal was run with, for restore_command.
+    pub config_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct Manifest {
+    #[serde(rename = "Files")]
+    files: Vec<ManifestFile>,
+}
+
+#[derive(Deserialize)]
+struct ManifestFile {
+    #[serde(rename = "Path")]
+    path: Option<String>,
+    #[serde(rename = "Encoded-Path")]
+    encoded_path: Option<String>,
+    #[serde(rename = "Size")]
+    size: u64,
+    #[serde(rename = "Checksum-Algorithm")]
+    algorithm: Option<String>,
+    #[serde(rename = "Checksum")]
+    checksum: Option<String>,
+}
+
+fn target_error(msg: String) -> Error {
+    Error::new(ErrorKind::Target, msg)
+}
+
+/// Chooses the backup for `opts`.
+fn choose<'a>(backups: &'a [BackupRecord], opts: &RestoreOptions) -> Result<&'a BackupRecord> {
+    if backups.is_empty() {
+        return Err(
+            Error::new(ErrorKind::NotFound, "the repository has no complete backup")
+                .hint("take one with `walseal backup`"),
+        );
+    }
+    let chosen =
+        if opts.backup == "latest" {
+            match &opts.target {
+                Target::Time(text, t) => backups
+                    .iter()
+                    .rev()
+                    .find(|b| b.stop_unix < *t)
+                    .ok_or_else(|| {
+                        target_error(format!(
+                            "no backup ended before the target time {text}; the oldest ended at {}",
+                            backups[0].stop_time
+                        ))
+                    })?,
+                Target::Lsn(lsn) => backups
+                    .iter()
+                    .rev()
+                    .find(|b| b.stop_lsn <= *lsn)
+                    .ok_or_else(|| {
+                        target_error(format!(
+                            "no backup ended before the target LSN {lsn}; the oldest ended at {}",
+                            backups[0].stop_lsn
+                        ))
+                    })?,
+                _ => backups
+                    .last()
+                    .ok_or_else(|| Error::new(ErrorKind::NotFound, "no backup"))?,
+            }
+        } else {
+            backups
+                .iter()
+                .find(|b| b.id == opts.backup)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("no complete backup {:?} in the repository", opts.backup),
+                    )
+                    .hint("run `walseal list` to see the backups")
+                })?
+        };
+    match &opts.target {
+        Target::Time(text, t) if *t <= chosen.stop_unix => Err(target_error(format!(
+            "the target time {text} is before backup {} ended ({}); a backup can only be recovered to a later point",
+            chosen.id, chosen.stop_time
+        ))
+        .hint("choose an older backup, or use `latest` to let walseal pick one")),
+        Target::Lsn(lsn) if *lsn < chosen.stop_lsn => Err(target_error(format!(
+            "the target LSN {lsn} is before backup {} ended ({})",
+            chosen.id, chosen.stop_lsn
+        ))
+        .hint("choose an older backup, or use `latest` to let walseal pick one")),
+        _ => Ok(chosen),
+    }
+}
+
+fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
+    match fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::new(ErrorKind::Conflict, format!("{what} {} is not empty; refusing to restore over it", dir.display()))
+                    .hint("restore into a new or empty directory (stop the old cluster and move its directory aside first)"));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| local_io(format!("cannot create {}", dir.display()), &e)),
+        Err(e) => Err(local_io(format!("cannot read {}", dir.display()), &e)),
+    }
+}
+
+/// Restores a backup into `opts.pgdata`; returns the restored record.
+///
+/// # Errors
+/// `NotFound` (no such backup), `Target` (target before the backup's end), `Conflict`
+/// (non-empty destination), `Integrity` (parts or files that do not check out), and the usual.
+pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord> {
+    let keyring = std::sync::Arc::new(Keyring::load(&cfg.key_files)?);
+    let storage = Storage::open(cfg, Create::No)?;
+    let listing = catalog::list(&storage, &keyring).await?;
+    if opts.backup != "latest" && !listing.backups.iter().any(|b| b.id == opts.backup) {
+        // Say whether it is incomplete or unknown.
+        catalog::load_record(&storage, &keyring, &opts.backup).await?;
+    }
+    let record = choose(&listing.backups, opts)?.clone();
+    ensure_empty_dir(&opts.pgdata, "PGDATA")?;
+    let map: HashMap<&str, &str> = opts
+        .tablespace_map
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    for a in record
+        .archives
+        .iter()
+        .filter(|a| a.tablespace_oid.is_some())
+    {
+        let loc = map
+            .get(a.location.as_str())
+            .copied()
+            .unwrap_or(a.location.as_str());
+        ensure_empty_dir(Path::new(loc), "tablespace directory")?;
+    }
+
+    let manifest_archive = record
+        .archives
+        .iter()
+        .find(|a| a.name == "backup_manifest")
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("backup {} has no manifest", record.id),
+            )
+        })?;
+    let manifest_bytes = read_archive(&storage, &keyring, manifest_archive).await?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("backup {}: backup manifest is unreadable: {e}", record.id),
+        )
+    })?;
+    let mut expected: HashMap<String, ManifestFile> = HashMap::new();
+    for f in manifest.files {
+        let path = match (&f.path, &f.encoded_path) {
+            (Some(p), _) => p.clone(),
+            (None, Some(hex)) => {
+                let mut raw = vec![0u8; hex.len() / 2];
+                crate::keys::hex_decode_into(hex, &mut raw).ok_or_else(|| {
+                    Error::new(ErrorKind::Integrity, "bad Encoded-Path in manifest")
+                })?;
+                String::from_utf8_lossy(&raw).into_owned()
+            }
+            _ => continue,
+        };
+        expected.insert(path, f);
+    }
+
+    let mut seen = 0usize;
+    for archive in record.archives.iter().filter(|a| a.name.ends_with(".tar")) {
+        let (dest, prefix) = match archive.tablespace_oid {
+            Some(oid) => (
+                PathBuf::from(
+                    map.get(archive.location.as_str())
+                        .copied()
+                        .unwrap_or(&archive.location),
+                ),
+                format!("pg_tblspc/{oid}/"),
+            ),
+            None => (opts.pgdata.clone(), String::new()),
+        };
+        let files =
+            extract_archive(&storage, &keyring, archive, &dest, &opts.tablespace_map).await?;
+        for f in files {
+            let path = format!("{prefix}{}", f.path);
+            if let Some(m) = expected.get(&path) {
+                verify_file(&path, &f, m)?;
+                seen += 1;
+            }
+        }
+    }
+    if seen != expected.len() {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "backup {}: {} files listed in the backup manifest were not in the backup",
+                record.id,
+                expected.len() - seen
+            ),
+        ));
+    }
+    write_file(&opts.pgdata.join("backup_manifest"), &manifest_bytes)?;
+    write_recovery(cfg, opts)?;
+    Ok(record)
+}
+
+fn verify_file(path: &str, f: &FileInfo, m: &ManifestFile) -> Result<()> {
+    let bad = |what: &str| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("restored file {path} does not match the backup manifest ({what})"),
+        )
+    };
+    if f.size != m.size {
+        return Err(bad(&format!("size {} instead of {}", f.size, m.size)));
+    }
+    if let (Some("CRC32C"), Some(sum)) = (m.algorithm.as_deref(), m.checksum.as_deref()) {
+        // PostgreSQL writes the CRC's bytes in host order (little-endian here).
+        if crate::keys::hex_encode(&f.crc32c.to_le_bytes()) != sum.to_ascii_lowercase() {
+            return Err(bad("CRC-32C differs"));
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| local_io(format!("cannot create {}", path.display()), &e))?;
+    io::Write::write_all(&mut f, data)
+        .map_err(|e| local_io(format!("cannot write {}", path.display()), &e))
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The restore_command walseal writes: this binary, with the configuration it was run with.
+pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<String> {
+    let exe =
+        std::env::current_exe().map_err(|e| local_io("cannot find the walseal executable", &e))?;
+    let mut cmd = String::new();
+    if let Some(file) = config_file {
+        let abs = fs::canonicalize(file)
+            .map_err(|e| local_io(format!("cannot resolve {}", file.display()), &e))?;
+        cmd += &format!(
+            "{} --config {} wal-fetch %f %p",
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(&abs.to_string_lossy())
+        );
+    } else {
+        let repo = cfg.repo_url()?;
+        let keys: Vec<String> = cfg
+            .key_files
+            .iter()
+            .map(|k| {
+                fs::canonicalize(k)
+                    .unwrap_or_else(|_| k.clone())
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        cmd += &format!(
+            "WALSEAL_REPO={} WALSEAL_KEY_FILE={} ",
+            shell_quote(repo),
+            shell_quote(&keys.join(":"))
+        );
+        if cfg.allow_http {
+            cmd += "WALSEAL_ALLOW_HTTP=1 ";
+        }
+        cmd += &format!("{} wal-fetch %f %p", shell_quote(&exe.to_string_lossy()));
+    }
+    Ok(cmd)
+}
+
+fn conf_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn write_recovery(cfg: &Config, opts: &RestoreOptions) -> Result<()> {
+    let mut lines = vec![
+        String::new(),
+        "# Added by walseal restore".to_string(),
+        format!(
+            "restore_command = {}",
+            conf_quote(&restore_command(cfg, opts.config_file.as_deref())?)
+        ),
+        format!("recovery_target_timeline = {}", conf_quote(&opts.timeline)),
+    ];
+    match &opts.target {
+        Target::Latest => {}
+        Target::Time(t, _) => lines.push(format!("recovery_target_time = {}", conf_quote(t))),
+        Target::Lsn(l) => lines.push(format!(
+            "recovery_target_lsn = {}",
+            conf_quote(&l.to_string())
+        )),
+        Target::Xid(x) => lines.push(format!("recovery_target_xid = {}", conf_quote(x))),
+        Target::Name(n) => lines.push(format!("recovery_target_name = {}", conf_quote(n))),
+    }
+    if opts.target != Target::Latest {
+        lines.push(format!(
+            "recovery_target_action = {}",
+            conf_quote(&opts.action)
+        ));
+    }
+    let auto = opts.pgdata.join("postgresql.auto.conf");
+    let mut text = fs::read_to_string(&auto).unwrap_or_default();
+    text += &(lines.join("\n") + "\n");
+    fs::write(&auto, text).map_err(|e| local_io(format!("cannot write {}", auto.display()), &e))?;
+    write_file(&opts.pgdata.join("recovery.signal"), b"")
+}
+
+/// Reads a whole (small) archive into memory, e.g. the manifest.
+async fn read_archive(storage: &Storage, keyring: &Keyring, archive: &Archive) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(usize::try_from(archive.size).unwrap_or(0));
+    for part in &archive.parts {
+        let sealed = fetch_part(storage, part).await?;
+        out.extend(
+            seal::open_to_vec(keyring, &part.key, &sealed).map_err(|e| e.into_error(&part.key))?,
+        );
+    }
+    Ok(out)
+}
+
+async fn fetch_part(storage: &Storage, part: &catalog::Part) -> Result<Vec<u8>> {
+    let sealed = storage.get_bytes(&part.key).await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("backup part {} is missing from the repository", part.key),
+        )
+    })?;
+    let sha = crate::keys::hex_encode(digest::digest(&digest::SHA256, &sealed).as_ref());
+    if sha != part.sha256 {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "backup part {} is not the part the backup record names (SHA-256 differs)",
+                part.key
+            ),
+        ));
+    }
+    Ok(sealed)
+}
+
+/// Streams an archive's parts through the opener into the tar extractor; returns the files.
+async fn extract_archive(
+    storage: &Storage,
+    keyring: &std::sync::Arc<Keyring>,
+    archive: &Archive,
+    dest: &Path,
+    relocations: &[(String, String)],
+) -> Result<Vec<FileInfo>> {
+    let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>, u64)>>(1);
+    let feeder = {
+        let storage = storage.clone();
+        let parts = archive.parts.clone();
+        tokio::spawn(async move {
+            for p in parts {
+                let item = fetch_part(&storage, &p)
+                    .await
+                    .map(|b| (p.key.clone(), b, p.size));
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    break;
+                }
+            }
+        })
+    };
+    let reader = PartsReader {
+        rx,
+        keyring: keyring.clone(),
+        current: None,
+        key: String::new(),
+        expected: 0,
+        got: 0,
+    };
+    let dest = dest.to_path_buf();
+    let relocations = relocations.to_vec();
+    let name = archive.name.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let link = move |_: &str, target: &str| -> String {
+            relocations
+                .iter()
+                .find(|(old, _)| old == target)
+                .map_or_else(|| target.to_string(), |(_, new)| new.clone())
+        };
+        let mut files = Vec::new();
+        tar::extract(
+            reader,
+            &dest,
+            &link,
+            &mut |f| {
+                files.push(f);
+                Ok(())
+            },
+            &|e| seal_error_from_io(e).into_error(&name),
+        )?;
+        Ok(files)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, format!("restore task failed: {e}")))?;
+    feeder.abort();
+    result
+}
+
+/// A `Read` over the plaintext of consecutive sealed parts.
+struct PartsReader {
+    rx: mpsc::Receiver<Result<(String, Vec<u8>, u64)>>,
+    keyring: std::sync::Arc<Keyring>,
+    current: Option<OpenReader<io::Cursor<Vec<u8>>>>,
+    key: String,
+    expected: u64,
+    got: u64,
+}
+
+impl Read for PartsReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if let Some(cur) = self.current.as_mut() {
+                let n = cur.read(out)?;
+                if n > 0 {
+                    self.got += n as u64;
+                    return Ok(n);
+                }
+                if self.got != self.expected {
+                    return Err(io::Error::other(Error::new(
+                        ErrorKind::Integrity,
+                        format!(
+                            "{}: {} bytes instead of {}",
+                            self.key, self.got, self.expected
+                        ),
+                    )));
+                }
+                self.current = None;
+            }
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok((key, bytes, size))) => {
+                    let reader = seal::open(io::Cursor::new(bytes), &self.keyring, &key)
+                        .map_err(|e| io::Error::other(e.into_error(&key)))?;
+                    self.current = Some(reader);
+                    self.key = key;
+                    self.expected = size;
+                    self.got = 0;
+                }
+            }
+        }
+    }
+}
