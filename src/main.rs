@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             } else {
                 err.kind().exit_code()
             };
-            if err.kind() == ErrorKind::NotFound {
+            if err.kind() == ErrorKind::NotFound && command == "wal-fetch" {
                 // PostgreSQL probes for files that do not exist all the time: not an error.
                 tracing::info!("{err}");
             } else {

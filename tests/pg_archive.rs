@@ -8,94 +8,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-enum Backend {
-    Local,
-    S3 { endpoint: String, bucket: String },
-}
-
-struct Setup {
-    dir: PgDir,
-    bin: PathBuf,
-    key: PathBuf,
-    repo: RepoEnv,
-    /// How the commands find the repository: env prefix or `--config FILE`.
-    config_arg: String,
-    env_prefix: String,
-}
-
-impl Setup {
-    fn new(backend: &Backend) -> Setup {
-        let dir = PgDir::new("e2e");
-        let bin = dir.path().join("walseal");
-        std::fs::copy(walseal_bin(), &bin).unwrap();
-        let key = dir.path().join("master.key");
-        run_ok(as_pg(&bin).arg("keygen").arg("-o").arg(&key));
-        let (repo, config_arg, env_prefix) = match backend {
-            Backend::Local => {
-                let repo = RepoEnv::local(&dir.path().join("repo"));
-                let prefix = format!(
-                    "{} WALSEAL_KEY_FILE='{}'",
-                    repo.shell_prefix(),
-                    key.display()
-                );
-                (repo, String::new(), prefix)
-            }
-            Backend::S3 { endpoint, bucket } => {
-                let prefix = unique("e2e");
-                let repo = RepoEnv::s3(endpoint, bucket, &prefix);
-                let cfg = dir.path().join("walseal.toml");
-                std::fs::write(
-                    &cfg,
-                    format!(
-                        "repo = \"s3://{bucket}/{prefix}\"\nkey_file = \"{}\"\nallow_http = true\n\n[storage]\naws_endpoint = \"{endpoint}\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\naws_region = \"us-east-1\"\n",
-                        key.display()
-                    ),
-                )
-                .unwrap();
-                (repo, format!("--config '{}'", cfg.display()), String::new())
-            }
-        };
-        chown_pg(dir.path());
-        Setup {
-            dir,
-            bin,
-            key,
-            repo,
-            config_arg,
-            env_prefix,
-        }
-    }
-
-    fn command(&self, sub: &str) -> String {
-        format!(
-            "{} {} {} {sub}",
-            self.env_prefix,
-            self.bin.display(),
-            self.config_arg
-        )
-        .trim()
-        .to_string()
-    }
-
-    /// Every raw object in the repository.
-    fn raw_objects(&self) -> Vec<(String, Vec<u8>)> {
-        let storage = self.repo.storage();
-        block_on(async {
-            let mut out = Vec::new();
-            for (key, _) in storage.list("").await.unwrap() {
-                let bytes = storage.get_bytes(&key).await.unwrap().unwrap();
-                out.push((key, bytes));
-            }
-            out
-        })
-    }
-}
 
 fn files_contain(dir: &Path, needle: &[u8]) -> bool {
     std::fs::read_dir(dir).unwrap().any(|e| {

