@@ -479,3 +479,81 @@ fn pg15_backup_auth_and_bad_input() {
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
 }
+
+/// The replication connection over TLS: require, verify-full against the right CA, a wrong CA
+/// refused, and a server that rejects unencrypted replication connections.
+#[test]
+fn pg15_backup_over_tls() {
+    let s = Setup::new(&Backend::Local);
+    let dir = s.dir.path();
+    let sh = |cmd: &str| run_ok(Command::new("sh").arg("-c").arg(cmd).current_dir(dir));
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=walseal test CA' 2>/dev/null");
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout other.key -out other.crt -days 2 -subj '/CN=another CA' 2>/dev/null");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=localhost' 2>/dev/null");
+    sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > server.ext");
+    sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null");
+    sh("chown postgres server.key server.crt ca.crt other.crt && chmod 600 server.key");
+    let pg = Pg::init(
+        dir,
+        "primary",
+        &[
+            "archive_mode = on".into(),
+            format!(
+                "archive_command = '{}'",
+                s.command("wal-push %p").replace('\'', "''")
+            ),
+            "ssl = on".into(),
+            format!("ssl_cert_file = '{}/server.crt'", dir.display()),
+            format!("ssl_key_file = '{}/server.key'", dir.display()),
+        ],
+    );
+    std::fs::write(
+        pg.data.join("pg_hba.conf"),
+        "local all all trust\nhostnossl replication all 127.0.0.1/32 reject\nhostssl replication all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    pg.start();
+    let run = |conninfo: String| {
+        s.walseal_as_pg()
+            .args(["backup", "--fast", "--pg", &conninfo])
+            .output()
+            .unwrap()
+    };
+    let out = run(format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=require",
+        pg.port
+    ));
+    assert_eq!(code(&out), 0, "require: {}", stderr(&out));
+    let out = run(format!(
+        "host=localhost port={} user=postgres sslmode=verify-full sslrootcert={}/ca.crt",
+        pg.port,
+        dir.display()
+    ));
+    assert_eq!(code(&out), 0, "verify-full: {}", stderr(&out));
+    let out = run(format!(
+        "host=localhost port={} user=postgres sslmode=verify-full sslrootcert={}/other.crt",
+        pg.port,
+        dir.display()
+    ));
+    assert_eq!(code(&out), 10, "wrong CA: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("TLS handshake failed"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(format!(
+        "host=127.0.0.1 port={} user=postgres sslmode=disable",
+        pg.port
+    ));
+    assert_eq!(
+        code(&out),
+        10,
+        "plain text must be refused by this server: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("no encryption") || stderr(&out).contains("rejects"),
+        "{}",
+        stderr(&out)
+    );
+}

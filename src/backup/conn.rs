@@ -43,17 +43,26 @@ impl Conn {
     ///
     /// # Errors
     /// `Database` if the server is unreachable or refuses the connection or the credentials;
-    /// `Config` for a TLS mode this build cannot honour.
+    /// `Config` for unusable TLS settings.
     pub async fn connect(p: &ConnParams) -> Result<Conn> {
         let what = p.describe();
-        if matches!(
-            p.sslmode,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
-        ) {
-            return Err(Error::new(ErrorKind::Config, format!("sslmode={:?} is not supported by this walseal build yet", p.sslmode).to_lowercase())
-                .hint("connect over a Unix socket or a trusted network with sslmode=disable/prefer until TLS support lands"));
+        let unix = p.host.starts_with('/');
+        if unix
+            && matches!(
+                p.sslmode,
+                SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull
+            )
+        {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "sslmode={} cannot be used over a Unix socket ({what})",
+                    super::tls::mode_name(p.sslmode)
+                ),
+            )
+            .hint("connect over TCP (host=name) for TLS; a Unix socket never leaves the machine"));
         }
-        let io: Box<dyn Io> = if p.host.starts_with('/') {
+        let io: Box<dyn Io> = if unix {
             let path = format!("{}/.s.PGSQL.{}", p.host, p.port);
             Box::new(tokio::net::UnixStream::connect(&path).await.map_err(|e| {
                 db_error(format!("cannot connect to PostgreSQL at {what}: {e}"))
@@ -65,7 +74,17 @@ impl Conn {
                     .hint("check that the server runs, listen_addresses/port, firewalls, and PGHOST/PGPORT")
             })?;
             let _ = s.set_nodelay(true);
-            Box::new(s)
+            if p.sslmode == SslMode::Disable {
+                Box::new(s)
+            } else {
+                match super::tls::negotiate(s, p).await? {
+                    super::tls::Negotiated::Plain(s) => Box::new(s),
+                    super::tls::Negotiated::Tls(t) => {
+                        tracing::debug!("TLS established with {what}");
+                        Box::new(t)
+                    }
+                }
+            }
         };
         let mut conn = Conn {
             io,

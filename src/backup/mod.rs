@@ -11,6 +11,7 @@
 pub mod conn;
 pub mod conninfo;
 pub mod protocol;
+pub mod tls;
 
 use std::io::Write;
 use std::sync::Arc;
