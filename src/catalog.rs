@@ -125,6 +125,8 @@ pub struct Listing {
     pub incomplete: Vec<String>,
     /// Archived WAL per timeline.
     pub wal: Vec<TimelineWal>,
+    /// The newest archived segment (highest timeline, then highest position).
+    pub newest_segment: Option<String>,
 }
 
 /// Archived WAL on one timeline.
@@ -192,9 +194,16 @@ pub async fn list(storage: &Storage, keyring: &Keyring) -> Result<Listing> {
             _ => {}
         }
     }
+    let wal: Vec<TimelineWal> = per_tl.into_values().collect();
+    let newest_segment = wal
+        .iter()
+        .filter(|t| !t.last.is_empty())
+        .map(|t| t.last.clone())
+        .max();
     Ok(Listing {
         backups,
         incomplete,
-        wal: per_tl.into_values().collect(),
+        wal,
+        newest_segment,
     })
 }

@@ -147,12 +147,12 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
     }
     println!("repository {}", storage.display());
     println!(
-        "{:<18} {:<28} {:<28} {:>3} {:>12} {:>12} {:>10} {:>10}",
+        "{:<18} {:<30} {:<30} {:>3} {:>12} {:>12} {:>10} {:>10}",
         "backup", "start", "stop", "tli", "start lsn", "stop lsn", "size", "stored"
     );
     for b in &listing.backups {
         println!(
-            "{:<18} {:<28} {:<28} {:>3} {:>12} {:>12} {:>10} {:>10}",
+            "{:<18} {:<30} {:<30} {:>3} {:>12} {:>12} {:>10} {:>10}",
             b.id,
             b.start_time,
             b.stop_time,

@@ -557,3 +557,52 @@ fn pg15_backup_over_tls() {
         stderr(&out)
     );
 }
+
+/// A tablespace is backed up as its own archive and restored to a new location.
+#[test]
+fn pg15_tablespace_relocated_on_restore() {
+    let s = Setup::new(&Backend::Local);
+    let old = s.dir.path().join("ts_old");
+    let new = s.dir.path().join("ts_new");
+    std::fs::create_dir(&old).unwrap();
+    chown_pg(&old);
+    let pg = primary(&s, &pg_bin());
+    pg.psql(&format!(
+        "CREATE TABLESPACE far LOCATION '{}'",
+        old.display()
+    ));
+    pg.psql("CREATE TABLE remote(id int) TABLESPACE far; INSERT INTO remote SELECT generate_series(1, 5000)");
+    let out = backup(&s, &pg, &["--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'far'");
+    assert!(
+        record["archives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == format!("{oid}.tar").as_str()),
+        "{record}"
+    );
+    pg.stop();
+    let dest = s.dir.path().join("restored");
+    let map = format!("{}={}", old.display(), new.display());
+    let out = restore(&s, &dest, &["latest", "--tablespace-map", &map]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_link(dest.join("pg_tblspc").join(&oid)).unwrap(),
+        new
+    );
+    run_ok(
+        as_pg(&pg_bin().join("pg_verifybackup"))
+            .arg("-n")
+            .arg(&dest),
+    );
+    let restored = start_restored(&s, &pg_bin(), "restored");
+    assert_eq!(restored.psql("SELECT count(*) FROM remote"), "5000");
+    assert_eq!(
+        restored
+            .psql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'far'"),
+        new.display().to_string()
+    );
+}

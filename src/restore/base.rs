@@ -431,7 +431,9 @@ async fn extract_archive(
             }
         })
     };
-    let reader = PartsReader {
+    // Two threads: one opens the parts (decrypt, decompress), one parses the tar and writes
+    // files, so both cores work; at most four 1 MiB blocks sit between them.
+    let parts = PartsReader {
         rx,
         keyring: keyring.clone(),
         current: None,
@@ -439,6 +441,8 @@ async fn extract_archive(
         expected: 0,
         got: 0,
     };
+    let (btx, brx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
+    let opener = tokio::task::spawn_blocking(move || pump(parts, &btx));
     let dest = dest.to_path_buf();
     let relocations = relocations.to_vec();
     let name = archive.name.clone();
@@ -450,6 +454,11 @@ async fn extract_archive(
                 .map_or_else(|| target.to_string(), |(_, new)| new.clone())
         };
         let mut files = Vec::new();
+        let reader = BlockReader {
+            rx: brx,
+            cur: Vec::new(),
+            pos: 0,
+        };
         tar::extract(
             reader,
             &dest,
@@ -464,8 +473,71 @@ async fn extract_archive(
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("restore task failed: {e}")))?;
+    let _ = opener.await;
     feeder.abort();
     result
+}
+
+/// Moves `r`'s bytes into `tx` in 1 MiB blocks until the end, an error, or the receiver leaves.
+fn pump<R: Read>(mut r: R, tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
+    loop {
+        let mut buf = vec![0u8; 1 << 20];
+        let mut filled = 0;
+        let result = loop {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled == buf.len() {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        let full = filled == buf.len();
+        if filled > 0 {
+            buf.truncate(filled);
+            if tx.send(Ok(buf)).is_err() {
+                return;
+            }
+        }
+        match result {
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+            Ok(()) if !full => return,
+            Ok(()) => {}
+        }
+    }
+}
+
+/// A `Read` over the blocks [`pump`] sends; the end of the channel is the end of the data.
+struct BlockReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for BlockReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(block)) => {
+                    self.cur = block;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = (self.cur.len() - self.pos).min(out.len());
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
 }
 
 /// A `Read` over the plaintext of consecutive sealed parts.
