@@ -405,6 +405,31 @@ fn pg15_backup_auth_and_bad_input() {
     assert_eq!(code(&out), 7, "{}", stderr(&out));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
 
+    // A flipped byte in a backup part: refused with the part's name, and PGDATA left empty.
+    let part = s
+        .repo
+        .local_dir
+        .clone()
+        .unwrap()
+        .join("backups")
+        .join(&first)
+        .join("base.tar.00000");
+    let original = std::fs::read(&part).unwrap();
+    let mut bad = original.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    std::fs::write(&part, &bad).unwrap();
+    let dest = s.dir.path().join("tampered");
+    let out = restore(&s, &dest, &[&first]);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(stderr(&out).contains("base.tar.00000"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(&dest).unwrap().count(),
+        0,
+        "a failed restore left files in PGDATA"
+    );
+    std::fs::write(&part, &original).unwrap();
+
     // A backup killed half-way is not listed as complete, and restoring it is refused.
     pg.pgbench(&["-i", "-s", "8", "-q"]);
     let mut child = s

@@ -194,6 +194,48 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
         ensure_empty_dir(Path::new(loc), "tablespace directory")?;
     }
 
+    let mut targets: Vec<PathBuf> = vec![opts.pgdata.clone()];
+    for a in record
+        .archives
+        .iter()
+        .filter(|a| a.tablespace_oid.is_some())
+    {
+        targets.push(PathBuf::from(
+            map.get(a.location.as_str())
+                .copied()
+                .unwrap_or(a.location.as_str()),
+        ));
+    }
+    // The destinations were empty: on failure, empty them again so nothing half-restored can
+    // be started by mistake.
+    if let Err(e) = fill(cfg, opts, &storage, &keyring, &record, &map).await {
+        for dir in &targets {
+            if let Ok(entries) = fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    let p = entry.path();
+                    let _ = if p.is_dir() && !p.is_symlink() {
+                        fs::remove_dir_all(&p)
+                    } else {
+                        fs::remove_file(&p)
+                    };
+                }
+            }
+        }
+        return Err(e);
+    }
+    Ok(record)
+}
+
+/// Downloads, checks and writes everything into the (empty) destinations.
+async fn fill(
+    cfg: &Config,
+    opts: &RestoreOptions,
+    storage: &Storage,
+    keyring: &std::sync::Arc<Keyring>,
+    record: &BackupRecord,
+    map: &HashMap<&str, &str>,
+) -> Result<()> {
+    let storage = storage.clone();
     let manifest_archive = record
         .archives
         .iter()
@@ -262,7 +304,7 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
     }
     write_file(&opts.pgdata.join("backup_manifest"), &manifest_bytes)?;
     write_recovery(cfg, opts)?;
-    Ok(record)
+    Ok(())
 }
 
 fn verify_file(path: &str, f: &FileInfo, m: &ManifestFile) -> Result<()> {
