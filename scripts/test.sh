@@ -23,13 +23,13 @@ ensure_moto
 start_moto
 trap stop_moto EXIT
 
-log "cargo build --release --all-targets"
-cargo build --release --all-targets
+log "cargo build --profile test-release --all-targets"
+cargo build --profile test-release --all-targets
 
-log "cargo test --release"
+log "cargo test --profile test-release"
 out=$(mktemp /tmp/walseal-test-output.XXXXXX)
 set +e
-cargo test --release -- --test-threads=2 2>&1 | tee "$out"
+cargo test --profile test-release -- --test-threads=2 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 log "cargo test exited with $status"

@@ -101,6 +101,19 @@ pub enum Command {
     /// restore_command and the recovery target into postgresql.auto.conf: start the server
     /// afterwards. Run it as the OS user PostgreSQL runs as.
     Restore(RestoreArgs),
+    /// Prove the repository complete and authentic: open every object, check every backup
+    /// against its parts and the WAL for gaps. Exit 0 only when all is well (5 otherwise).
+    Verify {
+        /// Check listing and WAL continuity only, without reading object bodies.
+        #[arg(long)]
+        quick: bool,
+        /// Objects checked in parallel.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// JSON output (see README, "verify").
+        #[arg(long)]
+        json: bool,
+    },
     /// List complete backups and the archived WAL per timeline.
     List {
         /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
@@ -176,6 +189,7 @@ impl Command {
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
             Command::List { .. } => "list",
+            Command::Verify { .. } => "verify",
         }
     }
 }

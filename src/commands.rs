@@ -186,3 +186,110 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `walseal verify`.
+pub fn verify(cfg: &Config, quick: bool, jobs: usize, json: bool) -> Result<()> {
+    let keyring = std::sync::Arc::new(Keyring::load(&cfg.key_files)?);
+    let storage = Storage::open(cfg, Create::No)?;
+    let report = crate::block_on(async {
+        let report = crate::verify::verify(&storage, keyring.clone(), quick, jobs).await?;
+        // Remember the result for `walseal status` (sealed like everything else).
+        let summary = serde_json::json!({
+            "ok": report.ok,
+            "time": crate::time::format_pg(crate::time::now()),
+            "time_unix": crate::time::now(),
+            "authenticated": report.authenticated,
+            "objects": report.objects,
+            "problems": report.missing_count as usize + report.failed_objects.len() + report.unknown_key_objects.len()
+                + report.backup_problems.len() + report.incomplete_backups.len(),
+        });
+        // Best effort: a read-only repository can still be verified.
+        let key = crate::verify::LAST_VERIFY_KEY;
+        let sealed =
+            crate::seal::seal_to_vec(keyring.active(), key, summary.to_string().as_bytes())
+                .map_err(|e| e.into_error(key))?;
+        let stored = async {
+            storage.delete(key).await?;
+            storage.put_new(key, sealed.into()).await
+        };
+        if let Err(e) = stored.await {
+            tracing::warn!("could not record the verify result for `walseal status`: {e}");
+        }
+        Ok::<_, Error>(report)
+    })?;
+    if json {
+        json_out(&report)?;
+    } else {
+        print_verify(&report);
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "verify found problems in {} (listed above)",
+                report.repository
+            ),
+        )
+        .hint("restore missing or damaged objects from another copy; re-run the affected backups"))
+    }
+}
+
+fn print_verify(r: &crate::verify::Report) {
+    println!("repository {}", r.repository);
+    println!(
+        "{} objects, {}; {} complete backups; bodies {}",
+        r.objects,
+        human(r.bytes),
+        r.backups,
+        if r.authenticated {
+            "authenticated"
+        } else {
+            "not read (--quick)"
+        }
+    );
+    for w in &r.windows {
+        println!(
+            "backup {}: {} from {} to {} (last segment {})",
+            w.backup,
+            if w.restorable {
+                "restorable"
+            } else {
+                "NOT restorable (WAL missing before its end)"
+            },
+            w.earliest,
+            w.latest.as_deref().unwrap_or("?"),
+            w.latest_segment.as_deref().unwrap_or("none")
+        );
+    }
+    for s in &r.missing_segments {
+        println!("MISSING   {s}");
+    }
+    if r.missing_count as usize > r.missing_segments.len() {
+        println!(
+            "MISSING   ... {} more",
+            r.missing_count as usize - r.missing_segments.len()
+        );
+    }
+    for p in &r.failed_objects {
+        println!("DAMAGED   {}: {}", p.object, p.reason);
+    }
+    for p in &r.unknown_key_objects {
+        println!("NO KEY    {}: {}", p.object, p.reason);
+    }
+    for p in &r.backup_problems {
+        println!("BACKUP    {}: {}", p.object, p.reason);
+    }
+    for id in &r.incomplete_backups {
+        println!("LEFTOVER  backups/{id}/: parts of an interrupted backup (no record)");
+    }
+    println!(
+        "{}",
+        if r.ok {
+            "verify: all is well"
+        } else {
+            "verify: PROBLEMS FOUND"
+        }
+    );
+}

@@ -18,6 +18,7 @@ pub mod restore;
 pub mod seal;
 pub mod storage;
 pub mod time;
+pub mod verify;
 pub mod wal;
 
 mod commands;
@@ -50,6 +51,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Backup(args) => commands::backup(&cfg, &args),
         Command::Restore(args) => commands::restore(&cfg, cli.global.config.as_deref(), &args),
         Command::List { json } => commands::list(&cfg, json),
+        Command::Verify { quick, jobs, json } => commands::verify(&cfg, quick, jobs, json),
     }
 }
 

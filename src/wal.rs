@@ -314,3 +314,51 @@ mod lsn_tests {
         assert!(Lsn::parse("zz").is_none());
     }
 }
+
+/// One line of a timeline history file: the parent timeline and where the child branched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryEntry {
+    /// The ancestor timeline.
+    pub parent: u32,
+    /// The first LSN of the next timeline (the switch point).
+    pub switch: Lsn,
+}
+
+/// Parses a `.history` file (`parentTLI<TAB>switchpoint<TAB>reason`); comments and blank lines
+/// are skipped; malformed lines are ignored.
+pub fn parse_history(text: &str) -> Vec<HistoryEntry> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let parent = f.next()?.parse().ok()?;
+            let switch = Lsn::parse(f.next()?)?;
+            Some(HistoryEntry { parent, switch })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    #[test]
+    fn history_lines() {
+        let h = parse_history(
+            "1\t0/3000000\tno recovery target specified\n\n# c\n2\t0/5000A8\tbefore 2026-11-28\n",
+        );
+        assert_eq!(
+            h,
+            vec![
+                HistoryEntry {
+                    parent: 1,
+                    switch: Lsn(0x300_0000)
+                },
+                HistoryEntry {
+                    parent: 2,
+                    switch: Lsn(0x50_00A8)
+                }
+            ]
+        );
+    }
+}

@@ -305,6 +305,19 @@ fn pg15_restore_across_a_timeline_switch() {
         "timeline 2 with its history file: {wal:?}"
     );
 
+    // verify follows the switch through 00000002.history: no gap reported.
+    let out = s
+        .walseal_as_pg()
+        .args(["verify", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&out),
+        0,
+        "verify across a timeline switch: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     let latest = s.dir.path().join("follow");
     assert_eq!(code(&restore(&s, &latest, &["latest"])), 0);
     let follow = start_restored(&s, &bin, "follow");

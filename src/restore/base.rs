@@ -246,7 +246,7 @@ async fn fill(
                 format!("backup {} has no manifest", record.id),
             )
         })?;
-    let manifest_bytes = read_archive(&storage, &keyring, manifest_archive).await?;
+    let manifest_bytes = read_archive(&storage, keyring, manifest_archive).await?;
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
@@ -283,7 +283,7 @@ async fn fill(
             None => (opts.pgdata.clone(), String::new()),
         };
         let files =
-            extract_archive(&storage, &keyring, archive, &dest, &opts.tablespace_map).await?;
+            extract_archive(&storage, keyring, archive, &dest, &opts.tablespace_map).await?;
         for f in files {
             let path = format!("{prefix}{}", f.path);
             if let Some(m) = expected.get(&path) {

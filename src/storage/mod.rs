@@ -35,6 +35,17 @@ pub enum PutOutcome {
     AlreadyExists,
 }
 
+/// A listed object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectInfo {
+    /// Key relative to the repository root.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification, Unix seconds.
+    pub modified: f64,
+}
+
 /// An object's bytes as a stream, with its size.
 pub struct ObjectStream {
     /// Size in bytes as the storage reports it.
@@ -331,12 +342,25 @@ impl Storage {
     /// # Errors
     /// `Storage` if listing fails.
     pub async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .list_meta(prefix)
+            .await?
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect())
+    }
+
+    /// Lists keys, sizes and modification times under `prefix`, sorted by key.
+    ///
+    /// # Errors
+    /// `Storage` if listing fails.
+    pub async fn list_meta(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
         let base = self.prefix.clone();
-        let mut items: Vec<(String, u64)> = self
+        let mut items: Vec<ObjectInfo> = self
             .store
             .list(Some(&self.path(prefix)))
             .map_ok(|m| {
-                let rel = m.location.prefix_match(&base).map_or_else(
+                let key = m.location.prefix_match(&base).map_or_else(
                     || m.location.to_string(),
                     |parts| {
                         parts
@@ -345,12 +369,17 @@ impl Storage {
                             .join("/")
                     },
                 );
-                (rel, m.size)
+                let modified = m.last_modified.timestamp_micros() as f64 / 1e6;
+                ObjectInfo {
+                    key,
+                    size: m.size,
+                    modified,
+                }
             })
             .try_collect()
             .await
             .map_err(|e| storage_error(&self.display, &format!("cannot list {prefix}"), &e))?;
-        items.sort();
+        items.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(items)
     }
 }
