@@ -114,6 +114,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Remove backups beyond the retention policy and the WAL no kept backup needs.
+    ///
+    /// Never removes the newest complete backup or WAL a kept backup needs for recovery to any
+    /// point after it; also removes parts of interrupted backups.
+    Retain {
+        /// Keep the newest N complete backups.
+        #[arg(long, value_name = "N")]
+        keep_full: Option<usize>,
+        /// Keep what recovery to any time in the last D days needs.
+        #[arg(long, value_name = "D")]
+        keep_days: Option<f64>,
+        /// Print what would be removed, remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List complete backups and the archived WAL per timeline.
     List {
         /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
@@ -190,6 +208,7 @@ impl Command {
             Command::Restore(_) => "restore",
             Command::List { .. } => "list",
             Command::Verify { .. } => "verify",
+            Command::Retain { .. } => "retain",
         }
     }
 }

@@ -293,3 +293,39 @@ fn print_verify(r: &crate::verify::Report) {
         }
     );
 }
+
+/// `walseal retain`.
+pub fn retain(
+    cfg: &Config,
+    policy: crate::retain::Policy,
+    dry_run: bool,
+    json: bool,
+) -> Result<()> {
+    let keyring = Keyring::load(&cfg.key_files)?;
+    let storage = Storage::open(cfg, Create::No)?;
+    let plan = crate::block_on(crate::retain::retain(&storage, &keyring, policy, dry_run))?;
+    if json {
+        return json_out(&plan);
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for id in &plan.removed_backups {
+        println!("{verb} backup {id}");
+    }
+    for id in &plan.removed_incomplete {
+        println!("{verb} interrupted backup {id}");
+    }
+    if let (Some(first), Some(last)) = (plan.removed_wal.first(), plan.removed_wal.last()) {
+        println!(
+            "{verb} {} WAL files, {first} .. {last}",
+            plan.removed_wal.len()
+        );
+    }
+    println!(
+        "retain: kept {} backups ({}); {verb} {} objects, {}",
+        plan.kept.len(),
+        plan.kept.join(", "),
+        plan.removed_objects,
+        human(plan.freed_bytes)
+    );
+    Ok(())
+}

@@ -15,6 +15,7 @@ pub mod error;
 pub mod keys;
 pub mod repository;
 pub mod restore;
+pub mod retain;
 pub mod seal;
 pub mod storage;
 pub mod time;
@@ -52,6 +53,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(args) => commands::restore(&cfg, cli.global.config.as_deref(), &args),
         Command::List { json } => commands::list(&cfg, json),
         Command::Verify { quick, jobs, json } => commands::verify(&cfg, quick, jobs, json),
+        Command::Retain {
+            keep_full,
+            keep_days,
+            dry_run,
+            json,
+        } => commands::retain(
+            &cfg,
+            retain::Policy {
+                keep_full,
+                keep_days,
+            },
+            dry_run,
+            json,
+        ),
     }
 }
 
