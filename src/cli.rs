@@ -132,6 +132,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the setup line by line: configuration, key, repository (write/read/delete a probe),
+    /// PostgreSQL's archiving settings, and a forced WAL switch reaching the repository.
+    Check {
+        /// Connection (SQL, as a superuser or a role allowed to run pg_switch_wal): libpq
+        /// conninfo or URL; unset parts from PGHOST, PGPORT, PGUSER, ...
+        #[arg(long, value_name = "CONNINFO")]
+        pg: Option<String>,
+        /// Seconds to wait for the switched segment to reach the repository.
+        #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+        wait: u64,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What monitoring alerts on: newest archived segment and its age, archive lag, backups and
+    /// their age, repository size, last verify result.
+    Status {
+        /// Measure the archive lag against this cluster (SQL connection).
+        #[arg(long, value_name = "CONNINFO")]
+        pg: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+        /// Write the Prometheus text format to FILE (atomically; `-` for stdout), e.g. into
+        /// node_exporter's textfile directory.
+        #[arg(long, value_name = "FILE")]
+        prometheus: Option<std::path::PathBuf>,
+    },
     /// List complete backups and the archived WAL per timeline.
     List {
         /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
@@ -209,6 +237,8 @@ impl Command {
             Command::List { .. } => "list",
             Command::Verify { .. } => "verify",
             Command::Retain { .. } => "retain",
+            Command::Check { .. } => "check",
+            Command::Status { .. } => "status",
         }
     }
 }

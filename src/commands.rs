@@ -329,3 +329,91 @@ pub fn retain(
     );
     Ok(())
 }
+
+/// `walseal check`.
+pub fn check(cfg: &Config, pg: Option<&str>, wait: u64, json: bool) -> Result<()> {
+    let lines = crate::block_on(async {
+        Ok::<_, Error>(crate::check::check(cfg, pg, Duration::from_secs(wait)).await)
+    })?;
+    if json {
+        json_out(&lines)?;
+    } else {
+        for l in &lines {
+            match &l.fix {
+                None => println!("OK    {:<20} {}", l.item, l.detail),
+                Some(fix) => println!("FAIL  {:<20} {}\n      fix: {fix}", l.item, l.detail),
+            }
+        }
+    }
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    if failed == 0 {
+        if !json {
+            println!("check: all is well");
+        }
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!("check found {failed} problem(s) (listed above)"),
+        ))
+    }
+}
+
+/// `walseal status`.
+pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Path>) -> Result<()> {
+    let keyring = Keyring::load(&cfg.key_files)?;
+    let storage = Storage::open(cfg, Create::No)?;
+    let st = crate::block_on(crate::status::status(&storage, &keyring, pg))?;
+    if let Some(path) = prometheus {
+        let text = crate::status::prometheus(&st);
+        if path == Path::new("-") {
+            print!("{text}");
+        } else {
+            let tmp = path.with_extension("prom.tmp");
+            std::fs::write(&tmp, text)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| {
+                    crate::error::local_io(format!("cannot write {}", path.display()), &e)
+                })?;
+        }
+    }
+    if json {
+        json_out(&st)?;
+    } else if prometheus.is_none() {
+        let age = |s: Option<f64>| s.map_or_else(|| "-".to_string(), |s| format!("{s:.0} s ago"));
+        println!("repository            {}", st.repository);
+        println!(
+            "newest segment        {} ({})",
+            st.newest_segment.as_deref().unwrap_or("none"),
+            age(st.newest_segment_age_seconds)
+        );
+        if let Some(lag) = st.archive_lag_segments {
+            println!(
+                "archive lag           {lag} segment(s) behind {}",
+                st.current_segment.as_deref().unwrap_or("?")
+            );
+        }
+        println!(
+            "backups               {} complete, {} interrupted; newest {} ({})",
+            st.backups,
+            st.incomplete_backups,
+            st.newest_backup.as_deref().unwrap_or("none"),
+            age(st.newest_backup_age_seconds)
+        );
+        println!(
+            "repository size       {} in {} objects",
+            human(st.repository_bytes),
+            st.repository_objects
+        );
+        println!(
+            "last verify           {} ({})",
+            match st.last_verify_ok {
+                Some(true) => "all well",
+                Some(false) => "PROBLEMS",
+                None => "never run",
+            },
+            age(st.last_verify_age_seconds)
+        );
+    }
+    Ok(())
+}

@@ -9,6 +9,7 @@
 pub mod archive;
 pub mod backup;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -17,6 +18,7 @@ pub mod repository;
 pub mod restore;
 pub mod retain;
 pub mod seal;
+pub mod status;
 pub mod storage;
 pub mod time;
 pub mod verify;
@@ -53,6 +55,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(args) => commands::restore(&cfg, cli.global.config.as_deref(), &args),
         Command::List { json } => commands::list(&cfg, json),
         Command::Verify { quick, jobs, json } => commands::verify(&cfg, quick, jobs, json),
+        Command::Check { pg, wait, json } => commands::check(&cfg, pg.as_deref(), wait, json),
+        Command::Status {
+            pg,
+            json,
+            prometheus,
+        } => commands::status(&cfg, pg.as_deref(), json, prometheus.as_deref()),
         Command::Retain {
             keep_full,
             keep_days,

@@ -157,11 +157,15 @@ impl Conn {
     }
 
     async fn startup(&mut self, p: &ConnParams) -> Result<()> {
-        let params = [
+        let mut params = vec![
             ("user", p.user.as_str()),
-            ("replication", "true"),
             ("application_name", p.application_name.as_str()),
         ];
+        if p.replication {
+            params.push(("replication", "true"));
+        } else {
+            params.push(("database", p.dbname.as_str()));
+        }
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)
             .map_err(|e| protocol_error(&self.what, e))?;
         self.flush().await?;

@@ -42,6 +42,10 @@ pub struct ConnParams {
     pub sslrootcert: Option<PathBuf>,
     /// application_name sent to the server.
     pub application_name: String,
+    /// Database for SQL connections (`check`, `status`).
+    pub dbname: String,
+    /// A physical replication connection (backups) rather than an SQL session.
+    pub replication: bool,
 }
 
 impl std::fmt::Debug for ConnParams {
@@ -167,6 +171,10 @@ fn parse_url(s: &str) -> Result<HashMap<String, String>> {
     if let Some(p) = url.port() {
         out.insert("port".into(), p.to_string());
     }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() {
+        out.insert("dbname".into(), decode(db));
+    }
     for (k, v) in url.query_pairs() {
         out.insert(k.into_owned(), v.into_owned());
     }
@@ -224,6 +232,8 @@ pub fn resolve(conninfo: Option<&str>) -> Result<ConnParams> {
         sslmode,
         sslrootcert: get("sslrootcert", "PGSSLROOTCERT").map(PathBuf::from),
         application_name: get("application_name", "PGAPPNAME").unwrap_or_else(|| "walseal".into()),
+        dbname: get("dbname", "PGDATABASE").unwrap_or_else(|| "postgres".into()),
+        replication: true,
     })
 }
 

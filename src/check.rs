@@ -1,0 +1,294 @@
+//! `walseal check`: the one command a DBA runs after setup. It loads the configuration and the
+//! key, writes, reads back and deletes a probe object, connects to PostgreSQL, reads the
+//! archiving settings, forces a WAL switch and waits until that segment is in the repository
+//! and opens — and says, line by line, what is right and what to fix.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::backup::conn::Conn;
+use crate::backup::conninfo;
+use crate::config::Config;
+use crate::keys::Keyring;
+use crate::repository;
+use crate::seal;
+use crate::storage::{Create, PutOutcome, Storage};
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    /// Whether this item is right.
+    pub ok: bool,
+    /// What was checked.
+    pub item: String,
+    /// What was found.
+    pub detail: String,
+    /// How to fix it.
+    pub fix: Option<String>,
+}
+
+fn ok(item: &str, detail: impl Into<String>) -> Line {
+    Line {
+        ok: true,
+        item: item.into(),
+        detail: detail.into(),
+        fix: None,
+    }
+}
+
+fn fail(item: &str, detail: impl Into<String>, fix: impl Into<String>) -> Line {
+    Line {
+        ok: false,
+        item: item.into(),
+        detail: detail.into(),
+        fix: Some(fix.into()),
+    }
+}
+
+fn from_error(item: &str, e: &crate::error::Error) -> Line {
+    Line {
+        ok: false,
+        item: item.into(),
+        detail: e.message().to_string(),
+        fix: e.hint_text().map(str::to_string),
+    }
+}
+
+/// Runs every check; never fails itself (problems are lines).
+pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<Line> {
+    let mut lines = Vec::new();
+    match cfg.repo_url() {
+        Ok(url) => lines.push(ok("configuration", format!("repository {url}"))),
+        Err(e) => {
+            lines.push(from_error("configuration", &e));
+            return lines;
+        }
+    }
+    let keyring = match Keyring::load(&cfg.key_files) {
+        Ok(k) => {
+            let files: Vec<String> = cfg
+                .key_files
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            lines.push(ok(
+                "key",
+                format!(
+                    "key {} loaded from {} (mode 0600)",
+                    k.active().id(),
+                    files.join(":")
+                ),
+            ));
+            k
+        }
+        Err(e) => {
+            lines.push(from_error("key", &e));
+            return lines;
+        }
+    };
+    let storage = match Storage::open(cfg, Create::Yes) {
+        Ok(s) => s,
+        Err(e) => {
+            lines.push(from_error("repository", &e));
+            return lines;
+        }
+    };
+    lines.push(probe(&storage, &keyring).await);
+    let identity = repository::load(&storage, &keyring).await;
+
+    let mut params = match conninfo::resolve(conninfo) {
+        Ok(p) => p,
+        Err(e) => {
+            lines.push(from_error("PostgreSQL", &e));
+            return lines;
+        }
+    };
+    params.replication = false;
+    let mut conn = match Conn::connect(&params).await {
+        Ok(c) => c,
+        Err(e) => {
+            lines.push(from_error("PostgreSQL", &e));
+            return lines;
+        }
+    };
+    let settings = conn
+        .query("SELECT current_setting('wal_level'), current_setting('archive_mode'), current_setting('archive_command'), \
+                current_setting('restore_command'), (SELECT system_identifier::text FROM pg_control_system()), current_setting('server_version')")
+        .await;
+    let row = match settings {
+        Ok(rows) if !rows.is_empty() => rows[0]
+            .iter()
+            .map(|c| c.clone().unwrap_or_default())
+            .collect::<Vec<_>>(),
+        Ok(_) => return lines,
+        Err(e) => {
+            lines.push(from_error("PostgreSQL", &e));
+            return lines;
+        }
+    };
+    lines.push(ok(
+        "PostgreSQL",
+        format!("connected to {} (server {})", params.describe(), row[5]),
+    ));
+    let mut archiving = true;
+    if row[0] == "replica" || row[0] == "logical" {
+        lines.push(ok("wal_level", row[0].clone()));
+    } else {
+        archiving = false;
+        lines.push(fail(
+            "wal_level",
+            format!("is {}", row[0]),
+            "set wal_level = replica in postgresql.conf and restart",
+        ));
+    }
+    if row[1] == "on" || row[1] == "always" {
+        lines.push(ok("archive_mode", row[1].clone()));
+    } else {
+        archiving = false;
+        lines.push(fail(
+            "archive_mode",
+            format!("is {}", row[1]),
+            "set archive_mode = on in postgresql.conf and restart",
+        ));
+    }
+    let cmd = &row[2];
+    if cmd.contains("walseal") && cmd.contains("wal-push") && cmd.contains("%p") {
+        lines.push(ok("archive_command", cmd.clone()));
+    } else {
+        archiving = false;
+        lines.push(fail(
+            "archive_command",
+            format!("is {cmd:?}, which does not run walseal wal-push %p"),
+            "set archive_command = 'walseal --config /etc/walseal/walseal.toml wal-push %p' (see postgresql.conf.example) and reload",
+        ));
+    }
+    lines.push(ok(
+        "restore_command",
+        if row[3].is_empty() {
+            "not set (only needed on a cluster being restored)".to_string()
+        } else {
+            row[3].clone()
+        },
+    ));
+    match identity {
+        Ok(Some(id)) if id.system_identifier != row[4] => lines.push(fail(
+            "repository identity",
+            format!(
+                "the repository belongs to system {}, this cluster is {}",
+                id.system_identifier, row[4]
+            ),
+            "point this cluster at its own repository or prefix",
+        )),
+        Ok(Some(id)) => lines.push(ok(
+            "repository identity",
+            format!("system {}", id.system_identifier),
+        )),
+        Ok(None) => lines.push(ok(
+            "repository identity",
+            "not recorded yet (written with the first archived segment)",
+        )),
+        Err(e) => lines.push(from_error("repository identity", &e)),
+    }
+    if archiving {
+        lines.push(switch_and_wait(&mut conn, &storage, &keyring, wait).await);
+    }
+    conn.close().await;
+    lines
+}
+
+async fn probe(storage: &Storage, keyring: &Keyring) -> Line {
+    let key = format!(
+        "check/probe-{}-{}",
+        std::process::id(),
+        crate::time::format_id(crate::time::now())
+    );
+    let text = b"walseal check probe";
+    let result = async {
+        let sealed =
+            seal::seal_to_vec(keyring.active(), &key, text).map_err(|e| e.into_error(&key))?;
+        if storage.put_new(&key, sealed.into()).await? == PutOutcome::AlreadyExists {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::Conflict,
+                format!("{key} exists"),
+            ));
+        }
+        let back = storage.get_bytes(&key).await?.unwrap_or_default();
+        let plain = seal::open_to_vec(keyring, &key, &back).map_err(|e| e.into_error(&key))?;
+        storage.delete(&key).await?;
+        if plain != text {
+            return Err(crate::error::Error::new(
+                crate::error::ErrorKind::Integrity,
+                "the probe read back differently",
+            ));
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => ok(
+            "repository",
+            format!(
+                "{}: wrote, read back and deleted a probe object",
+                storage.display()
+            ),
+        ),
+        Err(e) => Line {
+            ok: false,
+            item: "repository".into(),
+            detail: e.message().to_string(),
+            fix: Some(
+                e.hint_text()
+                    .unwrap_or(
+                        "check that the repository is writable by the user PostgreSQL runs as",
+                    )
+                    .to_string(),
+            ),
+        },
+    }
+}
+
+async fn switch_and_wait(
+    conn: &mut Conn,
+    storage: &Storage,
+    keyring: &Keyring,
+    wait: Duration,
+) -> Line {
+    let seg = match conn.query("SELECT pg_walfile_name(pg_switch_wal())").await {
+        Ok(rows) => rows
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .unwrap_or_default(),
+        Err(e) => return from_error("WAL switch", &e),
+    };
+    let key = format!("wal/{}/{seg}", seg.get(..8).unwrap_or("00000001"));
+    let started = Instant::now();
+    loop {
+        match storage.get_bytes(&key).await {
+            Ok(Some(sealed)) => {
+                return match seal::open_to_vec(keyring, &key, &sealed) {
+                    Ok(_) => ok(
+                        "archiving",
+                        format!(
+                            "switched WAL: {seg} reached the repository and opens ({:.1} s)",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    ),
+                    Err(e) => from_error("archiving", &e.into_error(&key)),
+                };
+            }
+            Ok(None) if started.elapsed() < wait => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Ok(None) => return fail(
+                "archiving",
+                format!(
+                    "{seg} did not reach the repository within {} s",
+                    wait.as_secs()
+                ),
+                "look at pg_stat_archiver (last_failed_wal) and the server log for walseal's error",
+            ),
+            Err(e) => return from_error("archiving", &e),
+        }
+    }
+}

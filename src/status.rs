@@ -1,0 +1,197 @@
+//! `walseal status`: what monitoring alerts on — newest archived segment and its age, archive
+//! lag against the cluster (when it can connect), number and age of backups, repository size,
+//! and the last verify result. As a table, JSON, or the Prometheus text format that
+//! node_exporter's textfile collector reads.
+
+use serde::Serialize;
+
+use crate::backup::conn::Conn;
+use crate::backup::conninfo;
+use crate::catalog;
+use crate::error::Result;
+use crate::keys::Keyring;
+use crate::seal;
+use crate::storage::Storage;
+use crate::verify::LAST_VERIFY_KEY;
+use crate::wal::WalFile;
+
+/// The status snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The repository.
+    pub repository: String,
+    /// Newest archived segment.
+    pub newest_segment: Option<String>,
+    /// Seconds since it was archived.
+    pub newest_segment_age_seconds: Option<f64>,
+    /// The cluster's current segment (when connected).
+    pub current_segment: Option<String>,
+    /// Segments between the cluster's current one and the newest archived (when connected).
+    pub archive_lag_segments: Option<i64>,
+    /// Complete backups.
+    pub backups: usize,
+    /// Newest complete backup.
+    pub newest_backup: Option<String>,
+    /// Seconds since it ended.
+    pub newest_backup_age_seconds: Option<f64>,
+    /// Interrupted backups.
+    pub incomplete_backups: usize,
+    /// Objects stored.
+    pub repository_objects: u64,
+    /// Bytes stored.
+    pub repository_bytes: u64,
+    /// Whether the last verify found all well.
+    pub last_verify_ok: Option<bool>,
+    /// Seconds since the last verify.
+    pub last_verify_age_seconds: Option<f64>,
+}
+
+/// Collects the status; `conninfo` (if any) is used to measure the archive lag.
+///
+/// # Errors
+/// Storage errors and records that do not open; a failed database connection only leaves the
+/// lag empty.
+pub async fn status(
+    storage: &Storage,
+    keyring: &Keyring,
+    conninfo: Option<&str>,
+) -> Result<Status> {
+    let now = crate::time::now();
+    let objects = storage.list_meta("").await?;
+    let listing = catalog::list(storage, keyring).await?;
+    let newest = objects
+        .iter()
+        .filter_map(|o| {
+            o.key
+                .rsplit('/')
+                .next()
+                .and_then(WalFile::parse)
+                .filter(|w| w.kind == crate::wal::WalKind::Segment)
+                .map(|w| (w.name, o.modified))
+        })
+        .max_by(|a, b| a.0.cmp(&b.0));
+    let seg_size = crate::repository::load(storage, keyring)
+        .await?
+        .map_or(16 << 20, |i| i.wal_segment_size);
+    let mut last_verify_ok = None;
+    let mut last_verify_age_seconds = None;
+    if let Some(sealed) = storage.get_bytes(LAST_VERIFY_KEY).await? {
+        let plain = seal::open_to_vec(keyring, LAST_VERIFY_KEY, &sealed)
+            .map_err(|e| e.into_error(LAST_VERIFY_KEY))?;
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&plain) {
+            last_verify_ok = v["ok"].as_bool();
+            last_verify_age_seconds = v["time_unix"].as_f64().map(|t| now - t);
+        }
+    }
+    let mut current_segment = None;
+    let mut archive_lag_segments = None;
+    if conninfo.is_some() || std::env::var_os("PGHOST").is_some() {
+        if let Ok(mut params) = conninfo::resolve(conninfo) {
+            params.replication = false;
+            match Conn::connect(&params).await {
+                Ok(mut conn) => {
+                    if let Ok(rows) = conn
+                        .query("SELECT pg_walfile_name(pg_current_wal_lsn())")
+                        .await
+                    {
+                        current_segment = rows.first().and_then(|r| r.first().cloned().flatten());
+                    }
+                    conn.close().await;
+                }
+                Err(e) => tracing::warn!("status: cannot measure the archive lag: {e}"),
+            }
+        }
+        if let (Some(cur), Some((new, _))) = (&current_segment, &newest) {
+            let (c, n) = (WalFile::parse(cur), WalFile::parse(new));
+            if let (Some(c), Some(n)) = (c, n) {
+                if c.timeline == n.timeline {
+                    archive_lag_segments =
+                        match (c.segment_number(seg_size), n.segment_number(seg_size)) {
+                            (Some(a), Some(b)) => Some((a as i64 - b as i64 - 1).max(0)),
+                            _ => None,
+                        };
+                }
+            }
+        }
+    }
+    let newest_backup = listing.backups.last();
+    Ok(Status {
+        repository: storage.display().to_string(),
+        newest_segment: newest.as_ref().map(|n| n.0.clone()),
+        newest_segment_age_seconds: newest.as_ref().map(|n| (now - n.1).max(0.0)),
+        current_segment,
+        archive_lag_segments,
+        backups: listing.backups.len(),
+        newest_backup: newest_backup.map(|b| b.id.clone()),
+        newest_backup_age_seconds: newest_backup.map(|b| (now - b.stop_unix).max(0.0)),
+        incomplete_backups: listing.incomplete.len(),
+        repository_objects: objects.len() as u64,
+        repository_bytes: objects.iter().map(|o| o.size).sum(),
+        last_verify_ok,
+        last_verify_age_seconds,
+    })
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The Prometheus text exposition format (for node_exporter's textfile collector).
+pub fn prometheus(s: &Status) -> String {
+    let repo = label(&s.repository);
+    let mut out = String::new();
+    let mut metric = |name: &str, help: &str, value: Option<f64>| {
+        if let Some(v) = value {
+            out += &format!("# HELP walseal_{name} {help}\n# TYPE walseal_{name} gauge\nwalseal_{name}{{repository=\"{repo}\"}} {v}\n");
+        }
+    };
+    metric("up", "1 if the repository could be read.", Some(1.0));
+    metric(
+        "newest_segment_age_seconds",
+        "Seconds since the newest WAL segment was archived.",
+        s.newest_segment_age_seconds,
+    );
+    metric(
+        "archive_lag_segments",
+        "WAL segments the cluster has completed but not yet archived.",
+        s.archive_lag_segments.map(|v| v as f64),
+    );
+    metric(
+        "backups",
+        "Complete base backups in the repository.",
+        Some(s.backups as f64),
+    );
+    metric(
+        "incomplete_backups",
+        "Interrupted base backups (parts without a record).",
+        Some(s.incomplete_backups as f64),
+    );
+    metric(
+        "newest_backup_age_seconds",
+        "Seconds since the newest complete backup ended.",
+        s.newest_backup_age_seconds,
+    );
+    metric(
+        "repository_bytes",
+        "Bytes stored in the repository.",
+        Some(s.repository_bytes as f64),
+    );
+    metric(
+        "repository_objects",
+        "Objects stored in the repository.",
+        Some(s.repository_objects as f64),
+    );
+    metric(
+        "last_verify_ok",
+        "1 if the last walseal verify found all well, 0 if not.",
+        s.last_verify_ok.map(|b| if b { 1.0 } else { 0.0 }),
+    );
+    metric(
+        "last_verify_age_seconds",
+        "Seconds since the last walseal verify.",
+        s.last_verify_age_seconds,
+    );
+    out
+}
