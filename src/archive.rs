@@ -176,18 +176,10 @@ fn seal_file(
 fn self_check(keyring: &Keyring, key: &str, sealed: &[u8], size: u64, crc: u32) -> Result<()> {
     let mut reader = seal::open(sealed, keyring, key).map_err(|e| e.into_error(key))?;
     let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; READ_BUF];
-    let mut total = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| seal_error_from_io(e).into_error(key))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        total += n as u64;
-    }
+    let total = seal::for_each_block(&mut reader, key, |block| {
+        hasher.update(block);
+        Ok(())
+    })?;
     if total != size || hasher.finalize() != crc {
         return Err(Error::new(
             ErrorKind::Internal,

@@ -7,32 +7,14 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[test]
 fn pg15_check_and_status() {
     let s = Setup::new(&Backend::Local);
-    let pg = Pg::init(
-        s.dir.path(),
-        "primary",
-        &[
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{}'",
-                s.command("wal-push %p").replace('\'', "''")
-            ),
-        ],
-    );
+    let pg = s.primary(&pg_bin(), &[]);
     pg.start();
     let conn = format!("host=127.0.0.1 port={} user=postgres", pg.port);
     let check = || {

@@ -91,14 +91,6 @@ fn each_backend(test: impl Fn(&Fixture)) {
     }
 }
 
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 #[test]
 fn push_fetch_round_trip_and_idempotent_repush() {
     each_backend(|f| {

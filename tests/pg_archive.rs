@@ -31,19 +31,7 @@ fn fingerprint(pg: &Pg) -> String {
 
 fn archive_then_replay_from_archive_only(backend: Backend) {
     let s = Setup::new(&backend);
-    let primary = Pg::init(
-        s.dir.path(),
-        "primary",
-        &[
-            "wal_level = replica".into(),
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{}'",
-                s.command("wal-push %p").replace('\'', "''")
-            ),
-            "max_wal_senders = 4".into(),
-        ],
-    );
+    let primary = s.primary(&pg_bin(), &["max_wal_senders = 4".into()]);
     primary.start();
     let base = s.dir.path().join("base");
     run_ok(

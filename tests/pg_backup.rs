@@ -26,30 +26,9 @@ fn server_bin(major: u32) -> Option<PathBuf> {
     }
 }
 
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// A primary archiving through walseal, with pg_hba lines for the authentication tests.
 fn primary(s: &Setup, bin: &Path) -> Pg {
-    let pg = Pg::init_with(
-        bin,
-        s.dir.path(),
-        "primary",
-        &[
-            "wal_level = replica".into(),
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{}'",
-                s.command("wal-push %p").replace('\'', "''")
-            ),
-            "max_wal_senders = 6".into(),
-        ],
-    );
+    let pg = s.primary(bin, &["max_wal_senders = 6".into()]);
     let hba = "local all all trust\n\
                host replication scram_user 127.0.0.1/32 scram-sha-256\n\
                host replication md5_user 127.0.0.1/32 md5\n\
@@ -273,10 +252,7 @@ fn pg15_restore_across_a_timeline_switch() {
         0
     );
     // The promoted cluster keeps archiving into the same repository.
-    let archive = format!(
-        "archive_command = '{}'",
-        s.command("wal-push %p").replace('\'', "''")
-    );
+    let archive = s.archive_setting();
     let tl2 = Pg::existing_with(
         &bin,
         s.dir.path(),
@@ -531,15 +507,9 @@ fn pg15_backup_over_tls() {
     sh("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > server.ext");
     sh("openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile server.ext 2>/dev/null");
     sh("chown postgres server.key server.crt ca.crt other.crt && chmod 600 server.key");
-    let pg = Pg::init(
-        dir,
-        "primary",
+    let pg = s.primary(
+        &pg_bin(),
         &[
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{}'",
-                s.command("wal-push %p").replace('\'', "''")
-            ),
             "ssl = on".into(),
             format!("ssl_cert_file = '{}/server.crt'", dir.display()),
             format!("ssl_key_file = '{}/server.key'", dir.display()),

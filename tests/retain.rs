@@ -6,14 +6,9 @@
 
 mod common;
 
-use std::process::Output;
 use std::time::Duration;
 
 use common::*;
-
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
 
 fn list(s: &Setup) -> serde_json::Value {
     serde_json::from_slice(
@@ -37,17 +32,7 @@ fn ids(v: &serde_json::Value) -> Vec<String> {
 
 fn scenario(backend: Backend) {
     let s = Setup::new(&backend);
-    let pg = Pg::init(
-        s.dir.path(),
-        "primary",
-        &[
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{}'",
-                s.command("wal-push %p").replace('\'', "''")
-            ),
-        ],
-    );
+    let pg = s.primary(&pg_bin(), &[]);
     pg.start();
     pg.psql("CREATE TABLE t(id int PRIMARY KEY)");
     let mut target = String::new();

@@ -10,10 +10,6 @@ use std::process::Output;
 
 use common::*;
 
-fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or(-1)
-}
-
 fn verify(s: &Setup, repo: &RepoEnv, extra: &[&str]) -> (Output, serde_json::Value) {
     let mut c = s.walseal_as_pg();
     if s.config_file.is_none() {
@@ -57,17 +53,7 @@ fn names(v: &serde_json::Value, field: &str) -> Vec<String> {
 
 fn scenario(backend: Backend) {
     let s = Setup::new(&backend);
-    let pg = Pg::init(
-        s.dir.path(),
-        "primary",
-        &[
-            "archive_mode = on".into(),
-            format!(
-                "archive_command = '{}'",
-                s.command("wal-push %p").replace('\'', "''")
-            ),
-        ],
-    );
+    let pg = s.primary(&pg_bin(), &[]);
     pg.start();
     pg.pgbench(&["-i", "-s", "3", "-q"]);
     let out = s

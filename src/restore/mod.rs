@@ -19,7 +19,7 @@ pub mod tar;
 use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};
 use crate::keys::Keyring;
-use crate::seal::{self, seal_error_from_io};
+use crate::seal;
 use crate::storage::{Create, Storage};
 use crate::wal::WalFile;
 
@@ -111,18 +111,7 @@ fn open_into(
         .create_new(true)
         .open(tmp)
         .map_err(|e| local_io(format!("cannot create {}", tmp.display()), &e))?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| seal_error_from_io(e).into_error(key))?;
-        if n == 0 {
-            break;
-        }
-        write_all(&mut out, &buf[..n], tmp)?;
-        total += n as u64;
-    }
+    let total = seal::for_each_block(&mut reader, key, |block| write_all(&mut out, block, tmp))?;
     Ok(total)
 }
 

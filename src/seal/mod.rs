@@ -135,6 +135,32 @@ pub fn open_to_vec(
     Ok(out)
 }
 
+/// Reads an opened object to its authenticated end, handing each plaintext block to `f`;
+/// returns the plaintext length. `key` names the object in errors.
+///
+/// # Errors
+/// The object's own errors (tampering, truncation, storage errors carried through the reader)
+/// and whatever `f` returns.
+pub fn for_each_block<R: std::io::Read>(
+    reader: &mut OpenReader<R>,
+    key: &str,
+    mut f: impl FnMut(&[u8]) -> crate::error::Result<()>,
+) -> crate::error::Result<u64> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| seal_error_from_io(e).into_error(key))?;
+        if n == 0 {
+            return Ok(total);
+        }
+        f(&buf[..n])?;
+        total += n as u64;
+    }
+}
+
 impl SealError {
     /// Converts to the crate error for the object `object`, choosing kind and fix.
     pub fn into_error(self, object: &str) -> crate::error::Error {

@@ -516,6 +516,21 @@ impl Setup {
         }
     }
 
+    /// The `archive_command` setting that runs this setup's walseal.
+    pub fn archive_setting(&self) -> String {
+        format!(
+            "archive_command = '{}'",
+            self.command("wal-push %p").replace('\'', "''")
+        )
+    }
+
+    /// A primary (initdb'd with `bin`, not started) archiving through walseal, plus `extra` settings.
+    pub fn primary(&self, bin: &Path, extra: &[String]) -> Pg {
+        let mut settings = vec!["archive_mode = on".to_string(), self.archive_setting()];
+        settings.extend_from_slice(extra);
+        Pg::init_with(bin, self.dir.path(), "primary", &settings)
+    }
+
     /// The walseal binary run as postgres, configured like archive_command is.
     pub fn walseal_as_pg(&self) -> Command {
         let mut c = Command::new("runuser");
@@ -561,4 +576,19 @@ impl Setup {
             out
         })
     }
+}
+
+/// A process's exit code (-1 if killed by a signal).
+pub fn code(out: &std::process::Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// A process's stderr as text.
+pub fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A process's stdout as text.
+pub fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
