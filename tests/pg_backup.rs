@@ -30,6 +30,7 @@ fn server_bin(major: u32) -> Option<PathBuf> {
 fn primary(s: &Setup, bin: &Path) -> Pg {
     let pg = s.primary(bin, &["max_wal_senders = 6".into()]);
     let hba = "local all all trust\n\
+               local replication all trust\n\
                host replication scram_user 127.0.0.1/32 scram-sha-256\n\
                host replication md5_user 127.0.0.1/32 md5\n\
                host all all 127.0.0.1/32 trust\n\
@@ -338,6 +339,18 @@ fn pg15_backup_auth_and_bad_input() {
     assert_eq!(code(&out), 0, "SCRAM: {}", stderr(&out));
     let out = run("md5_user", Some("md5-secret"));
     assert_eq!(code(&out), 0, "md5: {}", stderr(&out));
+    // A Unix socket (the cluster's socket directory is the test directory).
+    let out = s
+        .walseal_as_pg()
+        .args(["backup", "--fast", "--pg"])
+        .arg(format!(
+            "host={} port={} user=postgres",
+            s.dir.path().display(),
+            pg.port
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "Unix socket: {}", stderr(&out));
     let out = run("scram_user", Some("wrong"));
     assert_eq!(code(&out), 10, "{}", stderr(&out));
     assert!(

@@ -81,6 +81,36 @@ fn scenario(backend: Backend) {
         "--dry-run changed the repository"
     );
 
+    // --keep-days 0: only what recovery from now on needs, i.e. the newest backup.
+    let out = s
+        .walseal_as_pg()
+        .args(["retain", "--keep-days", "0", "--dry-run", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["kept"], serde_json::json!([all[3]]), "{plan}");
+    // Both policies combine: a backup either keeps is kept.
+    let out = s
+        .walseal_as_pg()
+        .args([
+            "retain",
+            "--keep-days",
+            "0",
+            "--keep-full",
+            "3",
+            "--dry-run",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        plan["removed_backups"],
+        serde_json::json!([all[0]]),
+        "{plan}"
+    );
+
     let out = s
         .walseal_as_pg()
         .args(["retain", "--keep-full", "2"])

@@ -380,7 +380,7 @@ fn server_error(what: &str, fields: ErrorFields<'_>) -> Error {
     let (text, code) = describe_fields(fields);
     let hint = match code.as_str() {
         "28P01" => "wrong password: check PGPASSWORD, password= in --pg, or ~/.pgpass",
-        "28000" => "pg_hba.conf has no matching line: add `host replication USER ADDRESS scram-sha-256` (database 'replication') and reload",
+        "28000" => "pg_hba.conf has no matching line: add `host replication USER ADDRESS scram-sha-256` (TCP) or `local replication USER peer` (Unix socket) and reload",
         "42501" => "the role needs the REPLICATION attribute: ALTER ROLE name REPLICATION",
         "53300" => "no free WAL sender: raise max_wal_senders or wait for other backups/standbys",
         "55000" => "check the server settings named in the message (wal_level, archive_mode, max_wal_senders)",

@@ -87,7 +87,35 @@ fn temp_path(dest: &Path) -> Result<PathBuf> {
         )
         .hint("restore_command must be 'walseal wal-fetch %f %p'")
     })?;
-    Ok(dest.with_file_name(format!(".{file}.walseal-{}.tmp", std::process::id())))
+    let tmp = dest.with_file_name(format!(".{file}.walseal-{}.tmp", std::process::id()));
+    remove_stale_temps(dest, file);
+    Ok(tmp)
+}
+
+/// Removes temporary files an earlier, killed wal-fetch left beside `dest` (its process is
+/// gone: PostgreSQL runs one restore_command at a time per cluster).
+fn remove_stale_temps(dest: &Path, file: &str) {
+    let prefix = format!(".{file}.walseal-");
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".tmp"))
+        {
+            let alive = Path::new("/proc").join(pid).exists();
+            if !alive {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
 }
 
 /// Opens the sealed stream from `rx` and writes the plaintext to `tmp`; returns its length.
