@@ -44,7 +44,7 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
         Error::new(ErrorKind::Usage, format!("{} is not a WAL file name", path.display()))
             .hint("archive_command must pass %p, the path of a WAL segment, .partial, .history or .backup file")
     })?;
-    let keyring = Keyring::load(&cfg.key_files)?;
+    let keyring = Keyring::from_config(cfg)?;
     let storage = Storage::open(cfg, Create::Yes)?;
     let mut file =
         File::open(path).map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;

@@ -65,7 +65,7 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
             return lines;
         }
     }
-    let keyring = match Keyring::load(&cfg.key_files) {
+    let keyring = match Keyring::from_config(cfg) {
         Ok(k) => {
             let files: Vec<String> = cfg
                 .key_files

@@ -139,7 +139,7 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
 
 /// `walseal list`.
 pub fn list(cfg: &Config, json: bool) -> Result<()> {
-    let keyring = Keyring::load(&cfg.key_files)?;
+    let keyring = Keyring::from_config(cfg)?;
     let storage = Storage::open(cfg, Create::No)?;
     let listing = crate::block_on(catalog::list(&storage, &keyring))?;
     if json {
@@ -189,7 +189,7 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
 
 /// `walseal verify`.
 pub fn verify(cfg: &Config, quick: bool, jobs: usize, json: bool) -> Result<()> {
-    let keyring = std::sync::Arc::new(Keyring::load(&cfg.key_files)?);
+    let keyring = std::sync::Arc::new(Keyring::from_config(cfg)?);
     let storage = Storage::open(cfg, Create::No)?;
     let report = crate::block_on(async {
         let report = crate::verify::verify(&storage, keyring.clone(), quick, jobs).await?;
@@ -301,7 +301,7 @@ pub fn retain(
     dry_run: bool,
     json: bool,
 ) -> Result<()> {
-    let keyring = Keyring::load(&cfg.key_files)?;
+    let keyring = Keyring::from_config(cfg)?;
     let storage = Storage::open(cfg, Create::No)?;
     let plan = crate::block_on(crate::retain::retain(&storage, &keyring, policy, dry_run))?;
     if json {
@@ -361,7 +361,7 @@ pub fn check(cfg: &Config, pg: Option<&str>, wait: u64, json: bool) -> Result<()
 
 /// `walseal status`.
 pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Path>) -> Result<()> {
-    let keyring = Keyring::load(&cfg.key_files)?;
+    let keyring = Keyring::from_config(cfg)?;
     let storage = Storage::open(cfg, Create::No)?;
     let st = crate::block_on(crate::status::status(&storage, &keyring, pg))?;
     if let Some(path) = prometheus {

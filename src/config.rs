@@ -27,6 +27,9 @@ pub struct FileConfig {
     /// Storage options passed to object_store (e.g. `aws_endpoint`, `aws_region`).
     #[serde(default)]
     pub storage: BTreeMap<String, String>,
+    /// More key sources (file, environment variable, command), after `key_file`.
+    #[serde(default)]
+    pub keys: Vec<crate::keysource::KeySpec>,
     /// Attempts after the first for a failing storage request.
     pub storage_retries: Option<usize>,
     /// Give up on a storage request after this many seconds (all retries included).
@@ -46,6 +49,8 @@ pub struct Config {
     pub log_level: String,
     /// Extra storage options.
     pub storage: BTreeMap<String, String>,
+    /// `[[keys]]` entries of the config file.
+    pub keys: Vec<crate::keysource::KeySpec>,
     /// Storage retries.
     pub storage_retries: usize,
     /// Total storage timeout per request.
@@ -81,6 +86,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "warn".into()),
             storage: file.storage,
+            keys: file.keys,
             storage_retries: file.storage_retries.unwrap_or(3),
             storage_timeout: Duration::from_secs(file.storage_timeout_secs.unwrap_or(60)),
         })

@@ -101,7 +101,7 @@ impl MasterKey {
     }
 
     /// Parses key file text (see `docs/FORMAT.md`, "Key file").
-    fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
+    pub(crate) fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
         let (mut version, mut id, mut secret_hex) = (None, None, None);
         for line in text.lines() {
             let line = line.trim();
@@ -247,6 +247,22 @@ impl Keyring {
                 .map(|p| load_key_file(p))
                 .collect::<Result<Vec<_>>>()?,
         )
+    }
+
+    /// The keyring the configuration names: `--key-file`/`WALSEAL_KEY_FILE` (or `key_file`),
+    /// then every `[[keys]]` entry, in order; the first is active.
+    ///
+    /// # Errors
+    /// As the key sources; `Config` if no key is configured.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<Self> {
+        let mut keys = Vec::new();
+        for p in &cfg.key_files {
+            keys.push(load_key_file(p)?);
+        }
+        for spec in &cfg.keys {
+            keys.push(crate::keysource::load(spec)?);
+        }
+        Self::new(keys)
     }
 
     /// The key that seals new objects.

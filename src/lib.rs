@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod keys;
+pub mod keysource;
 pub mod repository;
 pub mod restore;
 pub mod retain;

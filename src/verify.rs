@@ -160,8 +160,19 @@ pub async fn verify(
         }
     }
 
-    // Backup records against their parts.
+    // Backup records against their parts (and the repository's identity).
     for b in &listing.backups {
+        if let Some(id) = &identity {
+            if id.system_identifier != b.system_identifier {
+                report.backup_problems.push(Problem {
+                    object: catalog::record_key(&b.id),
+                    reason: format!(
+                        "backup of system {}, but the repository belongs to system {}",
+                        b.system_identifier, id.system_identifier
+                    ),
+                });
+            }
+        }
         for part in b.archives.iter().flat_map(|a| &a.parts) {
             match by_key.get(part.key.as_str()) {
                 None => report.backup_problems.push(Problem {

@@ -12,8 +12,20 @@ use std::process::{Command, Stdio};
 use common::*;
 
 #[test]
-fn pg15_check_and_status() {
-    let s = Setup::new(&Backend::Local);
+fn pg15_check_and_status_local() {
+    scenario(Backend::Local);
+}
+
+#[test]
+fn pg15_check_and_status_s3() {
+    let Some((endpoint, bucket)) = s3_endpoint() else {
+        return;
+    };
+    scenario(Backend::S3 { endpoint, bucket });
+}
+
+fn scenario(backend: Backend) {
+    let s = Setup::new(&backend);
     let pg = s.primary(&pg_bin(), &[]);
     pg.start();
     let conn = format!("host=127.0.0.1 port={} user=postgres", pg.port);
@@ -53,17 +65,18 @@ fn pg15_check_and_status() {
     pg.psql("ALTER SYSTEM RESET archive_command");
     pg.psql("SELECT pg_reload_conf()");
 
-    // An unwritable repository.
-    let repo = s.repo.local_dir.clone().unwrap();
-    run_ok(Command::new("chmod").arg("-R").arg("a-w").arg(&repo));
-    let out = check();
-    run_ok(Command::new("chmod").arg("-R").arg("u+w").arg(&repo));
-    assert_eq!(code(&out), 3, "{}", stdout(&out));
-    assert!(
-        stdout(&out).contains("FAIL  repository"),
-        "{}",
-        stdout(&out)
-    );
+    // An unwritable repository (local: read-only directories).
+    if let Some(repo) = s.repo.local_dir.clone() {
+        run_ok(Command::new("chmod").arg("-R").arg("a-w").arg(&repo));
+        let out = check();
+        run_ok(Command::new("chmod").arg("-R").arg("u+w").arg(&repo));
+        assert_eq!(code(&out), 3, "{}", stdout(&out));
+        assert!(
+            stdout(&out).contains("FAIL  repository"),
+            "{}",
+            stdout(&out)
+        );
+    }
 
     // A key readable by others.
     std::fs::set_permissions(&s.key, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -511,3 +511,96 @@ fn bad_usage_has_documented_codes() {
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: walseal"));
     }
 }
+
+#[test]
+fn key_command_and_environment_key_sources() {
+    let f = Fixture::new(|root| RepoEnv::local(&root.join("repo")));
+    let name = "000000010000000000000001";
+    f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
+    let key_text = std::fs::read_to_string(&f.key).unwrap();
+    let secret = key_text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap()
+        .to_string();
+    let cfg = f.root.join("keys.toml");
+    let run = |keys: &str, args: &[&str]| {
+        std::fs::write(&cfg, format!("repo = \"{}\"\n{keys}", f.repo.url)).unwrap();
+        std::process::Command::new(walseal_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env_remove("WALSEAL_REPO")
+            .env_remove("WALSEAL_KEY_FILE")
+            .env("MY_WALSEAL_KEY", &secret)
+            .current_dir(&f.root)
+            .output()
+            .unwrap()
+    };
+    let push = ["wal-push", "pg_wal/000000010000000000000001"];
+    // A command printing the key file, and one printing the bare hex secret.
+    let out = run(
+        &format!("[[keys]]\ncommand = \"cat {}\"\n", f.key.display()),
+        &push,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(
+        &format!("[[keys]]\ncommand = \"echo {secret}\"\n"),
+        &["wal-fetch", name, "pg_wal/RECOVERYXLOG"],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // An environment variable.
+    let out = run("[[keys]]\nenv = \"MY_WALSEAL_KEY\"\n", &push);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // A failing command: its first stderr line, and the fix.
+    let out = run(
+        "[[keys]]\ncommand = \"echo 'vault: permission denied' >&2; exit 3\"\n",
+        &push,
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("vault: permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    // A hanging command is stopped at its timeout.
+    let started = std::time::Instant::now();
+    let out = run(
+        "[[keys]]\ncommand = \"sleep 30\"\ntimeout_secs = 1\n",
+        &push,
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("did not finish within 1 s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    // Malformed output is refused without being echoed.
+    let out = run(
+        "[[keys]]\ncommand = \"printf 's3%s' cr3t-not-a-key\"\n",
+        &push,
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("not a walseal key") && !stderr(&out).contains("s3cr3t"),
+        "{}",
+        stderr(&out)
+    );
+    // A wrong id in the config.
+    let out = run(
+        &format!(
+            "[[keys]]\nid = \"00000000000000000000000000000000\"\ncommand = \"echo {secret}\"\n"
+        ),
+        &push,
+    );
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    // wal-fetch with a broken key source must stop recovery, not look like end of archive.
+    let out = run(
+        "[[keys]]\ncommand = \"exit 1\"\n",
+        &["wal-fetch", name, "pg_wal/X"],
+    );
+    assert_eq!(code(&out), 203, "{}", stderr(&out));
+    // The secret never reaches stderr.
+    assert!(!stderr(&out).contains(&secret));
+}

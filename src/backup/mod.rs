@@ -67,7 +67,7 @@ struct Upload {
 /// that does not reach the archive in time; `Storage`, `Config` as usual.
 pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> {
     let started = Instant::now();
-    let keyring = Arc::new(Keyring::load(&cfg.key_files)?);
+    let keyring = Arc::new(Keyring::from_config(cfg)?);
     let storage = Storage::open(cfg, Create::Yes)?;
     let params = conninfo::resolve(opts.conninfo.as_deref())?;
     let mut conn = Conn::connect(&params).await?;

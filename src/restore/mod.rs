@@ -32,7 +32,7 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
         Error::new(ErrorKind::Usage, format!("{name:?} is not a WAL file name"))
             .hint("restore_command must be 'walseal wal-fetch %f %p'")
     })?;
-    let keyring = Keyring::load(&cfg.key_files)?;
+    let keyring = Keyring::from_config(cfg)?;
     let storage = Storage::open(cfg, Create::No)?;
     let key = wal.object_key();
     let Some(object) = storage.get(&key).await? else {

@@ -400,6 +400,7 @@ impl RepoEnv {
             storage,
             storage_retries: 2,
             storage_timeout: Duration::from_secs(30),
+            keys: vec![],
         };
         walseal::storage::Storage::open(&cfg, walseal::storage::Create::Yes).unwrap()
     }

@@ -1,0 +1,173 @@
+//! Where master keys come from besides key files: an environment variable, or a `key_command`
+//! whose standard output is the key (how Vault, cloud KMS CLIs, `pass` or an HSM tool plug in).
+//!
+//! A key source prints either a whole key file (`walseal-key: 1` ...) or the 64 hex digits of
+//! the secret. A command runs at most once per walseal process, with a timeout; its output is
+//! held in wiped buffers and never appears in a message.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::{self, MasterKey};
+
+/// One `[[keys]]` entry of the config file: exactly one of `file`, `env`, `command`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Expected key id (checked when given).
+    pub id: Option<String>,
+    /// A key file (mode 0600).
+    pub file: Option<PathBuf>,
+    /// An environment variable holding the key.
+    pub env: Option<String>,
+    /// A shell command printing the key on standard output.
+    pub command: Option<String>,
+    /// Seconds the command may take (default 30).
+    pub timeout_secs: Option<u64>,
+}
+
+impl KeySpec {
+    fn describe(&self) -> String {
+        match (&self.file, &self.env, &self.command) {
+            (Some(f), None, None) => format!("key file {}", f.display()),
+            (None, Some(v), None) => format!("environment variable {v}"),
+            (None, None, Some(c)) => format!("key_command {c:?}"),
+            _ => "a [[keys]] entry".to_string(),
+        }
+    }
+}
+
+fn config_error(msg: String) -> Error {
+    Error::new(ErrorKind::Config, msg)
+}
+
+/// Parses a key as a key source prints it: key file text, or 64 hex digits.
+///
+/// # Errors
+/// A static description (never the text itself).
+pub fn parse_key_text(text: &str) -> std::result::Result<MasterKey, &'static str> {
+    let trimmed = text.trim();
+    if trimmed.len() == 64 && trimmed.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut secret = Zeroizing::new([0u8; keys::KEY_LEN]);
+        keys::hex_decode_into(trimmed, secret.as_mut()).ok_or("not 64 hex digits")?;
+        return Ok(MasterKey::from_bytes(secret));
+    }
+    MasterKey::from_file_text(text)
+}
+
+/// Loads the key a spec names.
+///
+/// # Errors
+/// `Config` with what failed and how to fix it.
+pub fn load(spec: &KeySpec) -> Result<MasterKey> {
+    let what = spec.describe();
+    let key = match (&spec.file, &spec.env, &spec.command) {
+        (Some(file), None, None) => keys::load_key_file(file)?,
+        (None, Some(var), None) => {
+            let text = Zeroizing::new(std::env::var(var).map_err(|_| {
+                config_error(format!("{what} is not set")).hint(format!(
+                    "export {var} with the key (64 hex digits or a key file's text)"
+                ))
+            })?);
+            parse_key_text(&text)
+                .map_err(|why| config_error(format!("{what} does not hold a walseal key: {why}")))?
+        }
+        (None, None, Some(cmd)) => {
+            let out = run_command(cmd, Duration::from_secs(spec.timeout_secs.unwrap_or(30)))?;
+            parse_key_text(&out).map_err(|why| {
+                config_error(format!("{what} printed something that is not a walseal key: {why}"))
+                    .hint("the command must print the key file's text or the key's 64 hex digits on standard output")
+            })?
+        }
+        _ => {
+            return Err(config_error(
+                "a [[keys]] entry must have exactly one of file, env or command".into(),
+            )
+            .hint("see docs/keys.md"))
+        }
+    };
+    if let Some(id) = &spec.id {
+        if !id.eq_ignore_ascii_case(&key.id().to_string()) {
+            return Err(config_error(format!(
+                "{what} gives key id {}, but the config says id = {id:?}",
+                key.id()
+            ))
+            .hint("correct the id in the config, or the key source"));
+        }
+    }
+    Ok(key)
+}
+
+/// Runs `sh -c cmd` with a timeout and returns its standard output.
+fn run_command(cmd: &str, timeout: Duration) -> Result<Zeroizing<String>> {
+    let what = format!("key_command {cmd:?}");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| config_error(format!("cannot run {what}: {e}")))?;
+    let mut stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| config_error(format!("{what}: no stdout")))?;
+    let mut stderr = child
+        .stderr
+        .take()
+        .ok_or_else(|| config_error(format!("{what}: no stderr")))?;
+    let out_reader = std::thread::spawn(move || {
+        let mut buf = Zeroizing::new(Vec::new());
+        let _ = stdout.read_to_end(&mut buf);
+        buf
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(4096).read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(config_error(format!("{what} did not finish within {} s and was stopped", timeout.as_secs()))
+                    .hint("check that the command can run unattended (no prompt) and reach its key service; raise timeout_secs if it is just slow"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(config_error(format!("{what}: {e}"))),
+        }
+    };
+    let out = out_reader.join().unwrap_or_default();
+    let err = err_reader.join().unwrap_or_default();
+    if !status.success() {
+        let first = String::from_utf8_lossy(&err)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect::<String>();
+        return Err(config_error(format!(
+            "{what} failed ({status}){}",
+            if first.is_empty() {
+                String::new()
+            } else {
+                format!(": {first}")
+            }
+        ))
+        .hint("run the command by hand as this user to see why"));
+    }
+    String::from_utf8(out.to_vec())
+        .map(Zeroizing::new)
+        .map_err(|_| config_error(format!("{what} printed bytes that are not text")))
+}
