@@ -64,8 +64,18 @@ pub enum Command {
     /// it can be restored.
     Keygen {
         /// Where to write the key.
-        #[arg(short, long, value_name = "FILE")]
-        output: PathBuf,
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            required_unless_present = "passphrase"
+        )]
+        output: Option<PathBuf>,
+        /// Derive the key from a passphrase instead (PBKDF2-HMAC-SHA256, ~0.5 s of work): reads
+        /// it from WALSEAL_PASSPHRASE or the first line of standard input, and prints the
+        /// `[[keys]]` entry (salt, iterations, id) to put in the config file.
+        #[arg(long, conflicts_with = "output")]
+        passphrase: bool,
     },
     /// Archive one WAL file (archive_command = 'walseal wal-push %p').
     ///

@@ -30,14 +30,21 @@ pub struct KeySpec {
     pub command: Option<String>,
     /// Seconds the command may take (default 30).
     pub timeout_secs: Option<u64>,
+    /// Environment variable holding a passphrase (with `salt` and `iterations`).
+    pub passphrase_env: Option<String>,
+    /// PBKDF2 salt, 32 bytes in hex (not secret).
+    pub salt: Option<String>,
+    /// PBKDF2 iterations.
+    pub iterations: Option<u32>,
 }
 
 impl KeySpec {
     fn describe(&self) -> String {
-        match (&self.file, &self.env, &self.command) {
-            (Some(f), None, None) => format!("key file {}", f.display()),
-            (None, Some(v), None) => format!("environment variable {v}"),
-            (None, None, Some(c)) => format!("key_command {c:?}"),
+        match (&self.file, &self.env, &self.command, &self.passphrase_env) {
+            (Some(f), None, None, None) => format!("key file {}", f.display()),
+            (None, Some(v), None, None) => format!("environment variable {v}"),
+            (None, None, Some(c), None) => format!("key_command {c:?}"),
+            (None, None, None, Some(v)) => format!("the passphrase in {v}"),
             _ => "a [[keys]] entry".to_string(),
         }
     }
@@ -68,6 +75,7 @@ pub fn parse_key_text(text: &str) -> std::result::Result<MasterKey, &'static str
 pub fn load(spec: &KeySpec) -> Result<MasterKey> {
     let what = spec.describe();
     let key = match (&spec.file, &spec.env, &spec.command) {
+        (None, None, None) if spec.passphrase_env.is_some() => passphrase_key(spec, &what)?,
         (Some(file), None, None) => keys::load_key_file(file)?,
         (None, Some(var), None) => {
             let text = Zeroizing::new(std::env::var(var).map_err(|_| {
@@ -93,6 +101,13 @@ pub fn load(spec: &KeySpec) -> Result<MasterKey> {
         }
     };
     if let Some(id) = &spec.id {
+        if !id.eq_ignore_ascii_case(&key.id().to_string()) && spec.passphrase_env.is_some() {
+            return Err(config_error(format!(
+                "{what} gives key id {}, not {id}: wrong passphrase",
+                key.id()
+            ))
+            .hint("set the passphrase this key was made with"));
+        }
         if !id.eq_ignore_ascii_case(&key.id().to_string()) {
             return Err(config_error(format!(
                 "{what} gives key id {}, but the config says id = {id:?}",
@@ -170,4 +185,89 @@ fn run_command(cmd: &str, timeout: Duration) -> Result<Zeroizing<String>> {
     String::from_utf8(out.to_vec())
         .map(Zeroizing::new)
         .map_err(|_| config_error(format!("{what} printed bytes that are not text")))
+}
+
+const PASSPHRASE_MIN: usize = 12;
+
+fn pbkdf2(passphrase: &[u8], salt: &[u8], iterations: u32) -> MasterKey {
+    let mut secret = Zeroizing::new([0u8; keys::KEY_LEN]);
+    let iterations = std::num::NonZeroU32::new(iterations.max(1)).expect("at least one iteration");
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        passphrase,
+        secret.as_mut(),
+    );
+    MasterKey::from_bytes(secret)
+}
+
+fn passphrase_key(spec: &KeySpec, what: &str) -> Result<MasterKey> {
+    let var = spec.passphrase_env.as_deref().unwrap_or_default();
+    let passphrase = Zeroizing::new(std::env::var(var).map_err(|_| {
+        config_error(format!("{what}: {var} is not set")).hint(format!(
+            "export {var} with the passphrase where walseal runs"
+        ))
+    })?);
+    let (Some(salt_hex), Some(iterations)) = (&spec.salt, spec.iterations) else {
+        return Err(config_error(format!(
+            "{what}: a passphrase entry needs salt and iterations"
+        ))
+        .hint("use the entry `walseal keygen --passphrase` printed"));
+    };
+    let mut salt = [0u8; 32];
+    keys::hex_decode_into(salt_hex, &mut salt)
+        .ok_or_else(|| config_error(format!("{what}: salt is not 64 hex digits")))?;
+    if iterations < 100_000 {
+        return Err(config_error(format!(
+            "{what}: {iterations} iterations are too few (at least 100000)"
+        )));
+    }
+    Ok(pbkdf2(
+        passphrase.trim_end_matches(['\n', '\r']).as_bytes(),
+        &salt,
+        iterations,
+    ))
+}
+
+/// `walseal keygen --passphrase`: a new salt, an iteration count that costs about 0.5 s here,
+/// and the key's id, as a `[[keys]]` entry for the config file.
+///
+/// # Errors
+/// `Usage` for a missing or short passphrase.
+pub fn passphrase_keygen() -> Result<String> {
+    use ring::rand::SecureRandom;
+    let passphrase = match std::env::var("WALSEAL_PASSPHRASE") {
+        Ok(p) => Zeroizing::new(p),
+        Err(_) => {
+            let mut line = Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                Error::new(ErrorKind::Usage, format!("cannot read the passphrase: {e}"))
+            })?;
+            Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string())
+        }
+    };
+    if passphrase.chars().count() < PASSPHRASE_MIN {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("the passphrase is shorter than {PASSPHRASE_MIN} characters"),
+        )
+        .hint("use a long passphrase (several words); it protects every backup"));
+    }
+    let mut salt = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
+    // Calibrate: time 20000 iterations, scale to ~0.5 s.
+    let probe = 20_000u32;
+    let start = Instant::now();
+    let _ = pbkdf2(passphrase.as_bytes(), &salt, probe);
+    let per = start.elapsed().as_secs_f64() / f64::from(probe);
+    let iterations = ((0.5 / per.max(1e-9)) as u32).clamp(100_000, 50_000_000);
+    let key = pbkdf2(passphrase.as_bytes(), &salt, iterations);
+    Ok(format!(
+        "[[keys]]\nid = \"{}\"\npassphrase_env = \"WALSEAL_PASSPHRASE\"\nsalt = \"{}\"\niterations = {iterations}\n",
+        key.id(),
+        keys::hex_encode(&salt)
+    ))
 }

@@ -39,7 +39,17 @@ pub fn run(cli: Cli) -> Result<()> {
     let cfg = Config::resolve(&cli.global)?;
     init_logging(&cfg.log_level);
     match cli.command {
-        Command::Keygen { output } => {
+        Command::Keygen {
+            passphrase: true, ..
+        } => {
+            let entry = keysource::passphrase_keygen()?;
+            print!("{entry}");
+            eprintln!("walseal: add the entry above to the config file and set WALSEAL_PASSPHRASE where walseal runs");
+            Ok(())
+        }
+        Command::Keygen { output, .. } => {
+            let output =
+                output.ok_or_else(|| Error::new(ErrorKind::Usage, "keygen needs -o FILE"))?;
             let id = keys::keygen(&output)?;
             println!("{id}");
             eprintln!(

@@ -604,3 +604,53 @@ fn key_command_and_environment_key_sources() {
     // The secret never reaches stderr.
     assert!(!stderr(&out).contains(&secret));
 }
+
+#[test]
+fn passphrase_key_source() {
+    let f = Fixture::new(|root| RepoEnv::local(&root.join("repo")));
+    let name = "000000010000000000000001";
+    let data = synthetic_segment(name, SYSID, SEG, None);
+    f.write_wal(name, &data);
+    let phrase = "correct horse battery staple walseal";
+    let out = std::process::Command::new(walseal_bin())
+        .args(["keygen", "--passphrase"])
+        .env("WALSEAL_PASSPHRASE", phrase)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let entry = stdout(&out);
+    assert!(
+        entry.contains("[[keys]]") && entry.contains("iterations = ") && !entry.contains(phrase),
+        "{entry}"
+    );
+    let cfg = f.root.join("pass.toml");
+    std::fs::write(&cfg, format!("repo = \"{}\"\n{entry}", f.repo.url)).unwrap();
+    let run = |pass: &str, args: &[&str]| {
+        std::process::Command::new(walseal_bin())
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env_remove("WALSEAL_REPO")
+            .env_remove("WALSEAL_KEY_FILE")
+            .env("WALSEAL_PASSPHRASE", pass)
+            .current_dir(&f.root)
+            .output()
+            .unwrap()
+    };
+    let out = run(phrase, &["wal-push", &format!("pg_wal/{name}")]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(phrase, &["wal-fetch", name, "pg_wal/RECOVERYXLOG"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(std::fs::read(f.root.join("pg_wal/RECOVERYXLOG")).unwrap() == data);
+    let out = run(
+        "not the passphrase at all",
+        &["wal-fetch", name, "pg_wal/X"],
+    );
+    assert_eq!(code(&out), 203, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong passphrase"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(phrase));
+}
