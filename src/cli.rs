@@ -170,6 +170,20 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         prometheus: Option<std::path::PathBuf>,
     },
+    /// Rotate keys: rewrap every object sealed under another key so that it opens with the
+    /// active key (or --to KEYID) alone; the old key can then be retired. Resumable, parallel,
+    /// safe while archiving goes on; payloads are not re-encrypted.
+    Rekey {
+        /// Target key id (default: the active key, the first configured).
+        #[arg(long, value_name = "KEYID")]
+        to: Option<String>,
+        /// Objects rewrapped in parallel.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
     /// List complete backups and the archived WAL per timeline.
     List {
         /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
@@ -248,6 +262,7 @@ impl Command {
             Command::Verify { .. } => "verify",
             Command::Retain { .. } => "retain",
             Command::Check { .. } => "check",
+            Command::Rekey { .. } => "rekey",
             Command::Status { .. } => "status",
         }
     }

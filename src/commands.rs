@@ -417,3 +417,31 @@ pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Pa
     }
     Ok(())
 }
+
+/// `walseal rekey`.
+pub fn rekey(cfg: &Config, to: Option<&str>, jobs: usize, json: bool) -> Result<()> {
+    let keyring = std::sync::Arc::new(Keyring::from_config(cfg)?);
+    let target = match to {
+        None => None,
+        Some(hex) => {
+            let mut id = [0u8; crate::keys::KEY_ID_LEN];
+            crate::keys::hex_decode_into(hex, &mut id).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Usage,
+                    format!("--to {hex:?} is not a key id (32 hex digits)"),
+                )
+            })?;
+            Some(crate::keys::KeyId(id))
+        }
+    };
+    let storage = Storage::open(cfg, Create::No)?;
+    let report = crate::block_on(crate::rekey::rekey(&storage, keyring, target, jobs))?;
+    if json {
+        return json_out(&report);
+    }
+    println!(
+        "rekey: {} of {} objects rewrapped under key {} ({} were already)",
+        report.rewrapped, report.objects, report.to, report.unchanged
+    );
+    Ok(())
+}

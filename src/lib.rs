@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod keysource;
+pub mod rekey;
 pub mod repository;
 pub mod restore;
 pub mod retain;
@@ -66,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Restore(args) => commands::restore(&cfg, cli.global.config.as_deref(), &args),
         Command::List { json } => commands::list(&cfg, json),
         Command::Verify { quick, jobs, json } => commands::verify(&cfg, quick, jobs, json),
+        Command::Rekey { to, jobs, json } => commands::rekey(&cfg, to.as_deref(), jobs, json),
         Command::Check { pg, wait, json } => commands::check(&cfg, pg.as_deref(), wait, json),
         Command::Status {
             pg,

@@ -200,6 +200,16 @@ impl Header {
         1usize << self.chunk_shift
     }
 
+    /// Length of the serialized header, MAC included.
+    pub fn len(&self) -> usize {
+        self.raw.len() + MAC_LEN
+    }
+
+    /// Whether the header has no bytes (never: kept for clippy's `len` convention).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
     /// The key ids named by the header's slots, in order.
     pub fn key_ids(&self) -> Vec<KeyId> {
         self.slots.iter().map(|s| s.key_id).collect()

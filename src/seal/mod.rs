@@ -161,6 +161,41 @@ pub fn for_each_block<R: std::io::Read>(
     }
 }
 
+/// Rewraps a sealed object's data key under `to` (key rotation): returns the object with a new
+/// header holding a single master-key slot for `to` and the payload bytes unchanged, or `None`
+/// if the object is already sealed under `to` alone. The payload is not re-encrypted: it is
+/// bound to the data key, which does not change (`docs/FORMAT.md` §4).
+///
+/// # Errors
+/// As [`open`]'s header checks (unknown key, slot or header authentication).
+pub fn rewrap(
+    sealed: &[u8],
+    keyring: &crate::keys::Keyring,
+    to: &crate::keys::MasterKey,
+    name: &str,
+) -> Result<Option<Vec<u8>>, SealError> {
+    let mut cursor = sealed;
+    let header = Header::read(&mut cursor)?;
+    if header.key_ids() == [to.id()] {
+        return Ok(None);
+    }
+    let dek = header.unlock(keyring, name.as_bytes())?;
+    let mut salt = [0u8; header::SALT_LEN];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+        .map_err(|_| SealError::Io(std::io::Error::other("the system random generator failed")))?;
+    let slot = header::master_slot(to, &salt, &dek, name.as_bytes());
+    let new = Header::new(
+        header.compression,
+        header.chunk_shift,
+        vec![slot],
+        &dek,
+        name.as_bytes(),
+    );
+    let mut out = new.to_bytes();
+    out.extend_from_slice(&sealed[header.len()..]);
+    Ok(Some(out))
+}
+
 impl SealError {
     /// Converts to the crate error for the object `object`, choosing kind and fix.
     pub fn into_error(self, object: &str) -> crate::error::Error {

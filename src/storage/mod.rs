@@ -260,6 +260,23 @@ impl Storage {
         }
     }
 
+    /// Atomically replaces an object (readers see the old or the new bytes, never a mix):
+    /// for key rotation, where the plaintext stays the same.
+    ///
+    /// # Errors
+    /// `Storage` if the write fails.
+    pub async fn replace(&self, key: &str, data: Bytes) -> Result<()> {
+        self.store
+            .put_opts(
+                &self.path(key),
+                PutPayload::from(data),
+                PutOptions::default(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| storage_error(&self.display, &format!("cannot replace {key}"), &e))
+    }
+
     /// Reads an object as a stream; `None` if it does not exist.
     ///
     /// # Errors

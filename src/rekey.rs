@@ -1,0 +1,101 @@
+//! `walseal rekey`: rotate the master key. Every object sealed under a key other than the
+//! target gets a new header whose only slot wraps its data key under the target key; the
+//! payload is copied unchanged (no re-encryption, `docs/FORMAT.md` §4). Each new object is
+//! opened and authenticated to its end before it atomically replaces the old one (one PUT, or
+//! a rename on local disk), so an object is never missing or unreadable, archiving can go on,
+//! and an interrupted rekey is finished by running it again.
+
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::{KeyId, Keyring};
+use crate::seal;
+use crate::storage::Storage;
+
+/// What rekey did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RekeyReport {
+    /// The key everything is now sealed under.
+    pub to: String,
+    /// Objects looked at.
+    pub objects: u64,
+    /// Objects rewrapped.
+    pub rewrapped: u64,
+    /// Objects already under the target key.
+    pub unchanged: u64,
+}
+
+/// Rewraps every object not sealed under `to` alone.
+///
+/// # Errors
+/// `Key` if an object is sealed under a key the keyring lacks; `Integrity` for an object that
+/// does not authenticate (nothing is replaced); storage errors.
+pub async fn rekey(
+    storage: &Storage,
+    keyring: Arc<Keyring>,
+    to: Option<KeyId>,
+    jobs: usize,
+) -> Result<RekeyReport> {
+    let target = to.unwrap_or_else(|| keyring.active().id());
+    if keyring.get(&target).is_none() {
+        return Err(Error::new(
+            ErrorKind::Key,
+            format!("key {target} is not in the keyring"),
+        )
+        .hint("add it to WALSEAL_KEY_FILE or the config before rekeying to it"));
+    }
+    let objects = storage.list("").await?;
+    let total = objects.len() as u64;
+    let results: Vec<bool> = futures::stream::iter(objects.into_iter().map(|(k, _)| k))
+        .map(|key| {
+            let (storage, keyring) = (storage.clone(), keyring.clone());
+            async move { rekey_one(&storage, keyring, target, key).await }
+        })
+        .buffer_unordered(jobs.max(1))
+        .try_collect()
+        .await?;
+    let rewrapped = results.iter().filter(|r| **r).count() as u64;
+    Ok(RekeyReport {
+        to: target.to_string(),
+        objects: total,
+        rewrapped,
+        unchanged: total - rewrapped,
+    })
+}
+
+async fn rekey_one(
+    storage: &Storage,
+    keyring: Arc<Keyring>,
+    target: KeyId,
+    key: String,
+) -> Result<bool> {
+    let Some(sealed) = storage.get_bytes(&key).await? else {
+        return Ok(false); // removed meanwhile (retain)
+    };
+    let k = key.clone();
+    let new = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
+        let to = keyring
+            .get(&target)
+            .ok_or_else(|| Error::new(ErrorKind::Internal, "target key vanished"))?;
+        let Some(new) = seal::rewrap(&sealed, &keyring, to, &k).map_err(|e| e.into_error(&k))?
+        else {
+            return Ok(None);
+        };
+        // Authenticate the new object to its end before it replaces the old one.
+        let mut reader = seal::open(&new[..], &keyring, &k).map_err(|e| e.into_error(&k))?;
+        seal::for_each_block(&mut reader, &k, |_| Ok(()))?;
+        Ok(Some(new))
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, format!("rekey task failed: {e}")))??;
+    match new {
+        None => Ok(false),
+        Some(bytes) => {
+            storage.replace(&key, bytes.into()).await?;
+            Ok(true)
+        }
+    }
+}
