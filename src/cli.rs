@@ -50,6 +50,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALSEAL_ALLOW_HTTP", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_http: Option<bool>,
+    /// Audit log: a JSON line per operation that uses a key, hash-chained (see README).
+    #[arg(long, global = true, env = "WALSEAL_AUDIT_LOG", value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, global = true, env = "WALSEAL_LOG", value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -184,6 +187,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The audit log: verify its chain and MACs, or seal its new lines into the repository.
+    Audit {
+        /// What to do.
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// List complete backups and the archived WAL per timeline.
     List {
         /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
@@ -249,6 +258,21 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
+/// `walseal audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Check that no line was edited, removed or reordered. Exit 0 only when intact (5 otherwise).
+    Verify {
+        /// The log (default: WALSEAL_AUDIT_LOG / audit_log).
+        file: Option<PathBuf>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal the lines appended since the last seal into the repository (verify does this too).
+    Seal,
+}
+
 impl Command {
     /// The subcommand's name as typed.
     pub fn name(&self) -> &'static str {
@@ -263,6 +287,7 @@ impl Command {
             Command::Retain { .. } => "retain",
             Command::Check { .. } => "check",
             Command::Rekey { .. } => "rekey",
+            Command::Audit { .. } => "audit",
             Command::Status { .. } => "status",
         }
     }

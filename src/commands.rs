@@ -215,6 +215,11 @@ pub fn verify(cfg: &Config, quick: bool, jobs: usize, json: bool) -> Result<()> 
         if let Err(e) = stored.await {
             tracing::warn!("could not record the verify result for `walseal status`: {e}");
         }
+        if let Some(path) = &cfg.audit_log {
+            if let Err(e) = crate::audit::seal_pending(path, &storage, &keyring).await {
+                tracing::warn!("could not seal the audit log into the repository: {e}");
+            }
+        }
         Ok::<_, Error>(report)
     })?;
     if json {
@@ -444,4 +449,54 @@ pub fn rekey(cfg: &Config, to: Option<&str>, jobs: usize, json: bool) -> Result<
         report.rewrapped, report.objects, report.to, report.unchanged
     );
     Ok(())
+}
+
+/// `walseal audit`.
+pub fn audit(cfg: &Config, action: crate::cli::AuditAction) -> Result<()> {
+    let keyring = Keyring::from_config(cfg)?;
+    let configured = || {
+        cfg.audit_log.clone().ok_or_else(|| {
+            Error::new(ErrorKind::Config, "no audit log configured")
+                .hint("set WALSEAL_AUDIT_LOG or audit_log in the config, or name the file")
+        })
+    };
+    match action {
+        crate::cli::AuditAction::Verify { file, json } => {
+            let path = match file {
+                Some(f) => f,
+                None => configured()?,
+            };
+            let report = crate::audit::verify_file(&path, &keyring)?;
+            if json {
+                json_out(&report)?;
+            } else {
+                for p in &report.problems {
+                    println!("{p}");
+                }
+                println!(
+                    "audit: {} lines, {}",
+                    report.lines,
+                    if report.ok { "intact" } else { "TAMPERED" }
+                );
+            }
+            if report.ok {
+                Ok(())
+            } else {
+                Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!("audit log {} was tampered with", path.display()),
+                )
+                .hint("compare with the batches sealed in the repository under audit/"))
+            }
+        }
+        crate::cli::AuditAction::Seal => {
+            let path = configured()?;
+            let storage = Storage::open(cfg, Create::No)?;
+            match crate::block_on(crate::audit::seal_pending(&path, &storage, &keyring))? {
+                Some(key) => println!("audit: sealed new lines as {key}"),
+                None => println!("audit: nothing new to seal"),
+            }
+            Ok(())
+        }
+    }
 }

@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub allow_http: Option<bool>,
     /// Log level.
     pub log_level: Option<String>,
+    /// Audit log file.
+    pub audit_log: Option<PathBuf>,
     /// Storage options passed to object_store (e.g. `aws_endpoint`, `aws_region`).
     #[serde(default)]
     pub storage: BTreeMap<String, String>,
@@ -47,6 +49,8 @@ pub struct Config {
     pub allow_http: bool,
     /// Log level filter.
     pub log_level: String,
+    /// Audit log file, if any.
+    pub audit_log: Option<PathBuf>,
     /// Extra storage options.
     pub storage: BTreeMap<String, String>,
     /// `[[keys]]` entries of the config file.
@@ -85,6 +89,7 @@ impl Config {
                 .clone()
                 .or(file.log_level)
                 .unwrap_or_else(|| "warn".into()),
+            audit_log: args.audit_log.clone().or(file.audit_log),
             storage: file.storage,
             keys: file.keys,
             storage_retries: file.storage_retries.unwrap_or(3),
@@ -133,6 +138,7 @@ mod tests {
             key_file: None,
             allow_http: None,
             log_level: None,
+            audit_log: None,
         }
     }
 

@@ -262,7 +262,9 @@ impl Keyring {
         for spec in &cfg.keys {
             keys.push(crate::keysource::load(spec)?);
         }
-        Self::new(keys)
+        let keyring = Self::new(keys)?;
+        crate::audit::remember(&keyring);
+        Ok(keyring)
     }
 
     /// The key that seals new objects.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod archive;
+pub mod audit;
 pub mod backup;
 pub mod catalog;
 pub mod check;
@@ -39,14 +40,16 @@ use error::{Error, ErrorKind, Result};
 pub fn run(cli: Cli) -> Result<()> {
     let cfg = Config::resolve(&cli.global)?;
     init_logging(&cfg.log_level);
-    match cli.command {
+    let op = cli.command.name();
+    // What the audit log records for this command: the object and its size.
+    let (result, object, bytes): (Result<()>, String, u64) = match cli.command {
         Command::Keygen {
             passphrase: true, ..
         } => {
             let entry = keysource::passphrase_keygen()?;
             print!("{entry}");
             eprintln!("walseal: add the entry above to the config file and set WALSEAL_PASSPHRASE where walseal runs");
-            Ok(())
+            return Ok(());
         }
         Command::Keygen { output, .. } => {
             let output =
@@ -57,38 +60,81 @@ pub fn run(cli: Cli) -> Result<()> {
                 "walseal: wrote master key {id} to {} (mode 0600); keep a copy off this host",
                 output.display()
             );
-            Ok(())
+            return Ok(());
         }
-        Command::WalPush { path } => block_on(archive::wal_push(&cfg, &path)).map(|_| ()),
+        Command::Audit { action } => return commands::audit(&cfg, action),
+        Command::WalPush { path } => {
+            let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (
+                block_on(archive::wal_push(&cfg, &path)).map(|_| ()),
+                name,
+                bytes,
+            )
+        }
         Command::WalFetch { name, dest } => {
-            block_on(restore::wal_fetch(&cfg, &name, &dest)).map(|_| ())
+            match block_on(restore::wal_fetch(&cfg, &name, &dest)) {
+                Ok(bytes) => (Ok(()), name, bytes),
+                Err(e) => (Err(e), name, 0),
+            }
         }
-        Command::Backup(args) => commands::backup(&cfg, &args),
-        Command::Restore(args) => commands::restore(&cfg, cli.global.config.as_deref(), &args),
-        Command::List { json } => commands::list(&cfg, json),
-        Command::Verify { quick, jobs, json } => commands::verify(&cfg, quick, jobs, json),
-        Command::Rekey { to, jobs, json } => commands::rekey(&cfg, to.as_deref(), jobs, json),
-        Command::Check { pg, wait, json } => commands::check(&cfg, pg.as_deref(), wait, json),
+        Command::Backup(args) => (commands::backup(&cfg, &args), "base backup".into(), 0),
+        Command::Restore(args) => {
+            let object = format!("backup {}", args.backup);
+            (
+                commands::restore(&cfg, cli.global.config.as_deref(), &args),
+                object,
+                0,
+            )
+        }
+        Command::List { json } => return commands::list(&cfg, json),
+        Command::Verify { quick, jobs, json } => (
+            commands::verify(&cfg, quick, jobs, json),
+            "repository".into(),
+            0,
+        ),
+        Command::Rekey { to, jobs, json } => (
+            commands::rekey(&cfg, to.as_deref(), jobs, json),
+            "repository".into(),
+            0,
+        ),
+        Command::Check { pg, wait, json } => {
+            return commands::check(&cfg, pg.as_deref(), wait, json)
+        }
         Command::Status {
             pg,
             json,
             prometheus,
-        } => commands::status(&cfg, pg.as_deref(), json, prometheus.as_deref()),
+        } => return commands::status(&cfg, pg.as_deref(), json, prometheus.as_deref()),
         Command::Retain {
             keep_full,
             keep_days,
             dry_run,
             json,
-        } => commands::retain(
-            &cfg,
-            retain::Policy {
-                keep_full,
-                keep_days,
-            },
-            dry_run,
-            json,
+        } => (
+            commands::retain(
+                &cfg,
+                retain::Policy {
+                    keep_full,
+                    keep_days,
+                },
+                dry_run,
+                json,
+            ),
+            "repository".into(),
+            0,
         ),
-    }
+    };
+    let outcome = match &result {
+        Ok(()) => "ok".to_string(),
+        Err(e) if e.kind() == ErrorKind::NotFound => "not found".to_string(),
+        Err(e) => format!("error {}", e.kind().exit_code()),
+    };
+    audit::append(cfg.audit_log.as_deref(), op, &object, bytes, &outcome);
+    result
 }
 
 pub(crate) fn block_on<F: std::future::Future<Output = Result<T>>, T>(f: F) -> Result<T> {

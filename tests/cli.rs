@@ -740,3 +740,134 @@ fn rekey_rotates_to_a_new_key_and_the_old_one_can_be_retired() {
         );
     });
 }
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in bytes.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..=c.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn audit_log_detects_edits_removals_reordering_and_holds_no_secrets() {
+    let f = Fixture::new(|root| RepoEnv::local(&root.join("repo")));
+    let log = f.root.join("audit.log");
+    let mut all_stderr = String::new();
+    for n in 1..=3u32 {
+        let name = format!("0000000100000000000000{n:02X}");
+        f.write_wal(&name, &synthetic_segment(&name, SYSID, SEG, None));
+        let out = f
+            .repo
+            .walseal(&f.key)
+            .env("WALSEAL_AUDIT_LOG", &log)
+            .env("WALSEAL_LOG", "trace")
+            .args(["wal-push", &format!("pg_wal/{name}")])
+            .current_dir(&f.root)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        all_stderr += &stderr(&out);
+    }
+    let out = f
+        .repo
+        .walseal(&f.key)
+        .env("WALSEAL_AUDIT_LOG", &log)
+        .env("WALSEAL_LOG", "trace")
+        .args([
+            "wal-fetch",
+            "000000010000000000000002",
+            "pg_wal/RECOVERYXLOG",
+        ])
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0);
+    all_stderr += &stderr(&out);
+    let out = f
+        .repo
+        .walseal(&f.key)
+        .env("WALSEAL_AUDIT_LOG", &log)
+        .args(["verify"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(
+        lines[0].contains("\"op\":\"wal-push\"") && lines[3].contains("\"op\":\"wal-fetch\""),
+        "{text}"
+    );
+    let audit = |file: &Path| {
+        f.repo
+            .walseal(&f.key)
+            .args(["audit", "verify"])
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(code(&audit(&log)), 0, "{}", stdout(&audit(&log)));
+    // verify sealed the log into the repository.
+    let sealed = block_on(f.repo.storage().list("audit/")).unwrap();
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+
+    let tamper = |tag: &str, new: Vec<String>| {
+        let p = f.root.join(format!("audit-{tag}.log"));
+        std::fs::write(&p, new.join("\n") + "\n").unwrap();
+        let out = audit(&p);
+        assert_eq!(code(&out), 5, "{tag} not detected: {}", stdout(&out));
+        stdout(&out)
+    };
+    let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let mut edited = owned.clone();
+    edited[1] = edited[1].replace("\"bytes\":16777216", "\"bytes\":16777217");
+    assert_ne!(edited[1], owned[1]);
+    assert!(tamper("edited", edited).contains("line 2"));
+    let mut last = owned.clone();
+    last[4] = last[4].replace("\"outcome\":\"ok\"", "\"outcome\":\"error 5\"");
+    assert!(tamper("last-edited", last).contains("line 5"));
+    let mut removed = owned.clone();
+    removed.remove(1);
+    tamper("removed", removed);
+    let mut reordered = owned.clone();
+    reordered.swap(0, 1);
+    tamper("reordered", reordered);
+
+    // No key material anywhere: audit log, trace-level stderr, repository.
+    let key_text = std::fs::read_to_string(&f.key).unwrap();
+    let hex = key_text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap()
+        .to_string();
+    let mut raw = [0u8; 32];
+    walseal::keys::hex_decode_into(&hex, &mut raw).unwrap();
+    let b64 = base64(&raw);
+    let mut repo_bytes = Vec::new();
+    for (key, _) in block_on(f.repo.storage().list("")).unwrap() {
+        repo_bytes.extend(block_on(f.repo.storage().get_bytes(&key)).unwrap().unwrap());
+    }
+    for needle in [hex.as_str(), &hex.to_uppercase(), b64.as_str(), &b64[..20]] {
+        assert!(!text.contains(needle), "key in the audit log");
+        assert!(!all_stderr.contains(needle), "key on stderr");
+        assert!(
+            !contains(&repo_bytes, needle.as_bytes()),
+            "key in the repository"
+        );
+    }
+    assert!(
+        !contains(&repo_bytes, &raw),
+        "raw key bytes in the repository"
+    );
+    assert!(
+        all_stderr.contains("archived"),
+        "trace logging was not on: {all_stderr}"
+    );
+}

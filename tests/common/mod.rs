@@ -397,6 +397,7 @@ impl RepoEnv {
             key_files: vec![],
             allow_http: true,
             log_level: "warn".into(),
+            audit_log: None,
             storage,
             storage_retries: 2,
             storage_timeout: Duration::from_secs(30),
