@@ -193,6 +193,12 @@ pub enum Command {
         #[command(subcommand)]
         action: AuditAction,
     },
+    /// Key escrow: export a master key sealed under a passphrase, or import one.
+    Key {
+        /// What to do.
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// List complete backups and the archived WAL per timeline.
     List {
         /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
@@ -258,6 +264,30 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
+/// `walseal key` subcommands. The passphrase comes from WALSEAL_PASSPHRASE or the first line
+/// of standard input.
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Write the active key (or --key-id) sealed under a passphrase (PBKDF2, ~0.5 s) to FILE.
+    Export {
+        /// Which configured key (default: the active one).
+        #[arg(long, value_name = "KEYID")]
+        key_id: Option<String>,
+        /// Where to write the export (never overwritten).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Open an export with its passphrase and write the key file (mode 0600).
+    Import {
+        /// The export.
+        #[arg(short, long, value_name = "FILE")]
+        input: PathBuf,
+        /// The key file to write (never overwritten).
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+}
+
 /// `walseal audit` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuditAction {
@@ -288,6 +318,7 @@ impl Command {
             Command::Check { .. } => "check",
             Command::Rekey { .. } => "rekey",
             Command::Audit { .. } => "audit",
+            Command::Key { .. } => "key",
             Command::Status { .. } => "status",
         }
     }

@@ -500,3 +500,43 @@ pub fn audit(cfg: &Config, action: crate::cli::AuditAction) -> Result<()> {
         }
     }
 }
+
+/// `walseal key export|import`.
+pub fn key(cfg: &Config, action: crate::cli::KeyAction) -> Result<()> {
+    match action {
+        crate::cli::KeyAction::Export { key_id, output } => {
+            let keyring = Keyring::from_config(cfg)?;
+            let key = match key_id {
+                None => keyring.active(),
+                Some(hex) => {
+                    let mut id = [0u8; crate::keys::KEY_ID_LEN];
+                    crate::keys::hex_decode_into(&hex, &mut id).ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Usage,
+                            format!("--key-id {hex:?} is not a key id"),
+                        )
+                    })?;
+                    keyring.get(&crate::keys::KeyId(id)).ok_or_else(|| {
+                        Error::new(ErrorKind::Key, format!("key {hex} is not configured"))
+                    })?
+                }
+            };
+            crate::keysource::export(key, &output)?;
+            eprintln!(
+                "walseal: exported key {} to {} (sealed under your passphrase)",
+                key.id(),
+                output.display()
+            );
+            Ok(())
+        }
+        crate::cli::KeyAction::Import { input, output } => {
+            let id = crate::keysource::import(&input, &output)?;
+            println!("{id}");
+            eprintln!(
+                "walseal: imported key {id} into {} (mode 0600)",
+                output.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -89,7 +89,7 @@ impl MasterKey {
     }
 
     /// The key file text. The returned buffer is wiped on drop.
-    fn to_file_text(&self) -> Zeroizing<String> {
+    pub(crate) fn to_file_text(&self) -> Zeroizing<String> {
         let secret_hex = Zeroizing::new(hex_encode(self.secret.as_ref()));
         Zeroizing::new(format!(
             "# walseal master key. Anyone holding this file can read every object sealed under it;\n\

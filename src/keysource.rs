@@ -6,7 +6,7 @@
 //! held in wiped buffers and never appears in a message.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -270,4 +270,133 @@ pub fn passphrase_keygen() -> Result<String> {
         key.id(),
         keys::hex_encode(&salt)
     ))
+}
+
+/// The passphrase from WALSEAL_PASSPHRASE or the first line of standard input.
+fn read_passphrase(new: bool) -> Result<Zeroizing<String>> {
+    let passphrase = match std::env::var("WALSEAL_PASSPHRASE") {
+        Ok(p) => Zeroizing::new(p),
+        Err(_) => {
+            let mut line = Zeroizing::new(String::new());
+            std::io::stdin().read_line(&mut line).map_err(|e| {
+                Error::new(ErrorKind::Usage, format!("cannot read the passphrase: {e}"))
+            })?;
+            Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string())
+        }
+    };
+    if new && passphrase.chars().count() < PASSPHRASE_MIN {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("the passphrase is shorter than {PASSPHRASE_MIN} characters"),
+        )
+        .hint("use a long passphrase (several words); it protects every backup"));
+    }
+    Ok(passphrase)
+}
+
+/// A random salt and an iteration count that costs about 0.5 s on this machine.
+fn new_salt_and_iterations(passphrase: &str) -> Result<([u8; 32], u32)> {
+    use ring::rand::SecureRandom;
+    let mut salt = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
+    let probe = 20_000u32;
+    let start = Instant::now();
+    let _ = pbkdf2(passphrase.as_bytes(), &salt, probe);
+    let per = start.elapsed().as_secs_f64() / f64::from(probe);
+    Ok((
+        salt,
+        ((0.5 / per.max(1e-9)) as u32).clamp(100_000, 50_000_000),
+    ))
+}
+
+const EXPORT_TAG: &str = "walseal-key-export";
+const EXPORT_NAME: &str = "walseal key export";
+
+/// `walseal key export`: the key file sealed (docs/FORMAT.md) under a key derived from a
+/// passphrase, as text safe to print or store with an escrow service.
+///
+/// # Errors
+/// `Usage` for a short passphrase; `Conflict` if `output` exists.
+pub fn export(key: &MasterKey, output: &Path) -> Result<()> {
+    let passphrase = read_passphrase(true)?;
+    let (salt, iterations) = new_salt_and_iterations(&passphrase)?;
+    let wrap = pbkdf2(passphrase.as_bytes(), &salt, iterations);
+    let sealed = crate::seal::seal_to_vec(&wrap, EXPORT_NAME, key.to_file_text().as_bytes())
+        .map_err(|e| e.into_error(EXPORT_NAME))?;
+    let text = format!(
+        "# walseal key export: key {} sealed under a passphrase. Import with `walseal key import`.\n{EXPORT_TAG}: 1\nid: {}\nsalt: {}\niterations: {iterations}\nsealed: {}\n",
+        key.id(),
+        key.id(),
+        keys::hex_encode(&salt),
+        keys::hex_encode(&sealed)
+    );
+    write_new(output, text.as_bytes())
+}
+
+/// `walseal key import`: opens an export with its passphrase and writes the key file (0600).
+///
+/// # Errors
+/// `Key` for a wrong passphrase; `Config` for a malformed export; `Conflict` if `output` exists.
+pub fn import(input: &Path, output: &Path) -> Result<crate::keys::KeyId> {
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| crate::error::local_io(format!("cannot read {}", input.display()), &e))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::trim)
+    };
+    let bad = || config_error(format!("{} is not a walseal key export", input.display()));
+    if field(EXPORT_TAG) != Some("1") {
+        return Err(bad());
+    }
+    let mut salt = [0u8; 32];
+    keys::hex_decode_into(field("salt").ok_or_else(bad)?, &mut salt).ok_or_else(bad)?;
+    let iterations: u32 = field("iterations")
+        .and_then(|i| i.parse().ok())
+        .ok_or_else(bad)?;
+    let sealed_hex = field("sealed").ok_or_else(bad)?;
+    let mut sealed = vec![0u8; sealed_hex.len() / 2];
+    keys::hex_decode_into(sealed_hex, &mut sealed).ok_or_else(bad)?;
+    let passphrase = read_passphrase(false)?;
+    let wrap = pbkdf2(passphrase.as_bytes(), &salt, iterations);
+    let ring = crate::keys::Keyring::new(vec![wrap])?;
+    let plain = Zeroizing::new(
+        crate::seal::open_to_vec(&ring, EXPORT_NAME, &sealed).map_err(|e| match e {
+            crate::seal::SealError::UnknownKey(_) => Error::new(
+                ErrorKind::Key,
+                format!("wrong passphrase for {}", input.display()),
+            )
+            .hint("use the passphrase given at export"),
+            other => other.into_error(EXPORT_NAME),
+        })?,
+    );
+    let key = MasterKey::from_file_text(&String::from_utf8_lossy(&plain))
+        .map_err(|why| config_error(format!("exported key is invalid: {why}")))?;
+    write_new(output, key.to_file_text().as_bytes())?;
+    Ok(key.id())
+}
+
+fn write_new(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::new(
+                    ErrorKind::Conflict,
+                    format!("{} already exists; refusing to overwrite", path.display()),
+                )
+            } else {
+                crate::error::local_io(format!("cannot create {}", path.display()), &e)
+            }
+        })?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .map_err(|e| crate::error::local_io(format!("cannot write {}", path.display()), &e))
 }

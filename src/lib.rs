@@ -63,6 +63,7 @@ pub fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Audit { action } => return commands::audit(&cfg, action),
+        Command::Key { action } => return commands::key(&cfg, action),
         Command::WalPush { path } => {
             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             let name = path

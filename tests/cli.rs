@@ -871,3 +871,60 @@ fn audit_log_detects_edits_removals_reordering_and_holds_no_secrets() {
         "trace logging was not on: {all_stderr}"
     );
 }
+
+#[test]
+fn key_export_and_import_round_trip_under_a_passphrase() {
+    let f = Fixture::new(|root| RepoEnv::local(&root.join("repo")));
+    let phrase = "an escrow passphrase of several words";
+    let export = f.root.join("key.export");
+    let out = f
+        .repo
+        .walseal(&f.key)
+        .args(["key", "export", "-o"])
+        .arg(&export)
+        .env("WALSEAL_PASSPHRASE", phrase)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = std::fs::read_to_string(&export).unwrap();
+    let key_text = std::fs::read_to_string(&f.key).unwrap();
+    let secret = key_text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap();
+    assert!(!text.contains(secret), "the export holds the key in clear");
+    let imported = f.root.join("imported.key");
+    let out = std::process::Command::new(walseal_bin())
+        .args(["key", "import", "-i"])
+        .arg(&export)
+        .arg("-o")
+        .arg(&imported)
+        .env("WALSEAL_PASSPHRASE", phrase)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(&imported).unwrap(),
+        key_text,
+        "imported key differs"
+    );
+    assert_eq!(
+        std::fs::metadata(&imported).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let out = std::process::Command::new(walseal_bin())
+        .args(["key", "import", "-i"])
+        .arg(&export)
+        .arg("-o")
+        .arg(f.root.join("x.key"))
+        .env("WALSEAL_PASSPHRASE", "the wrong passphrase entirely")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong passphrase"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!f.root.join("x.key").exists());
+}
