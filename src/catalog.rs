@@ -31,7 +31,8 @@ pub struct Part {
     pub size: u64,
     /// Bytes stored.
     pub stored: u64,
-    /// SHA-256 of the stored (sealed) bytes, hex.
+    /// SHA-256 of the part's sealed payload chunks (the stored bytes after the header), hex:
+    /// unchanged by key rotation, which rewrites only headers.
     pub sha256: String,
 }
 

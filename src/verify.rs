@@ -11,12 +11,11 @@ use std::io::Read;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use ring::digest;
 use serde::Serialize;
 
 use crate::catalog::{self, BackupRecord};
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{hex_encode, Keyring};
+use crate::keys::Keyring;
 use crate::repository;
 use crate::seal::{self, seal_error_from_io, SealError};
 use crate::storage::{ObjectInfo, Storage};
@@ -229,7 +228,10 @@ async fn open_object(
     };
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
-        let sha256 = hex_encode(digest::digest(&digest::SHA256, &sealed).as_ref());
+        let sha256 = match seal::payload_digest(&sealed) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
         let mut reader = match seal::open(&sealed[..], &keyring, &key) {
             Ok(r) => r,
             Err(e) => return Ok(Err(e)),

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ring::digest;
 use tokio::sync::mpsc;
 
 use crate::catalog::{self, Archive, BackupRecord, Part};
@@ -290,12 +289,12 @@ fn seal_parts(
             .writer
             .finish()
             .map_err(|e| seal_error_from_io(e).into_error(&part.key))?;
-        let sha = digest::digest(&digest::SHA256, &bytes);
+        let sha256 = seal::payload_digest(&bytes).map_err(|e| e.into_error(&part.key))?;
         archive.parts.push(Part {
             key: part.key.clone(),
             size: part.plain,
             stored: bytes.len() as u64,
-            sha256: crate::keys::hex_encode(sha.as_ref()),
+            sha256,
         });
         up.blocking_send(Upload {
             key: part.key,

@@ -11,7 +11,6 @@ use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use ring::digest;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -436,7 +435,7 @@ async fn fetch_part(storage: &Storage, part: &catalog::Part) -> Result<Vec<u8>> 
             format!("backup part {} is missing from the repository", part.key),
         )
     })?;
-    let sha = crate::keys::hex_encode(digest::digest(&digest::SHA256, &sealed).as_ref());
+    let sha = seal::payload_digest(&sealed).map_err(|e| e.into_error(&part.key))?;
     if sha != part.sha256 {
         return Err(Error::new(
             ErrorKind::Integrity,

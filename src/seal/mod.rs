@@ -161,6 +161,18 @@ pub fn for_each_block<R: std::io::Read>(
     }
 }
 
+/// SHA-256 (hex) of a sealed object's payload chunks, i.e. everything after the header. Key
+/// rotation rewrites only the header, so this digest names the same part before and after.
+///
+/// # Errors
+/// Header parse errors.
+pub fn payload_digest(sealed: &[u8]) -> Result<String, SealError> {
+    let mut cursor = sealed;
+    let header = Header::read(&mut cursor)?;
+    let digest = ring::digest::digest(&ring::digest::SHA256, &sealed[header.len()..]);
+    Ok(crate::keys::hex_encode(digest.as_ref()))
+}
+
 /// Rewraps a sealed object's data key under `to` (key rotation): returns the object with a new
 /// header holding a single master-key slot for `to` and the payload bytes unchanged, or `None`
 /// if the object is already sealed under `to` alone. The payload is not re-encrypted: it is
