@@ -236,34 +236,8 @@ fn passphrase_key(spec: &KeySpec, what: &str) -> Result<MasterKey> {
 /// # Errors
 /// `Usage` for a missing or short passphrase.
 pub fn passphrase_keygen() -> Result<String> {
-    use ring::rand::SecureRandom;
-    let passphrase = match std::env::var("WALSEAL_PASSPHRASE") {
-        Ok(p) => Zeroizing::new(p),
-        Err(_) => {
-            let mut line = Zeroizing::new(String::new());
-            std::io::stdin().read_line(&mut line).map_err(|e| {
-                Error::new(ErrorKind::Usage, format!("cannot read the passphrase: {e}"))
-            })?;
-            Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string())
-        }
-    };
-    if passphrase.chars().count() < PASSPHRASE_MIN {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            format!("the passphrase is shorter than {PASSPHRASE_MIN} characters"),
-        )
-        .hint("use a long passphrase (several words); it protects every backup"));
-    }
-    let mut salt = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
-    // Calibrate: time 20000 iterations, scale to ~0.5 s.
-    let probe = 20_000u32;
-    let start = Instant::now();
-    let _ = pbkdf2(passphrase.as_bytes(), &salt, probe);
-    let per = start.elapsed().as_secs_f64() / f64::from(probe);
-    let iterations = ((0.5 / per.max(1e-9)) as u32).clamp(100_000, 50_000_000);
+    let passphrase = read_passphrase(true)?;
+    let (salt, iterations) = new_salt_and_iterations(&passphrase)?;
     let key = pbkdf2(passphrase.as_bytes(), &salt, iterations);
     Ok(format!(
         "[[keys]]\nid = \"{}\"\npassphrase_env = \"WALSEAL_PASSPHRASE\"\nsalt = \"{}\"\niterations = {iterations}\n",
