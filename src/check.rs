@@ -152,7 +152,7 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
             "set archive_mode = on in postgresql.conf and restart",
         ));
     }
-    let cmd = &row[2];
+    let cmd = &redact_secrets(&row[2]);
     if cmd.contains("walseal") && cmd.contains("wal-push") && cmd.contains("%p") {
         lines.push(ok("archive_command", cmd.clone()));
     } else {
@@ -290,5 +290,37 @@ async fn switch_and_wait(
             ),
             Err(e) => return from_error("archiving", &e),
         }
+    }
+}
+
+/// Masks the values of `NAME=value` words whose name suggests a secret (credentials placed
+/// inline in archive_command must not be echoed).
+fn redact_secrets(cmd: &str) -> String {
+    cmd.split(' ')
+        .map(|word| match word.split_once('=') {
+            Some((name, _))
+                if ["SECRET", "PASSWORD", "TOKEN", "PASSPHRASE", "CREDENTIAL"]
+                    .iter()
+                    .any(|s| name.to_ascii_uppercase().contains(s)) =>
+            {
+                format!("{name}=***")
+            }
+            _ => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn inline_credentials_are_masked() {
+        let c = super::redact_secrets(
+            "AWS_SECRET_ACCESS_KEY=abc PGPASSWORD='x' WALSEAL_REPO=s3://b/p walseal wal-push %p",
+        );
+        assert_eq!(
+            c,
+            "AWS_SECRET_ACCESS_KEY=*** PGPASSWORD=*** WALSEAL_REPO=s3://b/p walseal wal-push %p"
+        );
     }
 }
