@@ -47,15 +47,7 @@ if [ ! -x /usr/bin/time ]; then
         || die "apt-get install time failed"
 fi
 
-if [ -n "${WALSEAL_BIN:-}" ]; then
-    SRC_BIN=$WALSEAL_BIN
-else
-    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release)
-    SRC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/walseal
-fi
-[ -x "$SRC_BIN" ] || die "no walseal binary at $SRC_BIN"
+SRC_BIN=$(walseal_binary)
 
 BENCH_TMPDIR=$(cd "$BENCH_TMPDIR" && pwd -P)
 WORK=$(mktemp -d "$BENCH_TMPDIR/walseal-bench-backup.XXXXXX")

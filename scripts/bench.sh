@@ -21,15 +21,7 @@ if [ -z "${PEER_BENCH:-}" ]; then
 fi
 [ -f "${PEER_BENCH:-}" ] || die "peer-bench.sh not found (set PEER_BENCH)"
 
-if [ -n "${WALSEAL_BIN:-}" ]; then
-    SRC_BIN=$WALSEAL_BIN
-else
-    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-    log "cargo build --release"
-    (cd "$ROOT" && cargo build --release)
-    SRC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/walseal
-fi
-[ -x "$SRC_BIN" ] || die "no walseal binary at $SRC_BIN"
+SRC_BIN=$(walseal_binary)
 BIN=/usr/local/bin/walseal
 install -m 755 "$SRC_BIN" "$BIN"
 log "installed $BIN"

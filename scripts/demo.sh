@@ -38,15 +38,7 @@ indent() { sed 's/^/    /'; }
 # ---------------------------------------------------------------------------- setup
 ensure_pg15
 
-if [ -n "${WALSEAL_BIN:-}" ]; then
-    SRC_BIN=$WALSEAL_BIN
-else
-    command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-    say "Building walseal (cargo build --release)"
-    (cd "$ROOT" && cargo build --release)
-    SRC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/walseal
-fi
-[ -x "$SRC_BIN" ] || die "no walseal binary at $SRC_BIN"
+SRC_BIN=$(walseal_binary)
 
 WORK=$(pg_tmpdir walseal-demo)      # owned by postgres: walseal restore creates RESTORED in it
 PRIMARY=$WORK/primary

@@ -255,3 +255,20 @@ psql_at() {
     as_pg "$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres \
         -d "${PGDATABASE:-postgres}" -c "$sql" "$@"
 }
+
+# ------------------------------------------------------------------------ walseal
+
+# Prints the walseal binary to use: $WALSEAL_BIN if set, else a fresh `cargo build --release`.
+walseal_binary() {
+    local bin
+    if [ -n "${WALSEAL_BIN:-}" ]; then
+        bin=$WALSEAL_BIN
+    else
+        command -v cargo >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
+        log "cargo build --release"
+        (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo build --release >&2)
+        bin=${CARGO_TARGET_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target}/release/walseal
+    fi
+    [ -x "$bin" ] || die "no walseal binary at $bin"
+    printf '%s\n' "$bin"
+}

@@ -208,11 +208,7 @@ pub fn verify(cfg: &Config, quick: bool, jobs: usize, json: bool) -> Result<()> 
         let sealed =
             crate::seal::seal_to_vec(keyring.active(), key, summary.to_string().as_bytes())
                 .map_err(|e| e.into_error(key))?;
-        let stored = async {
-            storage.delete(key).await?;
-            storage.put_new(key, sealed.into()).await
-        };
-        if let Err(e) = stored.await {
+        if let Err(e) = storage.replace(key, sealed.into()).await {
             tracing::warn!("could not record the verify result for `walseal status`: {e}");
         }
         if let Some(path) = &cfg.audit_log {

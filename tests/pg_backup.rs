@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -37,36 +37,6 @@ fn primary(s: &Setup, bin: &Path) -> Pg {
                host replication all 127.0.0.1/32 trust\n";
     std::fs::write(pg.data.join("pg_hba.conf"), hba).unwrap();
     pg.start();
-    pg
-}
-
-fn backup(s: &Setup, pg: &Pg, extra: &[&str]) -> Output {
-    s.walseal_as_pg()
-        .args(["backup", "--fast", "--part-size", "4MiB", "--pg"])
-        .arg(format!("host=127.0.0.1 port={} user=postgres", pg.port))
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
-fn restore(s: &Setup, dest: &Path, args: &[&str]) -> Output {
-    s.walseal_as_pg()
-        .arg("restore")
-        .args(args)
-        .arg(dest)
-        .output()
-        .unwrap()
-}
-
-/// Starts a restored data directory and waits until recovery ends (promote).
-fn start_restored(s: &Setup, bin: &Path, name: &str) -> Pg {
-    let pg = Pg::existing_with(bin, s.dir.path(), name, &["archive_mode = off".into()]);
-    pg.start();
-    pg.wait_for(
-        "SELECT pg_is_in_recovery()",
-        Duration::from_secs(120),
-        |r| r == "f",
-    );
     pg
 }
 
@@ -108,24 +78,8 @@ fn pitr(major: u32, backend: Backend, targets: &[&str]) {
     pg.pgbench(&["-i", "-s", "4", "-q"]);
     pg.psql("CREATE TABLE important AS SELECT g AS id FROM generate_series(1, 1000) g; CREATE TABLE t(id int PRIMARY KEY, note text)");
     // A backup while pgbench writes.
-    let load = {
-        let mut c = as_pg(&pg_bin().join("pgbench"));
-        c.args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-c",
-            "2",
-            "-T",
-            "4",
-            "-p",
-            &pg.port.to_string(),
-            "postgres",
-        ]);
-        c.spawn().unwrap()
-    };
-    let out = backup(&s, &pg, &["--json"]);
+    let load = pg.pgbench_background(2, 4);
+    let out = s.backup(&pg, &["--part-size", "4MiB", "--json"]);
     let mut load = load;
     assert!(load.wait().unwrap().success());
     assert_eq!(code(&out), 0, "backup failed: {}", stderr(&out));
@@ -151,8 +105,7 @@ fn pitr(major: u32, backend: Backend, targets: &[&str]) {
             "name" => ("--target-name", "before_mistake".to_string()),
             other => panic!("unknown target {other}"),
         };
-        let out = restore(
-            &s,
+        let out = s.restore(
             &dest,
             &[
                 "latest",
@@ -171,7 +124,7 @@ fn pitr(major: u32, backend: Backend, targets: &[&str]) {
                     .arg(&dest),
             );
         }
-        let restored = start_restored(&s, &bin, &format!("restored-{i}"));
+        let restored = s.start_restored(&bin, &format!("restored-{i}"));
         assert_eq!(
             rows(&restored),
             "1,2",
@@ -233,14 +186,13 @@ fn pg15_restore_across_a_timeline_switch() {
     pg.psql(
         "CREATE TABLE important AS SELECT 1 AS id; CREATE TABLE t(id int PRIMARY KEY, note text)",
     );
-    assert_eq!(code(&backup(&s, &pg, &[])), 0);
+    assert_eq!(code(&s.backup(&pg, &["--part-size", "4MiB",])), 0);
     let h = history_with_a_mistake(&pg);
     pg.stop();
 
     let dest = s.dir.path().join("tl2");
     assert_eq!(
-        code(&restore(
-            &s,
+        code(&s.restore(
             &dest,
             &[
                 "latest",
@@ -296,8 +248,8 @@ fn pg15_restore_across_a_timeline_switch() {
     );
 
     let latest = s.dir.path().join("follow");
-    assert_eq!(code(&restore(&s, &latest, &["latest"])), 0);
-    let follow = start_restored(&s, &bin, "follow");
+    assert_eq!(code(&s.restore(&latest, &["latest"])), 0);
+    let follow = s.start_restored(&bin, "follow");
     assert_eq!(
         rows(&follow),
         "1,2,100",
@@ -306,9 +258,9 @@ fn pg15_restore_across_a_timeline_switch() {
     follow.stop();
 
     let stay = s.dir.path().join("stay");
-    let out = restore(&s, &stay, &["latest", "--target-timeline", "1"]);
+    let out = s.restore(&stay, &["latest", "--target-timeline", "1"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let stay_pg = start_restored(&s, &bin, "stay");
+    let stay_pg = s.start_restored(&bin, "stay");
     assert_eq!(rows(&stay_pg), "1,2,3", "did not stay on timeline 1");
     assert_eq!(
         stay_pg.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'important'"),
@@ -390,20 +342,19 @@ fn pg15_backup_auth_and_bad_input() {
         .as_str()
         .unwrap()
         .to_string();
-    let out = restore(
-        &s,
+    let out = s.restore(
         &s.dir.path().join("early"),
         &[&first, "--target-time", &before],
     );
     assert_eq!(code(&out), 11, "{}", stderr(&out));
     assert!(stderr(&out).contains("before backup"), "{}", stderr(&out));
-    let out = restore(&s, &s.dir.path().join("none"), &["20000101T000000Z"]);
+    let out = s.restore(&s.dir.path().join("none"), &["20000101T000000Z"]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let full = s.dir.path().join("full");
     std::fs::create_dir(&full).unwrap();
     std::fs::write(full.join("PG_VERSION"), "15").unwrap();
     chown_pg(&full);
-    let out = restore(&s, &full, &["latest"]);
+    let out = s.restore(&full, &["latest"]);
     assert_eq!(code(&out), 7, "{}", stderr(&out));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
 
@@ -422,7 +373,7 @@ fn pg15_backup_auth_and_bad_input() {
     bad[at] ^= 0x01;
     std::fs::write(&part, &bad).unwrap();
     let dest = s.dir.path().join("tampered");
-    let out = restore(&s, &dest, &[&first]);
+    let out = s.restore(&dest, &[&first]);
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     assert!(stderr(&out).contains("base.tar.00000"), "{}", stderr(&out));
     assert_eq!(
@@ -502,7 +453,7 @@ fn pg15_backup_auth_and_bad_input() {
         .unwrap()
         .iter()
         .any(|i| i == killed_id.as_str()));
-    let out = restore(&s, &s.dir.path().join("killed"), &[&killed_id]);
+    let out = s.restore(&s.dir.path().join("killed"), &[&killed_id]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
 }
@@ -593,7 +544,7 @@ fn pg15_tablespace_relocated_on_restore() {
         old.display()
     ));
     pg.psql("CREATE TABLE remote(id int) TABLESPACE far; INSERT INTO remote SELECT generate_series(1, 5000)");
-    let out = backup(&s, &pg, &["--json"]);
+    let out = s.backup(&pg, &["--part-size", "4MiB", "--json"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let oid = pg.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'far'");
@@ -608,7 +559,7 @@ fn pg15_tablespace_relocated_on_restore() {
     pg.stop();
     let dest = s.dir.path().join("restored");
     let map = format!("{}={}", old.display(), new.display());
-    let out = restore(&s, &dest, &["latest", "--tablespace-map", &map]);
+    let out = s.restore(&dest, &["latest", "--tablespace-map", &map]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         std::fs::read_link(dest.join("pg_tblspc").join(&oid)).unwrap(),
@@ -619,7 +570,7 @@ fn pg15_tablespace_relocated_on_restore() {
             .arg("-n")
             .arg(&dest),
     );
-    let restored = start_restored(&s, &pg_bin(), "restored");
+    let restored = s.start_restored(&pg_bin(), "restored");
     assert_eq!(restored.psql("SELECT count(*) FROM remote"), "5000");
     assert_eq!(
         restored

@@ -21,18 +21,9 @@ fn pg15_rekey_under_load_then_retire_the_old_key() {
     let both = format!("{}:{}", key_b.display(), key_a.display());
     let pg = s.primary(&pg_bin(), &[]);
     pg.start();
-    let conn = format!("host=127.0.0.1 port={} user=postgres", pg.port);
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     pg.psql("CREATE TABLE t(id int PRIMARY KEY)");
-    assert_eq!(
-        code(
-            &s.walseal_as_pg()
-                .args(["backup", "--fast", "--part-size", "1MiB", "--pg", &conn])
-                .output()
-                .unwrap()
-        ),
-        0
-    );
+    assert_eq!(code(&s.backup(&pg, &["--part-size", "1MiB"])), 0);
     pg.psql("INSERT INTO t VALUES (1)");
     pg.switch_and_wait_archived();
 
@@ -69,23 +60,7 @@ fn pg15_rekey_under_load_then_retire_the_old_key() {
         .status();
     let _ = child.wait();
     // ...then run again while pgbench writes and archiving (under B) goes on.
-    let load = {
-        let mut c = as_pg(&pg_bin().join("pgbench"));
-        c.args([
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-c",
-            "2",
-            "-T",
-            "5",
-            "-p",
-            &pg.port.to_string(),
-            "postgres",
-        ]);
-        c.spawn().unwrap()
-    };
+    let load = pg.pgbench_background(2, 5);
     let out = as_b(&["rekey", "--json"], &both);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let mut load = load;
@@ -110,13 +85,7 @@ fn pg15_rekey_under_load_then_retire_the_old_key() {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let restored = Pg::existing(s.dir.path(), "restored", &["archive_mode = off".into()]);
-    restored.start();
-    restored.wait_for(
-        "SELECT pg_is_in_recovery()",
-        Duration::from_secs(120),
-        |r| r == "f",
-    );
+    let restored = s.start_restored(&pg_bin(), "restored");
     assert_eq!(
         restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
         "1,2"

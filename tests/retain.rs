@@ -39,16 +39,7 @@ fn scenario(backend: Backend) {
     for i in 1..=4 {
         pg.psql(&format!("INSERT INTO t VALUES ({i})"));
         pg.switch_and_wait_archived();
-        let out = s
-            .walseal_as_pg()
-            .args([
-                "backup",
-                "--fast",
-                "--pg",
-                &format!("host=127.0.0.1 port={} user=postgres", pg.port),
-            ])
-            .output()
-            .unwrap();
+        let out = s.backup(&pg, &[]);
         assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
         if i == 3 {
             // A point after backup 3 ended and before backup 4: recoverable only from backup 3.
@@ -160,13 +151,7 @@ fn scenario(backend: Backend) {
         .output()
         .unwrap();
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    let restored = Pg::existing(s.dir.path(), "restored", &["archive_mode = off".into()]);
-    restored.start();
-    restored.wait_for(
-        "SELECT pg_is_in_recovery()",
-        Duration::from_secs(120),
-        |r| r == "f",
-    );
+    let restored = s.start_restored(&pg_bin(), "restored");
     assert_eq!(
         restored.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM t"),
         "1,2,3,30"

@@ -56,18 +56,7 @@ fn scenario(backend: Backend) {
     let pg = s.primary(&pg_bin(), &[]);
     pg.start();
     pg.pgbench(&["-i", "-s", "3", "-q"]);
-    let out = s
-        .walseal_as_pg()
-        .args([
-            "backup",
-            "--fast",
-            "--part-size",
-            "1MiB",
-            "--pg",
-            &format!("host=127.0.0.1 port={} user=postgres", pg.port),
-        ])
-        .output()
-        .unwrap();
+    let out = s.backup(&pg, &["--part-size", "1MiB"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     pg.pgbench(&["-c", "2", "-T", "3"]);
     let last = pg.switch_and_wait_archived();

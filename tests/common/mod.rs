@@ -232,6 +232,26 @@ impl Pg {
             .unwrap()
     }
 
+    /// pgbench load in the background: `clients` clients for `seconds` seconds.
+    pub fn pgbench_background(&self, clients: u32, seconds: u32) -> std::process::Child {
+        as_pg(&pg_bin().join("pgbench"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-c",
+                &clients.to_string(),
+                "-T",
+                &seconds.to_string(),
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("postgres")
+            .spawn()
+            .unwrap()
+    }
+
     pub fn pgbench(&self, args: &[&str]) {
         run_ok(
             as_pg(&pg_bin().join("pgbench"))
@@ -531,6 +551,39 @@ impl Setup {
         let mut settings = vec!["archive_mode = on".to_string(), self.archive_setting()];
         settings.extend_from_slice(extra);
         Pg::init_with(bin, self.dir.path(), "primary", &settings)
+    }
+
+    /// `walseal backup --fast` of `pg` over TCP, as postgres, with `extra` flags.
+    pub fn backup(&self, pg: &Pg, extra: &[&str]) -> Output {
+        self.walseal_as_pg()
+            .args(["backup", "--fast", "--pg"])
+            .arg(format!("host=127.0.0.1 port={} user=postgres", pg.port))
+            .args(extra)
+            .output()
+            .unwrap()
+    }
+
+    /// `walseal restore ARGS... DEST`, as postgres.
+    pub fn restore(&self, dest: &Path, args: &[&str]) -> Output {
+        self.walseal_as_pg()
+            .arg("restore")
+            .args(args)
+            .arg(dest)
+            .output()
+            .unwrap()
+    }
+
+    /// Starts the restored data directory `name` (with `bin`, archiving off) and waits until
+    /// recovery has ended (promoted).
+    pub fn start_restored(&self, bin: &Path, name: &str) -> Pg {
+        let pg = Pg::existing_with(bin, self.dir.path(), name, &["archive_mode = off".into()]);
+        pg.start();
+        pg.wait_for(
+            "SELECT pg_is_in_recovery()",
+            Duration::from_secs(120),
+            |r| r == "f",
+        );
+        pg
     }
 
     /// The walseal binary run as postgres, configured like archive_command is.
