@@ -118,6 +118,21 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
         config_file: config_file.map(Path::to_path_buf),
     };
     let record = crate::block_on(base::restore(cfg, &opts))?;
+    let as_root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if as_root {
+        eprintln!(
+            "walseal restore: warning: the restored files belong to root, and PostgreSQL will not start on them; \
+             run `chown -R postgres:postgres {}` (and any tablespace directories) first, or run restore as the postgres user",
+            args.pgdata.display()
+        );
+    }
     if args.json {
         json_out(&record)?;
     }
