@@ -9,6 +9,8 @@
 #   walseal backup  walseal backup --fast into a file:// repository on the same disk
 #                   (lz4 + AES-256-GCM; default --part-size)
 #   walseal restore walseal restore ID NEWDIR (no target): decrypt, check the manifest, write
+#                   (large files with O_DIRECT, the default)
+#   walseal restore --buffered   the same through the page cache
 # Both backups take an immediate checkpoint and return only once the WAL they need is
 # archived; the cluster archives with walseal wal-push into the same repository.
 # Every run is preceded by `sync`; the page cache is NOT dropped, so with enough RAM the
@@ -167,6 +169,9 @@ for rep in $(seq 1 "$REPS"); do
         as_pg "$PG_BIN/pg_verifybackup" -n -q "$dest" || die "pg_verifybackup -n $dest failed"
         log "  pg_verifybackup -n: OK ($(mib "$plain") MiB in walseal's backup, $(mib "$bytes") MiB restored)"
     fi
+    rm -rf "$dest"
+    timed walseal-restore-buffered "$rep" env WALSEAL_REPO="file://$REPO" WALSEAL_KEY_FILE="$KEY" "$BIN" \
+        restore --buffered "$id" "$dest"
     rm -rf "$dest" "${REPO:?}/backups/$id"
 done
 
@@ -183,10 +188,11 @@ all_secs() { awk -v t="$1" '$1 == t { printf "%s%s", sep, $3; sep = " " }' "$RUN
 T_BB=$(median pg_basebackup 3)
 T_WB=$(median walseal-backup 3)
 T_WR=$(median walseal-restore 3)
+T_WRB=$(median walseal-restore-buffered 3)
 row() {
     local tool=$1 secs=$2
     awk -v tool="$tool" -v b="$BB_BYTES" -v s="$secs" -v rss="$(median "$tool" 4)" -v all="$(all_secs "$tool")" \
-        'BEGIN { printf "%-16s %10.1f %10.2f %10.1f %12.0f   %s\n", tool, b / 1048576, s, (s > 0 ? b / 1048576 / s : 0), rss / 1024, all }'
+        'BEGIN { printf "%-24s %10.1f %10.2f %10.1f %12.0f   %s\n", tool, b / 1048576, s, (s > 0 ? b / 1048576 / s : 0), rss / 1024, all }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
@@ -200,19 +206,22 @@ REPORT=$WORK/report.txt
     echo "method: $REPS repetition(s), interleaved; sync before every run, page cache not dropped (warm cache);"
     echo "        wall time and peak RSS from /usr/bin/time; MiB/s = pg_basebackup's output size / median seconds"
     echo
-    printf '%-16s %10s %10s %10s %12s   %s\n' tool 'data MiB' 'median s' 'MiB/s' 'peak RSS MiB' 'all runs (s)'
+    printf '%-24s %10s %10s %10s %12s   %s\n' tool 'data MiB' 'median s' 'MiB/s' 'peak RSS MiB' 'all runs (s)'
     row pg_basebackup "$T_BB"
     row walseal-backup "$T_WB"
     row walseal-restore "$T_WR"
+    row walseal-restore-buffered "$T_WRB"
     echo
     echo "walseal backup / pg_basebackup throughput: $(ratio "$T_BB" "$T_WB")"
     echo "walseal restore / walseal backup throughput: $(ratio "$T_WB" "$T_WR")"
+    echo "walseal restore --buffered / walseal backup throughput: $(ratio "$T_WB" "$T_WRB")"
     echo
     echo "pg_basebackup:   pg_basebackup -Ft -X none -c fast -D DIR (local disk, no compression)"
     echo "                 (-X none makes the server wait until the backup's WAL is archived, polling once a"
     echo "                 second: about 1 s of every run, which dominates only at small SCALE)"
     echo "walseal backup:  walseal backup --fast --progress never --json --pg 'host=127.0.0.1 port=P user=postgres' (file:// repository on the same disk)"
-    echo "walseal restore: walseal restore ID NEWDIR (no target)"
+    echo "walseal restore: walseal restore ID NEWDIR (no target; files of 64 KiB and more written with O_DIRECT)"
+    echo "walseal restore-buffered: walseal restore --buffered ID NEWDIR (through the page cache)"
 } > "$REPORT"
 cat "$REPORT"
 if [ -n "${RESULTS_FILE:-}" ]; then

@@ -259,6 +259,10 @@ pub struct RestoreArgs {
     /// Put a tablespace at another location: OLD=NEW (repeatable).
     #[arg(long, value_name = "OLD=NEW")]
     pub tablespace_map: Vec<String>,
+    /// Write through the page cache instead of O_DIRECT (the default bypasses it for large
+    /// files: a restore writes the whole cluster once and reads none of it back).
+    #[arg(long)]
+    pub buffered: bool,
     /// Print the restored backup's record as JSON on stdout.
     #[arg(long)]
     pub json: bool,

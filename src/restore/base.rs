@@ -55,6 +55,8 @@ pub struct RestoreOptions {
     pub tablespace_map: Vec<(String, String)>,
     /// The config file walseal was run with, for restore_command.
     pub config_file: Option<PathBuf>,
+    /// Write large files with O_DIRECT (see `tar::extract`).
+    pub direct_io: bool,
 }
 
 #[derive(Deserialize)]
@@ -281,8 +283,15 @@ async fn fill(
             ),
             None => (opts.pgdata.clone(), String::new()),
         };
-        let files =
-            extract_archive(&storage, keyring, archive, &dest, &opts.tablespace_map).await?;
+        let files = extract_archive(
+            &storage,
+            keyring,
+            archive,
+            &dest,
+            &opts.tablespace_map,
+            opts.direct_io,
+        )
+        .await?;
         for f in files {
             let path = format!("{prefix}{}", f.path);
             if let Some(m) = expected.get(&path) {
@@ -455,6 +464,7 @@ async fn extract_archive(
     archive: &Archive,
     dest: &Path,
     relocations: &[(String, String)],
+    direct_io: bool,
 ) -> Result<Vec<FileInfo>> {
     let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>, u64)>>(1);
     let feeder = {
@@ -503,6 +513,7 @@ async fn extract_archive(
         tar::extract(
             reader,
             &dest,
+            direct_io,
             &link,
             &mut |f| {
                 files.push(f);
