@@ -11,9 +11,10 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};
-use crate::keys::Keyring;
+use crate::keys::{Keyring, Sealer};
+use crate::recipient::Recipient;
 use crate::repository::{self, Identity};
-use crate::seal::{self, seal_error_from_io, SealOptions};
+use crate::seal::{self, seal_error_from_io, SealError, SealOptions};
 use crate::storage::{Create, PutOutcome, Storage};
 use crate::wal::{LongPageHeader, WalFile, WalKind, LONG_HEADER_LEN};
 
@@ -59,8 +60,15 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
     }
 
     let key = wal.object_key();
-    let (sealed, crc) = seal_file(&mut file, path, &keyring, &key, size)?;
-    self_check(&keyring, &key, &sealed, size, crc)?;
+    // Sealed to a recipient, the object also records a digest of its content, so that a host
+    // that cannot open objects (push-only) can still tell an identical re-push from a
+    // conflicting one.
+    let digest = match keyring.active() {
+        Sealer::Recipient(r) => Some(content_digest(&mut file, path, r)?),
+        Sealer::Master(_) => None,
+    };
+    let (sealed, crc, sealed_key) = seal_file(&mut file, path, &keyring, &key, size, digest)?;
+    self_check(&keyring, &sealed_key, &key, &sealed, size, crc)?;
     let sealed_len = sealed.len();
     match storage.put_new(&key, sealed.into()).await? {
         PutOutcome::Created => {
@@ -75,7 +83,7 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
             Ok(PushOutcome::Stored)
         }
         PutOutcome::AlreadyExists => {
-            compare_with_archived(&storage, &keyring, &key, path).await?;
+            compare_with_archived(&storage, &keyring, &key, path, digest).await?;
             tracing::info!("{} was already archived with identical content", wal.name);
             Ok(PushOutcome::AlreadyArchived)
         }
@@ -122,24 +130,42 @@ fn not_a_segment(path: &Path, why: &str) -> Error {
     .hint("archive_command must pass %p unchanged; check the file in pg_wal")
 }
 
-/// Seals the whole file into memory, returning the sealed bytes and the CRC-32 of the source.
+/// The content digest of the file for `recipient` (`docs/FORMAT.md` §4, kind 0x03).
+fn content_digest(file: &mut File, path: &Path, recipient: &Recipient) -> Result<[u8; 32]> {
+    use std::io::Seek;
+    file.rewind()
+        .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
+    let mut digest = recipient.content_digest();
+    let mut buf = vec![0u8; READ_BUF];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(digest.finish()),
+            Ok(n) => digest.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(local_io(format!("cannot read {}", path.display()), &e)),
+        }
+    }
+}
+
+/// Seals the whole file into memory, returning the sealed bytes, the CRC-32 of the source and
+/// the object's key for the self-check.
 fn seal_file(
     file: &mut File,
     path: &Path,
     keyring: &Keyring,
     key: &str,
     size: u64,
-) -> Result<(Vec<u8>, u32)> {
+    digest: Option<[u8; 32]>,
+) -> Result<(Vec<u8>, u32, seal::SealedKey)> {
     use std::io::Seek;
     file.rewind()
         .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
     let estimate = usize::try_from(size / 3).unwrap_or(0) + 4096;
-    let mut writer = seal::seal(
-        Vec::with_capacity(estimate),
-        keyring.active(),
-        key,
-        &SealOptions::default(),
-    )
+    let opts = SealOptions {
+        content_digest: digest,
+        ..SealOptions::default()
+    };
+    let mut writer = seal::seal(Vec::with_capacity(estimate), keyring.active(), key, &opts)
     .map_err(|e| e.into_error(key))?;
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; READ_BUF];
@@ -166,15 +192,30 @@ fn seal_file(
             ),
         ));
     }
-    let sealed = writer
-        .finish()
+    let (sealed, sealed_key) = writer
+        .finish_with_key()
         .map_err(|e| seal_error_from_io(e).into_error(key))?;
-    Ok((sealed, crc.finalize()))
+    Ok((sealed, crc.finalize(), sealed_key))
 }
 
-/// Opens what we just sealed and checks length and CRC-32 against the source.
-fn self_check(keyring: &Keyring, key: &str, sealed: &[u8], size: u64, crc: u32) -> Result<()> {
-    let mut reader = seal::open(sealed, keyring, key).map_err(|e| e.into_error(key))?;
+/// Opens what we just sealed and checks length and CRC-32 against the source: with the
+/// keyring where it can open the object (checking the key slot too), else (push-only) with
+/// the data key kept from sealing.
+fn self_check(
+    keyring: &Keyring,
+    sealed_key: &seal::SealedKey,
+    key: &str,
+    sealed: &[u8],
+    size: u64,
+    crc: u32,
+) -> Result<()> {
+    let mut reader = match seal::open(sealed, keyring, key) {
+        Ok(r) => r,
+        Err(SealError::PushOnly | SealError::UnknownKey(_)) => {
+            seal::open_with_key(sealed, sealed_key, key).map_err(|e| e.into_error(key))?
+        }
+        Err(e) => return Err(e.into_error(key)),
+    };
     let mut hasher = crc32fast::Hasher::new();
     let total = seal::for_each_block(&mut reader, key, |block| {
         hasher.update(block);
@@ -191,11 +232,13 @@ fn self_check(keyring: &Keyring, key: &str, sealed: &[u8], size: u64, crc: u32) 
 }
 
 /// The name is taken: succeed only if the archived object holds exactly the file's bytes.
+/// A host that cannot open the archived copy (push-only) compares content digests instead.
 async fn compare_with_archived(
     storage: &Storage,
     keyring: &Keyring,
     key: &str,
     path: &Path,
+    digest: Option<[u8; 32]>,
 ) -> Result<()> {
     let sealed = storage.get_bytes(key).await?.ok_or_else(|| {
         Error::new(
@@ -203,9 +246,15 @@ async fn compare_with_archived(
             format!("{key}: exists but vanished while being compared"),
         )
     })?;
-    let mut archived = seal::open(&sealed[..], keyring, key).map_err(|e| {
-        e.into_error(key).hint("the copy already archived under this name does not open: move it aside, then let PostgreSQL retry")
-    })?;
+    let mut archived = match seal::open(&sealed[..], keyring, key) {
+        Ok(r) => r,
+        Err(SealError::PushOnly | SealError::UnknownKey(_)) if digest.is_some() => {
+            return compare_digest(keyring, key, &sealed, digest);
+        }
+        Err(e) => {
+            return Err(e.into_error(key).hint("the copy already archived under this name does not open: move it aside, then let PostgreSQL retry"));
+        }
+    };
     let mut local =
         File::open(path).map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
     let (mut a, mut b) = (vec![0u8; READ_BUF], vec![0u8; READ_BUF]);
@@ -224,6 +273,31 @@ async fn compare_with_archived(
         if n == 0 {
             return Ok(());
         }
+    }
+}
+
+/// The push-only comparison: the archived copy's content digest for our recipient against the
+/// file's.
+fn compare_digest(
+    keyring: &Keyring,
+    key: &str,
+    sealed: &[u8],
+    digest: Option<[u8; 32]>,
+) -> Result<()> {
+    let header = seal::Header::read(&mut &sealed[..]).map_err(|e| e.into_error(key))?;
+    let id = keyring.active().id();
+    match header.content_digest(&id) {
+        Some(archived) if Some(archived) == digest => Ok(()),
+        Some(_) => Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{key} is already archived with different content (its content digest differs); refusing to overwrite it"),
+        )
+        .hint("two clusters may share this repository, or this cluster was restored without a new timeline: give it its own repository or prefix")),
+        None => Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{key} is already archived, and this host cannot tell whether with the same content: the copy has no content digest for recipient {id} and this host cannot open it"),
+        )
+        .hint("run this wal-push once on a host that holds the identity or key (WALSEAL_IDENTITY_FILE or WALSEAL_KEY_FILE) to compare; if the archived copy is wrong, move it aside")),
     }
 }
 

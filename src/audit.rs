@@ -24,7 +24,7 @@ use crate::storage::{PutOutcome, Storage};
 const LABEL_AUDIT: &[u8] = b"walseal/v1 audit";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-static ACTIVE: OnceLock<(KeyId, Zeroizing<[u8; 32]>)> = OnceLock::new();
+static ACTIVE: OnceLock<(KeyId, Option<Zeroizing<[u8; 32]>>)> = OnceLock::new();
 
 /// The audit MAC key of a master key.
 fn audit_key(master: &MasterKey) -> Zeroizing<[u8; 32]> {
@@ -37,9 +37,16 @@ fn audit_key(master: &MasterKey) -> Zeroizing<[u8; 32]> {
     out
 }
 
-/// Remembers the active key's id and audit key for the lines this process writes.
+/// Remembers the active key's id and audit key for the lines this process writes. Lines are
+/// MACed only when a master key is active: a push-only host holds no secret to MAC with, so
+/// its log is chained only (and sealed into the repository by `audit seal`).
 pub fn remember(keyring: &Keyring) {
-    let _ = ACTIVE.set((keyring.active().id(), audit_key(keyring.active())));
+    let active = keyring.active();
+    let key = match active {
+        crate::keys::Sealer::Master(k) => Some(audit_key(k)),
+        crate::keys::Sealer::Recipient(_) => None,
+    };
+    let _ = ACTIVE.set((active.id(), key));
 }
 
 /// One line of the audit log.
@@ -119,7 +126,7 @@ fn try_append(path: &Path, op: &str, object: &str, bytes: u64, outcome: &str) ->
         prev,
         mac: None,
     };
-    if let Some((_, key)) = active {
+    if let Some((_, Some(key))) = active {
         entry.mac = Some(mac_of(key.as_ref(), &entry));
     }
     let line = serde_json::to_string(&entry)

@@ -72,14 +72,20 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect();
-            lines.push(ok(
-                "key",
-                format!(
-                    "key {} loaded from {} (mode 0600)",
-                    k.active().id(),
-                    files.join(":")
+            let detail = match k.active() {
+                crate::keys::Sealer::Master(m) => {
+                    format!("key {} loaded from {} (mode 0600)", m.id(), files.join(":"))
+                }
+                crate::keys::Sealer::Recipient(r) if !k.can_open() => format!(
+                    "recipient {} (id {}): push-only, this host can seal but not open",
+                    r,
+                    r.id()
                 ),
-            ));
+                crate::keys::Sealer::Recipient(r) => {
+                    format!("sealing to recipient {} (id {})", r, r.id())
+                }
+            };
+            lines.push(ok("key", detail));
             k
         }
         Err(e) => {
@@ -95,7 +101,11 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
         }
     };
     lines.push(probe(&storage, &keyring).await);
-    let identity = repository::load(&storage, &keyring).await;
+    let identity = if keyring.can_open() {
+        repository::load(&storage, &keyring).await
+    } else {
+        repository::load_plain(&storage).await
+    };
 
     let mut params = match conninfo::resolve(conninfo) {
         Ok(p) => p,
@@ -207,6 +217,7 @@ async fn probe(storage: &Storage, keyring: &Keyring) -> Line {
     let result = async {
         let sealed =
             seal::seal_to_vec(keyring.active(), &key, text).map_err(|e| e.into_error(&key))?;
+        let sealed_copy = sealed.clone();
         if storage.put_new(&key, sealed.into()).await? == PutOutcome::AlreadyExists {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::Conflict,
@@ -214,9 +225,14 @@ async fn probe(storage: &Storage, keyring: &Keyring) -> Line {
             ));
         }
         let back = storage.get_bytes(&key).await?.unwrap_or_default();
-        let plain = seal::open_to_vec(keyring, &key, &back).map_err(|e| e.into_error(&key))?;
+        let same = match seal::open_to_vec(keyring, &key, &back) {
+            Ok(plain) => plain == text,
+            // Push-only: the stored bytes must be the bytes written.
+            Err(seal::SealError::PushOnly) => back == sealed_copy,
+            Err(e) => return Err(e.into_error(&key)),
+        };
         storage.delete(&key).await?;
-        if plain != text {
+        if !same {
             return Err(crate::error::Error::new(
                 crate::error::ErrorKind::Integrity,
                 "the probe read back differently",
@@ -271,6 +287,13 @@ async fn switch_and_wait(
                         "archiving",
                         format!(
                             "switched WAL: {seg} reached the repository and opens ({:.1} s)",
+                            started.elapsed().as_secs_f64()
+                        ),
+                    ),
+                    Err(seal::SealError::PushOnly) => ok(
+                        "archiving",
+                        format!(
+                            "switched WAL: {seg} reached the repository ({:.1} s; push-only, not opened)",
                             started.elapsed().as_secs_f64()
                         ),
                     ),

@@ -45,6 +45,19 @@ pub struct GlobalArgs {
         value_name = "FILE[:FILE...]"
     )]
     pub key_file: Option<String>,
+    /// Identity file(s) made by `walseal keygen --recipient` (`:`-separated): open objects
+    /// sealed to their recipients. Restore hosts only.
+    #[arg(
+        long,
+        global = true,
+        env = "WALSEAL_IDENTITY_FILE",
+        value_name = "FILE[:FILE...]"
+    )]
+    pub identity_file: Option<String>,
+    /// Seal new objects to this recipient (`wsr1…`, printed by `walseal keygen --recipient`).
+    /// A host given only a recipient can archive and back up but open nothing (push-only).
+    #[arg(long, global = true, env = "WALSEAL_RECIPIENT", value_name = "RECIPIENT")]
+    pub recipient: Option<String>,
     /// Allow a plain-http storage endpoint (e.g. a test server on loopback). Off by default:
     /// data in transit is encrypted by TLS unless you allow this.
     #[arg(long, global = true, env = "WALSEAL_ALLOW_HTTP", value_name = "BOOL", num_args = 0..=1,
@@ -74,6 +87,10 @@ pub enum Command {
             required_unless_present = "passphrase"
         )]
         output: Option<PathBuf>,
+        /// Create an X25519 identity for push-only hosts instead: writes the identity (secret)
+        /// to FILE and prints its recipient (public, `wsr1…`) on standard output.
+        #[arg(long, conflicts_with = "passphrase", requires = "output")]
+        recipient: bool,
         /// Derive the key from a passphrase instead (PBKDF2-HMAC-SHA256, ~0.5 s of work): reads
         /// it from WALSEAL_PASSPHRASE or the first line of standard input, and prints the
         /// `[[keys]]` entry (salt, iterations, id) to put in the config file.

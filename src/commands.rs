@@ -156,6 +156,7 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
 /// `walseal list`.
 pub fn list(cfg: &Config, json: bool) -> Result<()> {
     let keyring = Keyring::from_config(cfg)?;
+    keyring.require_open("list (backup records are sealed)")?;
     let storage = Storage::open(cfg, Create::No)?;
     let listing = crate::block_on(catalog::list(&storage, &keyring))?;
     if json {
@@ -319,6 +320,7 @@ pub fn retain(
     json: bool,
 ) -> Result<()> {
     let keyring = Keyring::from_config(cfg)?;
+    keyring.require_open("retain (backup records are sealed)")?;
     let storage = Storage::open(cfg, Create::No)?;
     let plan = crate::block_on(crate::retain::retain(&storage, &keyring, policy, dry_run))?;
     if json {
@@ -379,6 +381,7 @@ pub fn check(cfg: &Config, pg: Option<&str>, wait: u64, json: bool) -> Result<()
 /// `walseal status`.
 pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Path>) -> Result<()> {
     let keyring = Keyring::from_config(cfg)?;
+    keyring.require_open("status (backup records are sealed)")?;
     let storage = Storage::open(cfg, Create::No)?;
     let st = crate::block_on(crate::status::status(&storage, &keyring, pg))?;
     if let Some(path) = prometheus {
@@ -518,8 +521,8 @@ pub fn key(cfg: &Config, action: crate::cli::KeyAction) -> Result<()> {
     match action {
         crate::cli::KeyAction::Export { key_id, output } => {
             let keyring = Keyring::from_config(cfg)?;
-            let key = match key_id {
-                None => keyring.active(),
+            let id = match key_id {
+                None => keyring.active().id(),
                 Some(hex) => {
                     let mut id = [0u8; crate::keys::KEY_ID_LEN];
                     crate::keys::hex_decode_into(&hex, &mut id).ok_or_else(|| {
@@ -528,15 +531,23 @@ pub fn key(cfg: &Config, action: crate::cli::KeyAction) -> Result<()> {
                             format!("--key-id {hex:?} is not a key id"),
                         )
                     })?;
-                    keyring.get(&crate::keys::KeyId(id)).ok_or_else(|| {
-                        Error::new(ErrorKind::Key, format!("key {hex} is not configured"))
-                    })?
+                    crate::keys::KeyId(id)
                 }
             };
-            crate::keysource::export(key, &output)?;
+            let text = if let Some(k) = keyring.get(&id) {
+                k.to_file_text()
+            } else if let Some(i) = keyring.identity(&id) {
+                i.to_file_text()
+            } else {
+                return Err(Error::new(
+                    ErrorKind::Key,
+                    format!("no master key or identity with id {id} is configured on this host"),
+                )
+                .hint("a push-only host holds only the recipient; export the identity on a host that has it (WALSEAL_IDENTITY_FILE)"));
+            };
+            crate::keysource::export(id, &text, &output)?;
             eprintln!(
-                "walseal: exported key {} to {} (sealed under your passphrase)",
-                key.id(),
+                "walseal: exported key {id} to {} (sealed under your passphrase)",
                 output.display()
             );
             Ok(())

@@ -20,6 +20,10 @@ pub struct FileConfig {
     pub repo: Option<String>,
     /// Key file(s), `:`-separated; the first is active.
     pub key_file: Option<String>,
+    /// Identity file(s), `:`-separated.
+    pub identity_file: Option<String>,
+    /// Recipient that new objects are sealed to (push-only hosts).
+    pub recipient: Option<String>,
     /// Allow plain-http endpoints.
     pub allow_http: Option<bool>,
     /// Log level.
@@ -45,6 +49,10 @@ pub struct Config {
     pub repo: Option<String>,
     /// Key files in order; the first is active.
     pub key_files: Vec<PathBuf>,
+    /// Identity files (X25519 secrets).
+    pub identity_files: Vec<PathBuf>,
+    /// Recipient new objects are sealed to, as written (`wsr1…`).
+    pub recipient: Option<String>,
     /// Plain http allowed.
     pub allow_http: bool,
     /// Log level filter.
@@ -71,18 +79,24 @@ impl Config {
             Some(path) => load_file(path)?,
             None => FileConfig::default(),
         };
-        let key_file = args.key_file.clone().or(file.key_file);
-        let key_files = key_file
-            .map(|s| {
+        let paths = |list: Option<String>| -> Vec<PathBuf> {
+            list.map(|s| {
                 s.split(':')
                     .filter(|p| !p.is_empty())
                     .map(PathBuf::from)
                     .collect()
             })
-            .unwrap_or_default();
+            .unwrap_or_default()
+        };
         Ok(Config {
             repo: args.repo.clone().or(file.repo),
-            key_files,
+            key_files: paths(args.key_file.clone().or(file.key_file)),
+            identity_files: paths(args.identity_file.clone().or(file.identity_file)),
+            recipient: args
+                .recipient
+                .clone()
+                .or(file.recipient)
+                .filter(|r| !r.trim().is_empty()),
             allow_http: args.allow_http.or(file.allow_http).unwrap_or(false),
             log_level: args
                 .log_level
@@ -136,6 +150,8 @@ mod tests {
             config,
             repo: None,
             key_file: None,
+            identity_file: None,
+            recipient: None,
             allow_http: None,
             log_level: None,
             audit_log: None,

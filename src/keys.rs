@@ -17,6 +17,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::error::{local_io, Error, ErrorKind, Result};
+use crate::recipient::{Identity, Recipient};
 
 /// Length of a master key in bytes.
 pub const KEY_LEN: usize = 32;
@@ -157,6 +158,15 @@ pub fn keygen(path: &Path) -> Result<KeyId> {
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| local_io(format!("cannot write key file {}", path.display()), &e))?;
+    sync_parent(path)?;
+    Ok(key.id())
+}
+
+/// Fsyncs the directory holding `path`, so a new file's name is durable.
+///
+/// # Errors
+/// `LocalIo`.
+pub(crate) fn sync_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
@@ -167,7 +177,7 @@ pub fn keygen(path: &Path) -> Result<KeyId> {
             .and_then(|d| d.sync_all())
             .map_err(|e| local_io(format!("cannot sync directory {}", dir.display()), &e))?;
     }
-    Ok(key.id())
+    Ok(())
 }
 
 /// Loads a key file, refusing one that group or others can access.
@@ -218,22 +228,74 @@ pub fn load_key_file(path: &Path) -> Result<MasterKey> {
     })
 }
 
-/// The keys this process may use: the first is active for new objects, all can open.
+/// What new objects are sealed to: a master key (symmetric) or a recipient (public key).
+#[derive(Debug, Clone, Copy)]
+pub enum Sealer<'a> {
+    /// A master-key slot (kind 0x01).
+    Master(&'a MasterKey),
+    /// An X25519 recipient slot (kind 0x02) plus a content-digest slot (kind 0x03).
+    Recipient(&'a Recipient),
+}
+
+impl Sealer<'_> {
+    /// The id a slot for this sealer carries.
+    pub fn id(&self) -> KeyId {
+        match self {
+            Sealer::Master(k) => k.id(),
+            Sealer::Recipient(r) => r.id(),
+        }
+    }
+}
+
+impl<'a> From<&'a MasterKey> for Sealer<'a> {
+    fn from(k: &'a MasterKey) -> Self {
+        Sealer::Master(k)
+    }
+}
+
+impl<'a> From<&'a Recipient> for Sealer<'a> {
+    fn from(r: &'a Recipient) -> Self {
+        Sealer::Recipient(r)
+    }
+}
+
+/// The keys this process may use. Master keys seal and open; identities open objects sealed
+/// to their recipient; a configured recipient seals only. New objects go to the configured
+/// recipient if there is one, else to the first master key, else to the first identity's
+/// recipient.
 #[derive(Debug)]
 pub struct Keyring {
     keys: Vec<MasterKey>,
+    identities: Vec<Identity>,
+    recipient: Option<Recipient>,
 }
 
 impl Keyring {
-    /// A keyring from loaded keys; the first one is active.
+    /// A keyring from loaded master keys; the first one is active.
     ///
     /// # Errors
     /// `Config` if `keys` is empty.
     pub fn new(keys: Vec<MasterKey>) -> Result<Self> {
-        if keys.is_empty() {
+        Self::with(keys, Vec::new(), None)
+    }
+
+    /// A keyring from master keys, identities and a recipient.
+    ///
+    /// # Errors
+    /// `Config` if all are empty.
+    pub fn with(
+        keys: Vec<MasterKey>,
+        identities: Vec<Identity>,
+        recipient: Option<Recipient>,
+    ) -> Result<Self> {
+        if keys.is_empty() && identities.is_empty() && recipient.is_none() {
             return Err(no_key_error());
         }
-        Ok(Keyring { keys })
+        Ok(Keyring {
+            keys,
+            identities,
+            recipient,
+        })
     }
 
     /// Loads every key file in order; the first is active.
@@ -250,7 +312,8 @@ impl Keyring {
     }
 
     /// The keyring the configuration names: `--key-file`/`WALSEAL_KEY_FILE` (or `key_file`),
-    /// then every `[[keys]]` entry, in order; the first is active.
+    /// then every `[[keys]]` entry, in order; identities from `WALSEAL_IDENTITY_FILE` (or
+    /// `identity_file`); the recipient from `WALSEAL_RECIPIENT` (or `recipient`).
     ///
     /// # Errors
     /// As the key sources; `Config` if no key is configured.
@@ -262,32 +325,100 @@ impl Keyring {
         for spec in &cfg.keys {
             keys.push(crate::keysource::load(spec)?);
         }
-        let keyring = Self::new(keys)?;
+        let mut identities = Vec::new();
+        for p in &cfg.identity_files {
+            identities.push(crate::recipient::load_identity_file(p)?);
+        }
+        let recipient = cfg
+            .recipient
+            .as_deref()
+            .map(Recipient::parse)
+            .transpose()?;
+        let keyring = Self::with(keys, identities, recipient)?;
         crate::audit::remember(&keyring);
         Ok(keyring)
     }
 
-    /// The key that seals new objects.
-    pub fn active(&self) -> &MasterKey {
-        // `new` refuses an empty list.
-        &self.keys[0]
+    /// What new objects are sealed to.
+    pub fn active(&self) -> Sealer<'_> {
+        // `with` refuses a keyring with none of the three.
+        match (&self.recipient, self.keys.first(), self.identities.first()) {
+            (Some(r), _, _) => Sealer::Recipient(r),
+            (None, Some(k), _) => Sealer::Master(k),
+            (None, None, Some(i)) => Sealer::Recipient(i.recipient()),
+            (None, None, None) => unreachable!("Keyring::with refuses an empty keyring"),
+        }
     }
 
-    /// The key with this id, if held.
+    /// The first master key, if any (the audit log's MAC key derives from it).
+    pub fn first_master(&self) -> Option<&MasterKey> {
+        self.keys.first()
+    }
+
+    /// The master key with this id, if held.
     pub fn get(&self, id: &KeyId) -> Option<&MasterKey> {
         self.keys.iter().find(|k| k.id == *id)
     }
 
-    /// The ids held, for error messages.
-    pub fn ids(&self) -> Vec<KeyId> {
-        self.keys.iter().map(|k| k.id).collect()
+    /// The identity whose recipient has this id, if held.
+    pub fn identity(&self, id: &KeyId) -> Option<&Identity> {
+        self.identities.iter().find(|i| i.recipient().id() == *id)
     }
+
+    /// The sealer with this id: a master key, or the recipient of a held identity or the
+    /// configured recipient.
+    pub fn sealer(&self, id: &KeyId) -> Option<Sealer<'_>> {
+        if let Some(k) = self.get(id) {
+            return Some(Sealer::Master(k));
+        }
+        if let Some(i) = self.identity(id) {
+            return Some(Sealer::Recipient(i.recipient()));
+        }
+        self.recipient
+            .as_ref()
+            .filter(|r| r.id() == *id)
+            .map(Sealer::Recipient)
+    }
+
+    /// Whether this keyring can open anything (false on a push-only host).
+    pub fn can_open(&self) -> bool {
+        !self.keys.is_empty() || !self.identities.is_empty()
+    }
+
+    /// Fails with a clear error on a push-only host (recipient only).
+    ///
+    /// # Errors
+    /// `Key` if the keyring holds neither a master key nor an identity.
+    pub fn require_open(&self, what: &str) -> Result<()> {
+        if self.can_open() {
+            return Ok(());
+        }
+        Err(push_only_error(what))
+    }
+
+    /// The ids that can open objects, for error messages and reports.
+    pub fn ids(&self) -> Vec<KeyId> {
+        self.keys
+            .iter()
+            .map(|k| k.id)
+            .chain(self.identities.iter().map(|i| i.recipient().id()))
+            .collect()
+    }
+}
+
+/// The error for opening on a push-only host.
+pub fn push_only_error(what: &str) -> Error {
+    Error::new(
+        ErrorKind::Key,
+        format!("{what} needs an identity: this host holds only a recipient (push-only mode) and can seal but not open"),
+    )
+    .hint("run it on a host given the identity (WALSEAL_IDENTITY_FILE=FILE, made by `walseal keygen --recipient`) or a master key")
 }
 
 /// The error for "no key configured".
 pub fn no_key_error() -> Error {
     Error::new(ErrorKind::Config, "no key configured")
-        .hint("create one with `walseal keygen -o FILE` and set WALSEAL_KEY_FILE=FILE (or key_file in the config)")
+        .hint("create one with `walseal keygen -o FILE` and set WALSEAL_KEY_FILE=FILE (or key_file in the config); a push-only host sets WALSEAL_RECIPIENT instead")
 }
 
 /// Lower-case hex of `bytes`.

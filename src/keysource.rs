@@ -293,16 +293,14 @@ const EXPORT_NAME: &str = "walseal key export";
 ///
 /// # Errors
 /// `Usage` for a short passphrase; `Conflict` if `output` exists.
-pub fn export(key: &MasterKey, output: &Path) -> Result<()> {
+pub fn export(id: crate::keys::KeyId, file_text: &str, output: &Path) -> Result<()> {
     let passphrase = read_passphrase(true)?;
     let (salt, iterations) = new_salt_and_iterations(&passphrase)?;
     let wrap = pbkdf2(passphrase.as_bytes(), &salt, iterations);
-    let sealed = crate::seal::seal_to_vec(&wrap, EXPORT_NAME, key.to_file_text().as_bytes())
+    let sealed = crate::seal::seal_to_vec(&wrap, EXPORT_NAME, file_text.as_bytes())
         .map_err(|e| e.into_error(EXPORT_NAME))?;
     let text = format!(
-        "# walseal key export: key {} sealed under a passphrase. Import with `walseal key import`.\n{EXPORT_TAG}: 1\nid: {}\nsalt: {}\niterations: {iterations}\nsealed: {}\n",
-        key.id(),
-        key.id(),
+        "# walseal key export: key {id} sealed under a passphrase. Import with `walseal key import`.\n{EXPORT_TAG}: 1\nid: {id}\nsalt: {}\niterations: {iterations}\nsealed: {}\n",
         keys::hex_encode(&salt),
         keys::hex_encode(&sealed)
     );
@@ -346,7 +344,15 @@ pub fn import(input: &Path, output: &Path) -> Result<crate::keys::KeyId> {
             other => other.into_error(EXPORT_NAME),
         })?,
     );
-    let key = MasterKey::from_file_text(&String::from_utf8_lossy(&plain))
+    let plain = Zeroizing::new(String::from_utf8_lossy(&plain).into_owned());
+    // A master key file or an identity file (walseal keygen --recipient).
+    if plain.contains("walseal-identity:") {
+        let identity = crate::recipient::Identity::from_file_text(&plain)
+            .map_err(|why| config_error(format!("exported identity is invalid: {why}")))?;
+        write_new(output, identity.to_file_text().as_bytes())?;
+        return Ok(identity.recipient().id());
+    }
+    let key = MasterKey::from_file_text(&plain)
         .map_err(|why| config_error(format!("exported key is invalid: {why}")))?;
     write_new(output, key.to_file_text().as_bytes())?;
     Ok(key.id())

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod keysource;
+pub mod recipient;
 pub mod rekey;
 pub mod repository;
 pub mod restore;
@@ -49,6 +50,20 @@ pub fn run(cli: Cli) -> Result<()> {
             let entry = keysource::passphrase_keygen()?;
             print!("{entry}");
             eprintln!("walseal: add the entry above to the config file and set WALSEAL_PASSPHRASE where walseal runs");
+            return Ok(());
+        }
+        Command::Keygen {
+            output: Some(output),
+            recipient: true,
+            ..
+        } => {
+            let recipient = recipient::keygen(&output)?;
+            println!("{recipient}");
+            eprintln!(
+                "walseal: wrote identity {} to {} (mode 0600); give the database host only the recipient printed above (WALSEAL_RECIPIENT) and keep the identity file on restore hosts and in escrow",
+                recipient.id(),
+                output.display()
+            );
             return Ok(());
         }
         Command::Keygen { output, .. } => {

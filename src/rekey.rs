@@ -39,15 +39,21 @@ pub async fn rekey(
     to: Option<KeyId>,
     jobs: usize,
 ) -> Result<RekeyReport> {
+    keyring.require_open("rekey")?;
     let target = to.unwrap_or_else(|| keyring.active().id());
-    if keyring.get(&target).is_none() {
+    if target_sealer(&keyring, &target).is_none() {
         return Err(Error::new(
             ErrorKind::Key,
-            format!("key {target} is not in the keyring"),
+            format!("key {target} is not in the keyring (a master key, or the identity of a recipient)"),
         )
-        .hint("add it to WALSEAL_KEY_FILE or the config before rekeying to it"));
+        .hint("add it to WALSEAL_KEY_FILE (or WALSEAL_IDENTITY_FILE for a recipient: every rewrapped object is opened before it replaces the old one) before rekeying to it"));
     }
-    let objects = storage.list("").await?;
+    let objects: Vec<_> = storage
+        .list("")
+        .await?
+        .into_iter()
+        .filter(|(k, _)| k != crate::repository::PLAIN_IDENTITY_KEY)
+        .collect();
     let total = objects.len() as u64;
     let results: Vec<bool> = futures::stream::iter(objects.into_iter().map(|(k, _)| k))
         .map(|key| {
@@ -66,6 +72,19 @@ pub async fn rekey(
     })
 }
 
+/// The sealer for `id` that this keyring can also open with: a master key, or the recipient
+/// of a held identity.
+fn target_sealer<'k>(keyring: &'k Keyring, id: &KeyId) -> Option<crate::keys::Sealer<'k>> {
+    keyring
+        .get(id)
+        .map(crate::keys::Sealer::Master)
+        .or_else(|| {
+            keyring
+                .identity(id)
+                .map(|i| crate::keys::Sealer::Recipient(i.recipient()))
+        })
+}
+
 async fn rekey_one(
     storage: &Storage,
     keyring: Arc<Keyring>,
@@ -77,8 +96,7 @@ async fn rekey_one(
     };
     let k = key.clone();
     let new = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
-        let to = keyring
-            .get(&target)
+        let to = target_sealer(&keyring, &target)
             .ok_or_else(|| Error::new(ErrorKind::Internal, "target key vanished"))?;
         let Some(new) = seal::rewrap(&sealed, &keyring, to, &k).map_err(|e| e.into_error(&k))?
         else {

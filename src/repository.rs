@@ -3,6 +3,11 @@
 //! Written once, sealed like every other object, on the first push of a segment. Every later
 //! push compares the segment's system identifier and segment size with it, so two clusters
 //! pointed at one prefix by mistake cannot mix their WAL.
+//!
+//! A push-only host (recipient only) cannot open `walseal.id`, so a plain copy,
+//! `walseal.id.json`, is written next to it and used there instead. It guards against a
+//! misconfiguration, not an attacker (who could as well delete objects); `verify`, on a host
+//! that can open, reports a plain copy that disagrees with the sealed record.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +18,8 @@ use crate::storage::{PutOutcome, Storage};
 
 /// Object key of the identity record.
 pub const IDENTITY_KEY: &str = "walseal.id";
+/// Object key of its plain copy, for hosts that cannot open objects.
+pub const PLAIN_IDENTITY_KEY: &str = "walseal.id.json";
 
 /// The identity record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,21 +39,71 @@ pub struct Identity {
 /// # Errors
 /// Storage errors; `Integrity`/`Key` if the record does not open.
 pub async fn load(storage: &Storage, keyring: &Keyring) -> Result<Option<Identity>> {
+    load_sealed(storage, keyring)
+        .await?
+        .map_err(|e| e.into_error(IDENTITY_KEY))
+}
+
+/// The sealed record, or the [`seal::SealError`] that kept it from opening.
+async fn load_sealed(
+    storage: &Storage,
+    keyring: &Keyring,
+) -> Result<std::result::Result<Option<Identity>, seal::SealError>> {
     let Some(sealed) = storage.get_bytes(IDENTITY_KEY).await? else {
-        return Ok(None);
+        return Ok(Ok(None));
     };
-    let plain = seal::open_to_vec(keyring, IDENTITY_KEY, &sealed)
-        .map_err(|e| e.into_error(IDENTITY_KEY))?;
-    serde_json::from_slice(&plain).map(Some).map_err(|e| {
+    let plain = match seal::open_to_vec(keyring, IDENTITY_KEY, &sealed) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    parse(IDENTITY_KEY, &plain).map(|id| Ok(Some(id)))
+}
+
+fn parse(key: &str, bytes: &[u8]) -> Result<Identity> {
+    serde_json::from_slice(bytes).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
-            format!("{IDENTITY_KEY}: unreadable identity record: {e}"),
+            format!("{key}: unreadable identity record: {e}"),
         )
     })
 }
 
+fn encode(id: &Identity) -> Result<Vec<u8>> {
+    serde_json::to_vec(id)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode identity: {e}")))
+}
+
+/// Reads the plain copy, if there is one.
+///
+/// # Errors
+/// Storage errors; `Integrity` if it is not an identity record.
+pub async fn load_plain(storage: &Storage) -> Result<Option<Identity>> {
+    match storage.get_bytes(PLAIN_IDENTITY_KEY).await? {
+        None => Ok(None),
+        Some(bytes) => parse(PLAIN_IDENTITY_KEY, &bytes).map(Some),
+    }
+}
+
+/// Writes the plain copy unless one exists; returns the copy now stored. (`verify` adds it
+/// to repositories from before plain copies.)
+pub async fn ensure_plain(storage: &Storage, id: &Identity) -> Result<Identity> {
+    match storage
+        .put_new(PLAIN_IDENTITY_KEY, encode(id)?.into())
+        .await?
+    {
+        PutOutcome::Created => Ok(id.clone()),
+        PutOutcome::AlreadyExists => load_plain(storage).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("{PLAIN_IDENTITY_KEY} exists but cannot be read back"),
+            )
+        }),
+    }
+}
+
 /// Records `candidate` as the repository's identity if it has none; then checks that the
-/// repository's identity matches it.
+/// repository's identity matches it. A host that cannot open `walseal.id` (push-only) checks
+/// against the plain copy instead.
 ///
 /// # Errors
 /// `Conflict` if the repository belongs to another system or segment size.
@@ -55,25 +112,33 @@ pub async fn ensure(
     keyring: &Keyring,
     candidate: &Identity,
 ) -> Result<Identity> {
-    let current = match load(storage, keyring).await? {
-        Some(id) => id,
-        None => {
-            let json = serde_json::to_vec(candidate).map_err(|e| {
-                Error::new(ErrorKind::Internal, format!("cannot encode identity: {e}"))
-            })?;
-            let sealed = seal::seal_to_vec(keyring.active(), IDENTITY_KEY, &json)
+    let current = match load_sealed(storage, keyring).await? {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            let sealed = seal::seal_to_vec(keyring.active(), IDENTITY_KEY, &encode(candidate)?)
                 .map_err(|e| e.into_error(IDENTITY_KEY))?;
             match storage.put_new(IDENTITY_KEY, sealed.into()).await? {
-                PutOutcome::Created => candidate.clone(),
+                PutOutcome::Created => {
+                    ensure_plain(storage, candidate).await?;
+                    candidate.clone()
+                }
                 // Another process recorded it first: use theirs.
-                PutOutcome::AlreadyExists => load(storage, keyring).await?.ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::Storage,
-                        format!("{IDENTITY_KEY} exists but cannot be read back"),
-                    )
-                })?,
+                PutOutcome::AlreadyExists => match load_sealed(storage, keyring).await? {
+                    Ok(Some(id)) => id,
+                    Ok(None) => {
+                        return Err(Error::new(
+                            ErrorKind::Storage,
+                            format!("{IDENTITY_KEY} exists but cannot be read back"),
+                        ))
+                    }
+                    Err(seal::SealError::PushOnly) => ensure_plain(storage, candidate).await?,
+                    Err(e) => return Err(e.into_error(IDENTITY_KEY)),
+                },
             }
         }
+        // Push-only: the plain copy stands in for the sealed record.
+        Err(seal::SealError::PushOnly) => ensure_plain(storage, candidate).await?,
+        Err(e) => return Err(e.into_error(IDENTITY_KEY)),
     };
     if current.system_identifier != candidate.system_identifier {
         return Err(Error::new(

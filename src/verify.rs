@@ -89,8 +89,28 @@ pub async fn verify(
     quick: bool,
     jobs: usize,
 ) -> Result<Report> {
+    keyring.require_open("verify")?;
     let objects = storage.list_meta("").await?;
     let identity = repository::load(storage, &keyring).await?;
+    let mut plain_identity_problem = None;
+    if let Some(id) = &identity {
+        // The plain copy push-only hosts check against must say the same (and exist).
+        let plain = match repository::load_plain(storage).await {
+            Ok(Some(p)) => Some(p),
+            Ok(None) => Some(repository::ensure_plain(storage, id).await?),
+            Err(e) => {
+                plain_identity_problem = Some(e.to_string());
+                None
+            }
+        };
+        if plain.is_some_and(|p| p != *id) {
+            plain_identity_problem = Some(format!(
+                "{} disagrees with {}: push-only hosts check against a wrong identity",
+                repository::PLAIN_IDENTITY_KEY,
+                repository::IDENTITY_KEY
+            ));
+        }
+    }
     let seg_size = identity.as_ref().map_or(16 << 20, |i| i.wal_segment_size);
     let listing = catalog::list(storage, &keyring).await?;
     let mut report = Report {
@@ -114,6 +134,7 @@ pub async fn verify(
     let to_read: Vec<String> = objects
         .iter()
         .filter(|o| !o.key.starts_with("status/") || !quick)
+        .filter(|o| o.key != repository::PLAIN_IDENTITY_KEY)
         .filter(|o| !quick || o.key.ends_with(".history"))
         .map(|o| o.key.clone())
         .collect();
@@ -157,6 +178,13 @@ pub async fn verify(
                 reason: e.to_string(),
             }),
         }
+    }
+
+    if let Some(reason) = plain_identity_problem {
+        report.failed_objects.push(Problem {
+            object: repository::PLAIN_IDENTITY_KEY.into(),
+            reason,
+        });
     }
 
     // Backup records against their parts (and the repository's identity).

@@ -170,6 +170,7 @@ fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
 /// (non-empty destination), `Integrity` (parts or files that do not check out), and the usual.
 pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord> {
     let keyring = std::sync::Arc::new(Keyring::from_config(cfg)?);
+    keyring.require_open("restore")?;
     let storage = Storage::open(cfg, Create::No)?;
     let listing = catalog::list(&storage, &keyring).await?;
     if opts.backup != "latest" && !listing.backups.iter().any(|b| b.id == opts.backup) {

@@ -33,6 +33,9 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
             .hint("restore_command must be 'walseal wal-fetch %f %p'")
     })?;
     let keyring = Keyring::from_config(cfg)?;
+    // Before looking for the object: "not found" (exit 1) would end recovery as if the
+    // archive ended here.
+    keyring.require_open("wal-fetch")?;
     let storage = Storage::open(cfg, Create::No)?;
     let key = wal.object_key();
     let Some(object) = storage.get(&key).await? else {

@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use super::{Compression, SealError, MAX_NAME_LEN};
 use crate::keys::{KeyId, Keyring, MasterKey, KEY_ID_LEN};
+use crate::recipient::{Identity, Recipient};
 
 /// The first eight bytes of every sealed object.
 pub const MAGIC: [u8; 8] = *b"WALSEAL\x1a";
@@ -29,8 +30,13 @@ pub const CHUNK_SHIFT_RANGE: std::ops::RangeInclusive<u8> = 12..=24;
 pub const MAX_SLOTS: usize = 16;
 /// Body length of a master-key slot: salt, wrapped data key, tag.
 pub const MASTER_SLOT_BODY_LEN: usize = SALT_LEN + DEK_LEN + TAG_LEN;
+/// Body length of an X25519 slot: ephemeral public key, wrapped data key, tag.
+pub const X25519_SLOT_BODY_LEN: usize = 32 + DEK_LEN + TAG_LEN;
+/// Body length of a content-digest slot.
+pub const DIGEST_SLOT_BODY_LEN: usize = 32;
 
 const LABEL_WRAP: &[u8] = b"walseal/v1 wrap";
+const LABEL_X25519: &[u8] = b"walseal/v1 x25519";
 const LABEL_HEADER: &[u8] = b"walseal/v1 header";
 const LABEL_PAYLOAD: &[u8] = b"walseal/v1 payload";
 
@@ -39,6 +45,10 @@ const LABEL_PAYLOAD: &[u8] = b"walseal/v1 payload";
 pub enum SlotKind {
     /// The data key wrapped under a symmetric master key (HKDF + AES-256-GCM).
     Master = 1,
+    /// The data key wrapped for an X25519 recipient (ephemeral key agreement, HKDF, AES-256-GCM).
+    X25519 = 2,
+    /// Not a key: a keyed digest of the content, for hosts that cannot open (push-only).
+    ContentDigest = 3,
 }
 
 /// One key slot: which key can unwrap the data key, and the wrapped data key.
@@ -155,6 +165,81 @@ fn unwrap_master_slot(master: &MasterKey, slot: &Slot, name: &[u8]) -> Result<Da
     Ok(DataKey(dek))
 }
 
+/// The key that wraps a data key in an X25519 slot, from the shared secret.
+fn x25519_wrap_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32], name: &[u8]) -> LessSafeKey {
+    let mut salt = [0u8; 64];
+    salt[..32].copy_from_slice(ephemeral);
+    salt[32..].copy_from_slice(recipient);
+    LessSafeKey::new(derive(&salt, shared, &[LABEL_X25519, name], &AES_256_GCM))
+}
+
+/// Builds an X25519 slot wrapping `dek` for `recipient`; `ephemeral_secret` is fresh random.
+///
+/// # Errors
+/// `Malformed` if the recipient is a low-order point (no shared secret).
+pub(crate) fn x25519_slot(
+    recipient: &Recipient,
+    ephemeral_secret: &[u8; 32],
+    dek: &DataKey,
+    name: &[u8],
+) -> Result<Slot, SealError> {
+    let ephemeral = Identity::from_bytes(Zeroizing::new(*ephemeral_secret));
+    let shared = ephemeral
+        .agree(recipient.bytes())
+        .ok_or(SealError::Malformed("the recipient is not a usable X25519 public key"))?;
+    let epk = *ephemeral.recipient().bytes();
+    let mut wrapped = Zeroizing::new(dek.0.to_vec());
+    let aad = slot_aad(SlotKind::X25519 as u8, &recipient.id());
+    x25519_wrap_key(&shared, &epk, recipient.bytes(), name)
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(aad),
+            &mut *wrapped,
+        )
+        .expect("AES-256-GCM seals 32 bytes");
+    let mut body = Vec::with_capacity(X25519_SLOT_BODY_LEN);
+    body.extend_from_slice(&epk);
+    body.extend_from_slice(&wrapped);
+    Ok(Slot {
+        kind: SlotKind::X25519 as u8,
+        key_id: recipient.id(),
+        body,
+    })
+}
+
+fn unwrap_x25519_slot(identity: &Identity, slot: &Slot, name: &[u8]) -> Result<DataKey, SealError> {
+    if slot.body.len() != X25519_SLOT_BODY_LEN {
+        return Err(SealError::Malformed("X25519 slot has the wrong length"));
+    }
+    let (epk, wrapped) = slot.body.split_at(32);
+    let mut ephemeral = [0u8; 32];
+    ephemeral.copy_from_slice(epk);
+    let shared = identity
+        .agree(&ephemeral)
+        .ok_or(SealError::SlotAuth(slot.key_id))?;
+    let mut buf = Zeroizing::new(wrapped.to_vec());
+    let aad = slot_aad(slot.kind, &slot.key_id);
+    let plain = x25519_wrap_key(&shared, &ephemeral, identity.recipient().bytes(), name)
+        .open_in_place(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(aad),
+            &mut buf,
+        )
+        .map_err(|_| SealError::SlotAuth(slot.key_id))?;
+    let mut dek = Zeroizing::new([0u8; DEK_LEN]);
+    dek.copy_from_slice(plain);
+    Ok(DataKey(dek))
+}
+
+/// A content-digest slot for `recipient` (see [`Recipient::content_digest`]).
+pub(crate) fn digest_slot(recipient: &Recipient, digest: &[u8; 32]) -> Slot {
+    Slot {
+        kind: SlotKind::ContentDigest as u8,
+        key_id: recipient.id(),
+        body: digest.to_vec(),
+    }
+}
+
 impl Header {
     /// A new header for `slots`, MACed under `dek` together with `name`.
     pub(crate) fn new(
@@ -164,7 +249,7 @@ impl Header {
         dek: &DataKey,
         name: &[u8],
     ) -> Self {
-        let mut raw = Vec::with_capacity(FIXED_LEN + slots.len() * (19 + MASTER_SLOT_BODY_LEN));
+        let mut raw = Vec::with_capacity(FIXED_LEN + slots.len() * (19 + X25519_SLOT_BODY_LEN));
         raw.extend_from_slice(&MAGIC);
         raw.push(VERSION);
         raw.push(compression as u8);
@@ -210,9 +295,30 @@ impl Header {
         false
     }
 
-    /// The key ids named by the header's slots, in order.
+    /// The key ids named by the header's key slots (not digest slots), in order.
     pub fn key_ids(&self) -> Vec<KeyId> {
-        self.slots.iter().map(|s| s.key_id).collect()
+        self.slots
+            .iter()
+            .filter(|s| s.kind != SlotKind::ContentDigest as u8)
+            .map(|s| s.key_id)
+            .collect()
+    }
+
+    /// The content digest recorded for the recipient `id`, if the header has one. Not
+    /// authenticated unless the header is unlocked.
+    pub fn content_digest(&self, id: &KeyId) -> Option<[u8; 32]> {
+        self.slots
+            .iter()
+            .find(|s| {
+                s.kind == SlotKind::ContentDigest as u8
+                    && s.key_id == *id
+                    && s.body.len() == DIGEST_SLOT_BODY_LEN
+            })
+            .map(|s| {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&s.body);
+                d
+            })
     }
 
     /// Reads and parses a header (without authenticating it; see [`Header::unlock`]).
@@ -281,21 +387,40 @@ impl Header {
         if name.len() > MAX_NAME_LEN {
             return Err(SealError::NameTooLong);
         }
-        let found = self
-            .slots
-            .iter()
-            .filter(|s| s.kind == SlotKind::Master as u8)
-            .find_map(|s| keyring.get(&s.key_id).map(|k| (s, k)));
-        let Some((slot, master)) = found else {
+        let mut dek = None;
+        for slot in &self.slots {
+            if slot.kind == SlotKind::Master as u8 {
+                if let Some(master) = keyring.get(&slot.key_id) {
+                    dek = Some(unwrap_master_slot(master, slot, name)?);
+                    break;
+                }
+            } else if slot.kind == SlotKind::X25519 as u8 {
+                if let Some(identity) = keyring.identity(&slot.key_id) {
+                    dek = Some(unwrap_x25519_slot(identity, slot, name)?);
+                    break;
+                }
+            }
+        }
+        let Some(dek) = dek else {
+            if !keyring.can_open() {
+                return Err(SealError::PushOnly);
+            }
             let ids: Vec<String> = self.key_ids().iter().map(ToString::to_string).collect();
             return Err(SealError::UnknownKey(ids.join(", ")));
         };
-        let dek = unwrap_master_slot(master, slot, name)?;
+        self.verify_mac(&dek, name)?;
+        Ok(dek)
+    }
+
+    /// Verifies the header MAC under `dek`.
+    ///
+    /// # Errors
+    /// `HeaderAuth`.
+    pub(crate) fn verify_mac(&self, dek: &DataKey, name: &[u8]) -> Result<(), SealError> {
         let mut input = Vec::with_capacity(self.raw.len() + name.len());
         input.extend_from_slice(&self.raw);
         input.extend_from_slice(name);
-        hmac::verify(&dek.mac_key(), &input, &self.mac).map_err(|_| SealError::HeaderAuth)?;
-        Ok(dek)
+        hmac::verify(&dek.mac_key(), &input, &self.mac).map_err(|_| SealError::HeaderAuth)
     }
 }
 

@@ -13,7 +13,7 @@ mod header;
 mod stream;
 
 pub use header::{Header, SlotKind, MAGIC, VERSION};
-pub use stream::{open, seal, OpenReader, SealOptions, SealWriter};
+pub use stream::{open, open_with_key, seal, OpenReader, SealOptions, SealWriter, SealedKey};
 
 use crate::keys::KeyId;
 
@@ -42,6 +42,9 @@ pub enum SealError {
     /// No slot is for a key we hold.
     #[error("sealed under key id {0}, which is not in the configured keyring")]
     UnknownKey(String),
+    /// The keyring holds only a recipient: it can seal but not open.
+    #[error("this host holds only a recipient (push-only mode) and cannot open objects")]
+    PushOnly,
     /// A slot for a key we hold did not authenticate.
     #[error("the key slot for key id {0} does not authenticate: the object was modified or copied from another name")]
     SlotAuth(KeyId),
@@ -103,8 +106,8 @@ mod tests;
 ///
 /// # Errors
 /// As [`seal`].
-pub fn seal_to_vec(
-    key: &crate::keys::MasterKey,
+pub fn seal_to_vec<'k>(
+    key: impl Into<crate::keys::Sealer<'k>>,
     name: &str,
     data: &[u8],
 ) -> Result<Vec<u8>, SealError> {
@@ -174,8 +177,9 @@ pub fn payload_digest(sealed: &[u8]) -> Result<String, SealError> {
 }
 
 /// Rewraps a sealed object's data key under `to` (key rotation): returns the object with a new
-/// header holding a single master-key slot for `to` and the payload bytes unchanged, or `None`
-/// if the object is already sealed under `to` alone. The payload is not re-encrypted: it is
+/// header holding a single slot for `to` (a master-key or an X25519 slot; a content-digest
+/// slot is kept only if it is for `to`) and the payload bytes unchanged, or `None` if the object is already
+/// sealed under `to` alone. The payload is not re-encrypted: it is
 /// bound to the data key, which does not change (`docs/FORMAT.md` §4).
 ///
 /// # Errors
@@ -183,7 +187,7 @@ pub fn payload_digest(sealed: &[u8]) -> Result<String, SealError> {
 pub fn rewrap(
     sealed: &[u8],
     keyring: &crate::keys::Keyring,
-    to: &crate::keys::MasterKey,
+    to: crate::keys::Sealer<'_>,
     name: &str,
 ) -> Result<Option<Vec<u8>>, SealError> {
     let mut cursor = sealed;
@@ -195,11 +199,22 @@ pub fn rewrap(
     let mut salt = [0u8; header::SALT_LEN];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
         .map_err(|_| SealError::Io(std::io::Error::other("the system random generator failed")))?;
-    let slot = header::master_slot(to, &salt, &dek, name.as_bytes());
+    let slot = match to {
+        crate::keys::Sealer::Master(key) => header::master_slot(key, &salt, &dek, name.as_bytes()),
+        crate::keys::Sealer::Recipient(r) => header::x25519_slot(r, &salt, &dek, name.as_bytes())?,
+    };
+    let mut slots = vec![slot];
+    slots.extend(
+        header
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::ContentDigest as u8 && s.key_id == to.id())
+            .cloned(),
+    );
     let new = Header::new(
         header.compression,
         header.chunk_shift,
-        vec![slot],
+        slots,
         &dek,
         name.as_bytes(),
     );
@@ -226,6 +241,7 @@ impl SealError {
                 _ => crate::error::local_io(object, &e),
             },
             SealError::NameTooLong => Error::new(ErrorKind::Usage, format!("{object}: {self}")),
+            SealError::PushOnly => crate::keys::push_only_error(&format!("opening {object}")),
             other => Error::new(ErrorKind::Integrity, format!("{object}: {other}"))
                 .hint("the archived copy is damaged or was tampered with; do not use it: restore it from another copy of the repository"),
         }

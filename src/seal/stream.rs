@@ -9,9 +9,11 @@ use ring::aead::{Aad, LessSafeKey, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use super::header::{master_slot, DataKey, Header, DEK_LEN, SALT_LEN, TAG_LEN};
+use super::header::{
+    digest_slot, master_slot, x25519_slot, DataKey, Header, DEK_LEN, SALT_LEN, TAG_LEN,
+};
 use super::{seal_error_from_io, Compression, SealError, MAX_NAME_LEN};
-use crate::keys::{Keyring, MasterKey};
+use crate::keys::{Keyring, Sealer};
 
 /// How to seal: compression and chunk size.
 #[derive(Debug, Clone)]
@@ -20,7 +22,12 @@ pub struct SealOptions {
     pub compression: Compression,
     /// Payload chunk size is `1 << chunk_shift` (12..=24).
     pub chunk_shift: u8,
-    /// Fixed data key and salt instead of random ones: for test vectors only.
+    /// For a recipient: the content digest to record in a digest slot (kind 0x03), from
+    /// [`crate::recipient::Recipient::content_digest`] over the content. Ignored for master
+    /// keys.
+    pub content_digest: Option<[u8; 32]>,
+    /// Fixed data key and salt (the ephemeral secret for a recipient) instead of random
+    /// ones: for test vectors only.
     #[doc(hidden)]
     pub fixed_secrets: Option<([u8; DEK_LEN], [u8; SALT_LEN])>,
 }
@@ -30,6 +37,7 @@ impl Default for SealOptions {
         SealOptions {
             compression: Compression::Lz4,
             chunk_shift: 16,
+            content_digest: None,
             fixed_secrets: None,
         }
     }
@@ -102,15 +110,17 @@ enum Sink<W: Write> {
 /// Dropping it without `finish` leaves an object with no final chunk, which never opens.
 pub struct SealWriter<W: Write> {
     sink: Sink<W>,
+    dek: DataKey,
 }
 
-/// Starts sealing an object called `name` under `key`, writing the header to `out` at once.
+/// Starts sealing an object called `name` to `to` (a master key or a recipient), writing the
+/// header to `out` at once.
 ///
 /// # Errors
-/// `NameTooLong`, `Malformed` (bad chunk size) or `Io` from `out`.
-pub fn seal<W: Write>(
+/// `NameTooLong`, `Malformed` (bad chunk size, unusable recipient) or `Io` from `out`.
+pub fn seal<'k, W: Write>(
     mut out: W,
-    key: &MasterKey,
+    to: impl Into<Sealer<'k>>,
     name: &str,
     opts: &SealOptions,
 ) -> Result<SealWriter<W>, SealError> {
@@ -134,11 +144,20 @@ pub fn seal<W: Write>(
             (DataKey(dek), salt)
         }
     };
-    let slot = master_slot(key, &salt, &dek, name.as_bytes());
+    let slots = match to.into() {
+        Sealer::Master(key) => vec![master_slot(key, &salt, &dek, name.as_bytes())],
+        Sealer::Recipient(r) => {
+            let mut slots = vec![x25519_slot(r, &salt, &dek, name.as_bytes())?];
+            if let Some(digest) = &opts.content_digest {
+                slots.push(digest_slot(r, digest));
+            }
+            slots
+        }
+    };
     let header = Header::new(
         opts.compression,
         opts.chunk_shift,
-        vec![slot],
+        slots,
         &dek,
         name.as_bytes(),
     );
@@ -161,7 +180,7 @@ pub fn seal<W: Write>(
             Sink::Lz4(Box::new(FrameEncoder::with_frame_info(info, sealer)))
         }
     };
-    Ok(SealWriter { sink })
+    Ok(SealWriter { sink, dek })
 }
 
 impl<W: Write> SealWriter<W> {
@@ -170,10 +189,20 @@ impl<W: Write> SealWriter<W> {
     /// # Errors
     /// I/O errors from the underlying writer.
     pub fn finish(self) -> io::Result<W> {
-        match self.sink {
-            Sink::Plain(s) => (*s).finish(),
-            Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish(),
-        }
+        self.finish_with_key().map(|(w, _)| w)
+    }
+
+    /// As [`SealWriter::finish`], also returning the object's data key for
+    /// [`open_with_key`].
+    ///
+    /// # Errors
+    /// I/O errors from the underlying writer.
+    pub fn finish_with_key(self) -> io::Result<(W, SealedKey)> {
+        let out = match self.sink {
+            Sink::Plain(s) => (*s).finish()?,
+            Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish()?,
+        };
+        Ok((out, SealedKey(self.dek)))
     }
 }
 
@@ -322,6 +351,36 @@ pub fn open<R: Read>(
 ) -> Result<OpenReader<R>, SealError> {
     let header = Header::read(&mut src)?;
     let dek = header.unlock(keyring, name.as_bytes())?;
+    Ok(open_payload(src, header, &dek, name))
+}
+
+/// The data key of an object this process just sealed ([`SealWriter::finish_with_key`]): lets
+/// the sealer check its own output on a host that cannot open objects (push-only). Never
+/// leaves the process; `Debug` shows nothing.
+pub struct SealedKey(DataKey);
+
+impl std::fmt::Debug for SealedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealedKey(..)")
+    }
+}
+
+/// Opens an object this process sealed, with the data key kept from sealing: checks the
+/// header MAC and every chunk (not the key slots).
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with_key<R: Read>(
+    mut src: R,
+    key: &SealedKey,
+    name: &str,
+) -> Result<OpenReader<R>, SealError> {
+    let header = Header::read(&mut src)?;
+    header.verify_mac(&key.0, name.as_bytes())?;
+    Ok(open_payload(src, header, &key.0, name))
+}
+
+fn open_payload<R: Read>(src: R, header: Header, dek: &DataKey, name: &str) -> OpenReader<R> {
     let chunk = header.chunk_size();
     let opener = ChunkOpener {
         src,
@@ -340,5 +399,5 @@ pub fn open<R: Read>(
         Compression::None => Source::Plain(Box::new(opener)),
         Compression::Lz4 => Source::Lz4(Box::new(FrameDecoder::new(opener))),
     };
-    Ok(OpenReader { source, header })
+    OpenReader { source, header }
 }

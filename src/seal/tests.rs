@@ -7,14 +7,19 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::keys::{hex_decode_into, hex_encode, Keyring, MasterKey};
+use crate::keys::{hex_decode_into, hex_encode, Keyring, MasterKey, Sealer};
+use crate::recipient::Identity;
 
 fn key(byte: u8) -> MasterKey {
     MasterKey::from_bytes(Zeroizing::new([byte; 32]))
 }
 
 fn seal_bytes(k: &MasterKey, name: &str, data: &[u8], opts: &SealOptions) -> Vec<u8> {
-    let mut w = seal(Vec::new(), k, name, opts).unwrap();
+    seal_to(Sealer::Master(k), name, data, opts)
+}
+
+fn seal_to(to: Sealer<'_>, name: &str, data: &[u8], opts: &SealOptions) -> Vec<u8> {
+    let mut w = seal(Vec::new(), to, name, opts).unwrap();
     w.write_all(data).unwrap();
     w.finish().unwrap()
 }
@@ -39,7 +44,7 @@ fn round_trip_sizes_and_modes() {
             let opts = SealOptions {
                 compression,
                 chunk_shift: 12,
-                fixed_secrets: None,
+                ..SealOptions::default()
             };
             let data = sample(len);
             let sealed = seal_bytes(&k, "obj", &data, &opts);
@@ -59,7 +64,7 @@ fn any_flipped_truncated_or_appended_byte_is_rejected() {
         let opts = SealOptions {
             compression,
             chunk_shift: 12,
-            fixed_secrets: None,
+            ..SealOptions::default()
         };
         let sealed = seal_bytes(&key(1), "n", &sample(9000), &opts);
         for i in 0..sealed.len() {
@@ -129,6 +134,7 @@ fn error_name(e: &SealError) -> &'static str {
         SealError::Truncated => "truncated",
         SealError::Decompress(_) => "decompress",
         SealError::NameTooLong => "name too long",
+        SealError::PushOnly => "push-only",
         SealError::Io(_) => "io",
     }
 }
@@ -137,6 +143,12 @@ fn unhex(s: &str) -> Vec<u8> {
     let mut v = vec![0u8; s.len() / 2];
     hex_decode_into(s, &mut v).expect("vector hex");
     v
+}
+
+fn identity_from_hex(s: &str) -> Identity {
+    let mut k = Zeroizing::new([0u8; 32]);
+    hex_decode_into(s, k.as_mut()).expect("vector identity");
+    Identity::from_bytes(k)
 }
 
 fn master_from_hex(s: &str) -> MasterKey {
@@ -166,11 +178,32 @@ fn test_vectors_reproduce_and_open() {
     for path in entries {
         let v = parse_vector(&std::fs::read_to_string(&path).unwrap());
         let file = path.display();
-        let master = master_from_hex(&v["master_key"]);
-        let open_key = v
-            .get("open_key")
-            .map_or_else(|| master_from_hex(&v["master_key"]), |h| master_from_hex(h));
-        let ring = Keyring::new(vec![open_key]).unwrap();
+        // Sealed under `master_key`, or to the recipient of `identity` (docs/FORMAT.md §7).
+        let identity = v.get("identity").map(|h| identity_from_hex(h));
+        let master = v.get("master_key").map(|h| master_from_hex(h));
+        let ring = match (&identity, v.get("open_with").map(String::as_str)) {
+            (Some(_), Some("recipient")) => Keyring::with(
+                vec![],
+                vec![],
+                Some(*identity.as_ref().unwrap().recipient()),
+            )
+            .unwrap(),
+            (Some(_), Some(other)) => {
+                Keyring::with(vec![], vec![identity_from_hex(other)], None).unwrap()
+            }
+            (Some(id), None) => {
+                Keyring::with(vec![], vec![identity_from_hex(&v["identity"])], None)
+                    .map(|k| {
+                        assert_eq!(k.active().id(), id.recipient().id());
+                        k
+                    })
+                    .unwrap()
+            }
+            (None, _) => Keyring::new(vec![v
+                .get("open_key")
+                .map_or_else(|| master_from_hex(&v["master_key"]), |h| master_from_hex(h))])
+            .unwrap(),
+        };
         let name = &v["name"];
         let open_name = v.get("open_name").unwrap_or(name);
         let sealed = unhex(&v["sealed"]);
@@ -190,10 +223,25 @@ fn test_vectors_reproduce_and_open() {
                         Compression::None
                     },
                     chunk_shift: v["chunk_shift"].parse().unwrap(),
+                    content_digest: v.get("content_digest").map(|h| {
+                        let mut d = [0u8; 32];
+                        d.copy_from_slice(&unhex(h));
+                        d
+                    }),
                     fixed_secrets: Some((dek, salt)),
                 };
+                let to: Sealer<'_> = match (&identity, &master) {
+                    (Some(i), _) => Sealer::Recipient(i.recipient()),
+                    (None, Some(m)) => Sealer::Master(m),
+                    (None, None) => panic!("{file}: neither master_key nor identity"),
+                };
+                if let (Some(i), Some(d)) = (&identity, v.get("content_digest")) {
+                    let mut cd = i.recipient().content_digest();
+                    cd.update(&plaintext);
+                    assert_eq!(hex_encode(&cd.finish()), *d, "{file}: content digest");
+                }
                 assert_eq!(
-                    hex_encode(&seal_bytes(&master, name, &plaintext, &opts)),
+                    hex_encode(&seal_to(to, name, &plaintext, &opts)),
                     v["sealed"],
                     "{file}: sealing does not reproduce"
                 );
@@ -246,6 +294,7 @@ fn write_test_vectors() {
     let opts = |c: Compression, shift: u8| SealOptions {
         compression: c,
         chunk_shift: shift,
+        content_digest: None,
         fixed_secrets: Some((dek, salt)),
     };
     let hello = b"hello, walseal".to_vec();
@@ -439,4 +488,174 @@ fn write_test_vectors() {
         &s_hello,
         "unknown key",
     );
+}
+
+// ---- public-key mode (slot kinds 0x02 and 0x03) ------------------------------------------
+
+fn identity(byte: u8) -> Identity {
+    Identity::from_bytes(Zeroizing::new([byte; 32]))
+}
+
+#[test]
+fn recipient_sealed_objects_open_only_with_the_identity() {
+    let alice = identity(0x31);
+    let name = "wal/00000001/000000010000000000000003";
+    let data = sample(200_000);
+    let mut cd = alice.recipient().content_digest();
+    cd.update(&data);
+    let digest = cd.finish();
+    let opts = SealOptions {
+        content_digest: Some(digest),
+        ..SealOptions::default()
+    };
+    let sealed = seal_to(Sealer::Recipient(alice.recipient()), name, &data, &opts);
+    let header = Header::read(&mut &sealed[..]).unwrap();
+    assert_eq!(header.key_ids(), vec![alice.recipient().id()]);
+    assert_eq!(header.content_digest(&alice.recipient().id()), Some(digest));
+
+    let restore_host = Keyring::with(vec![], vec![identity(0x31)], None).unwrap();
+    assert_eq!(open_bytes(&restore_host, name, &sealed).unwrap(), data);
+    // The push-only host: seals, cannot open, and the error says so.
+    let push_only = Keyring::with(vec![], vec![], Some(*alice.recipient())).unwrap();
+    assert!(!push_only.can_open());
+    assert!(matches!(
+        open_bytes(&push_only, name, &sealed),
+        Err(SealError::PushOnly)
+    ));
+    let msg = SealError::PushOnly.into_error(name).to_string();
+    assert!(msg.contains("needs an identity"), "{msg}");
+    // Another identity, or a master key: unknown key.
+    let other = Keyring::with(vec![key(1)], vec![identity(0x32)], None).unwrap();
+    assert!(matches!(
+        open_bytes(&other, name, &sealed),
+        Err(SealError::UnknownKey(_))
+    ));
+    // Renamed: the slot's wrap key binds the name.
+    assert!(matches!(
+        open_bytes(&restore_host, "wal/00000001/000000010000000000000004", &sealed),
+        Err(SealError::SlotAuth(_))
+    ));
+    // Sealing is randomized (fresh ephemeral key and data key).
+    assert_ne!(
+        sealed,
+        seal_to(Sealer::Recipient(alice.recipient()), name, &data, &opts)
+    );
+}
+
+#[test]
+fn every_recipient_slot_and_digest_byte_is_authenticated() {
+    let alice = identity(0x41);
+    let ring = Keyring::with(vec![], vec![identity(0x41)], None).unwrap();
+    let opts = SealOptions {
+        content_digest: Some([7u8; 32]),
+        ..SealOptions::default()
+    };
+    let sealed = seal_to(Sealer::Recipient(alice.recipient()), "n", b"data", &opts);
+    let header_len = Header::read(&mut &sealed[..]).unwrap().len();
+    for i in 0..header_len {
+        let mut bad = sealed.clone();
+        bad[i] ^= 0x01;
+        assert!(open_bytes(&ring, "n", &bad).is_err(), "header byte {i}");
+    }
+}
+
+#[test]
+fn sealed_key_opens_what_this_process_sealed() {
+    let alice = identity(0x51);
+    let mut w = seal(Vec::new(), alice.recipient(), "n", &SealOptions::default()).unwrap();
+    w.write_all(b"payload").unwrap();
+    let (sealed, k) = w.finish_with_key().unwrap();
+    let mut out = Vec::new();
+    open_with_key(&sealed[..], &k, "n")
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    assert_eq!(out, b"payload");
+    assert!(open_with_key(&sealed[..], &k, "m").is_err());
+    assert_eq!(format!("{k:?}"), "SealedKey(..)");
+}
+
+#[test]
+fn rewrap_moves_between_master_keys_and_recipients() {
+    let alice = identity(0x61);
+    let both = Keyring::with(vec![key(1)], vec![identity(0x61)], None).unwrap();
+    let name = "backups/x/base.tar.00000";
+    let data = sample(70_000);
+    let sealed = seal_bytes(&key(1), name, &data, &SealOptions::default());
+    let to_recipient = rewrap(&sealed, &both, Sealer::Recipient(alice.recipient()), name)
+        .unwrap()
+        .unwrap();
+    assert_eq!(payload_digest(&to_recipient).unwrap(), payload_digest(&sealed).unwrap());
+    let only_identity = Keyring::with(vec![], vec![identity(0x61)], None).unwrap();
+    assert_eq!(open_bytes(&only_identity, name, &to_recipient).unwrap(), data);
+    assert!(rewrap(&to_recipient, &both, Sealer::Recipient(alice.recipient()), name)
+        .unwrap()
+        .is_none());
+    let k1 = key(1);
+    let back = rewrap(&to_recipient, &both, Sealer::Master(&k1), name)
+        .unwrap()
+        .unwrap();
+    assert_eq!(open_bytes(&Keyring::new(vec![key(1)]).unwrap(), name, &back).unwrap(), data);
+}
+
+/// Writes the public-key vectors (`x25519_*`) into `testdata/vectors/`, leaving the others
+/// untouched (run with `cargo test -- --ignored write_recipient_test_vectors`).
+#[test]
+#[ignore]
+fn write_recipient_test_vectors() {
+    let dir = vectors_dir();
+    let secret: [u8; 32] = std::array::from_fn(|i| 0x70 ^ i as u8);
+    let other: [u8; 32] = std::array::from_fn(|i| 0x90 ^ i as u8);
+    let id = Identity::from_bytes(Zeroizing::new(secret));
+    let dek: [u8; 32] = std::array::from_fn(|i| 0xd0 ^ i as u8);
+    let eph: [u8; 32] = std::array::from_fn(|i| 0xe0 ^ i as u8);
+    let name = "wal/00000001/000000010000000000000003";
+    let wal = sample(20_000);
+    let hello = b"hello, walseal".to_vec();
+    let mut cd = id.recipient().content_digest();
+    cd.update(&wal);
+    let digest = cd.finish();
+    let with_digest = SealOptions {
+        compression: Compression::Lz4,
+        chunk_shift: 16,
+        content_digest: Some(digest),
+        fixed_secrets: Some((dek, eph)),
+    };
+    let plain = SealOptions {
+        compression: Compression::None,
+        chunk_shift: 12,
+        content_digest: None,
+        fixed_secrets: Some((dek, eph)),
+    };
+    let s_wal = seal_to(Sealer::Recipient(id.recipient()), name, &wal, &with_digest);
+    let s_hello = seal_to(Sealer::Recipient(id.recipient()), name, &hello, &plain);
+    let header_len = Header::read(&mut &s_wal[..]).unwrap().len();
+    let write = |file: &str, desc: &str, extra: &[(&str, String)], opts: &SealOptions, plain: &[u8], sealed: &[u8], expect: &str| {
+        let mut t = format!("# walseal sealed-object test vector, see docs/FORMAT.md section 7\ndescription: {desc}\nidentity: {}\nrecipient: {}\n", hex_encode(&secret), id.recipient());
+        t += &format!(
+            "name: {name}\ndata_key: {}\nsalt: {}\ncompression: {}\nchunk_shift: {}\n",
+            hex_encode(&dek),
+            hex_encode(&eph),
+            if opts.compression == Compression::Lz4 { "lz4" } else { "none" },
+            opts.chunk_shift
+        );
+        if let Some(d) = opts.content_digest {
+            t += &format!("content_digest: {}\n", hex_encode(&d));
+        }
+        for (k, v) in extra {
+            t += &format!("{k}: {v}\n");
+        }
+        t += &format!("plaintext: {}\nexpect: {expect}\nsealed: {}\n", hex_encode(plain), hex_encode(sealed));
+        std::fs::write(dir.join(file), t).unwrap();
+    };
+    write("x25519_ok_lz4_digest", "X25519 recipient slot plus content-digest slot, lz4", &[], &with_digest, &wal, &s_wal, "ok");
+    write("x25519_ok_small_none", "X25519 recipient slot only, no compression", &[], &plain, &hello, &s_hello, "ok");
+    write("x25519_bad_push_only", "the reader holds only the recipient (push-only host)", &[("open_with", "recipient".into())], &plain, &hello, &s_hello, "push-only");
+    write("x25519_bad_other_identity", "the reader holds another identity", &[("open_with", hex_encode(&other))], &plain, &hello, &s_hello, "unknown key");
+    let mut flipped = s_hello.clone();
+    flipped[12 + 19] ^= 0x01; // first byte of the ephemeral public key
+    write("x25519_bad_ephemeral_flipped", "one bit of the ephemeral public key flipped", &[], &plain, &hello, &flipped, "slot authentication");
+    let mut flipped = s_wal.clone();
+    flipped[header_len - 32 - 1] ^= 0x01; // last byte of the content digest
+    write("x25519_bad_digest_flipped", "one bit of the content digest flipped", &[], &with_digest, &wal, &flipped, "header authentication");
 }

@@ -1,0 +1,354 @@
+//! Public-key mode: X25519 identities and recipients (`docs/FORMAT.md` §2, §4).
+//!
+//! An *identity* is an X25519 secret; its *recipient* is the public key. A host configured with
+//! only the recipient can seal objects (each gets an ephemeral key agreement) but open none, so
+//! a stolen database host exposes no past backups. The identity stays on restore hosts.
+//!
+//! The recipient is written `wsr1` + 64 hex digits (the public key) + 8 hex digits (the first
+//! four bytes of its recipient id, a checksum that catches a mistyped or truncated recipient).
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use ring::digest;
+use ring::rand::{SecureRandom, SystemRandom};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::error::{local_io, Error, ErrorKind, Result};
+use crate::keys::{hex_decode_into, hex_encode, KeyId, KEY_ID_LEN};
+
+const RECIPIENT_ID_LABEL: &[u8] = b"walseal/v1 recipient id";
+const DIGEST_LABEL: &[u8] = b"walseal/v1 content digest";
+const PREFIX: &str = "wsr1";
+const FILE_TAG: &str = "walseal-identity";
+
+/// An X25519 public key that objects can be sealed to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Recipient {
+    public: [u8; 32],
+    id: KeyId,
+}
+
+impl Recipient {
+    /// The recipient for raw public key bytes.
+    pub fn from_bytes(public: [u8; 32]) -> Self {
+        let d = digest::digest(
+            &digest::SHA256,
+            &[RECIPIENT_ID_LABEL, &public[..]].concat(),
+        );
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&d.as_ref()[..KEY_ID_LEN]);
+        Recipient {
+            public,
+            id: KeyId(id),
+        }
+    }
+
+    /// The public key bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.public
+    }
+
+    /// The recipient id: `SHA-256("walseal/v1 recipient id" ‖ public)[..16]`.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// Parses the `wsr1…` text form.
+    ///
+    /// # Errors
+    /// `Config` naming what is wrong (never echoing more than the prefix).
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::new(ErrorKind::Config, format!("the recipient is invalid: {why}"))
+                .hint("copy the whole `wsr1…` line that `walseal keygen --recipient` printed (also in the identity file's `recipient:` line)")
+        };
+        let text = text.trim();
+        let hex = text
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| bad("it does not start with `wsr1`"))?;
+        if hex.len() != 72 {
+            return Err(bad(&format!(
+                "it has {} characters instead of 76",
+                text.len()
+            )));
+        }
+        let mut public = [0u8; 32];
+        let mut check = [0u8; 4];
+        hex_decode_into(&hex[..64], &mut public)
+            .and_then(|()| hex_decode_into(&hex[64..], &mut check))
+            .ok_or_else(|| bad("it is not hex after `wsr1`"))?;
+        let r = Recipient::from_bytes(public);
+        if r.id.0[..4] != check {
+            return Err(bad("its checksum does not match (a character was changed)"));
+        }
+        Ok(r)
+    }
+
+    /// The key of the content digest (`docs/FORMAT.md` §4, kind 0x03).
+    pub(crate) fn digest_key(&self) -> ring::hmac::Key {
+        let d = digest::digest(&digest::SHA256, &[DIGEST_LABEL, &self.public[..]].concat());
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, d.as_ref())
+    }
+
+    /// Starts a content digest of an object's plaintext for this recipient.
+    pub fn content_digest(&self) -> ContentDigest {
+        ContentDigest(ring::hmac::Context::with_key(&self.digest_key()))
+    }
+}
+
+/// HMAC-SHA256 of an object's content under a key derived from the recipient (public): lets
+/// a host that cannot open objects tell whether an archived object holds the same content.
+pub struct ContentDigest(ring::hmac::Context);
+
+impl ContentDigest {
+    /// Adds content.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The digest.
+    pub fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.sign().as_ref());
+        out
+    }
+}
+
+impl fmt::Display for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{PREFIX}{}{}",
+            hex_encode(&self.public),
+            hex_encode(&self.id.0[..4])
+        )
+    }
+}
+
+impl fmt::Debug for Recipient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Recipient({self})")
+    }
+}
+
+/// An X25519 secret that opens objects sealed to its recipient. Wiped on drop; `Debug` shows
+/// only the recipient.
+pub struct Identity {
+    secret: StaticSecret,
+    recipient: Recipient,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Identity {{ recipient: {} }}", self.recipient)
+    }
+}
+
+impl Identity {
+    /// The identity for raw secret bytes.
+    pub fn from_bytes(secret: Zeroizing<[u8; 32]>) -> Self {
+        let secret = StaticSecret::from(*secret);
+        let recipient = Recipient::from_bytes(PublicKey::from(&secret).to_bytes());
+        Identity { secret, recipient }
+    }
+
+    /// A new random identity.
+    ///
+    /// # Errors
+    /// Only if the system random generator fails.
+    pub fn generate() -> Result<Self> {
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        SystemRandom::new()
+            .fill(bytes.as_mut())
+            .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    /// The matching recipient.
+    pub fn recipient(&self) -> &Recipient {
+        &self.recipient
+    }
+
+    /// X25519 with `public` (an ephemeral key from a slot); `None` for a non-contributory
+    /// (all-zero) result, which only a malicious slot produces.
+    pub(crate) fn agree(&self, public: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
+        let shared = self.secret.diffie_hellman(&PublicKey::from(*public));
+        shared
+            .was_contributory()
+            .then(|| Zeroizing::new(*shared.as_bytes()))
+    }
+
+    pub(crate) fn to_file_text(&self) -> Zeroizing<String> {
+        let secret = Zeroizing::new(hex_encode(self.secret.as_bytes()));
+        Zeroizing::new(format!(
+            "# walseal identity (X25519). Anyone holding this file can read every object sealed to its\n\
+             # recipient; without it those objects cannot be opened. Keep it mode 0600, off the database\n\
+             # host, with a copy in escrow (walseal key export works on it too).\n\
+             {FILE_TAG}: 1\nrecipient: {}\nsecret: {}\n",
+            self.recipient,
+            secret.as_str()
+        ))
+    }
+
+    pub(crate) fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
+        let (mut version, mut recipient, mut secret_hex) = (None, None, None);
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (k, v) = line.split_once(':').ok_or("a line is not `name: value`")?;
+            match k.trim() {
+                FILE_TAG => version = Some(v.trim()),
+                "recipient" => recipient = Some(v.trim()),
+                "secret" => secret_hex = Some(v.trim()),
+                _ => return Err("unknown field"),
+            }
+        }
+        if version != Some("1") {
+            return Err("not a walseal identity file (missing `walseal-identity: 1`)");
+        }
+        let mut secret = Zeroizing::new([0u8; 32]);
+        hex_decode_into(secret_hex.ok_or("missing `secret:` line")?, secret.as_mut())
+            .ok_or("`secret:` is not 64 hex digits")?;
+        let identity = Identity::from_bytes(secret);
+        let stated = recipient.ok_or("missing `recipient:` line")?;
+        if stated != identity.recipient.to_string() {
+            return Err(
+                "`recipient:` does not match the secret (the file was edited or damaged)",
+            );
+        }
+        Ok(identity)
+    }
+}
+
+/// Writes a new identity to `path` (mode 0600, never overwriting) and returns its recipient.
+///
+/// # Errors
+/// `Conflict` if the file exists; `LocalIo` if it cannot be written.
+pub fn keygen(path: &Path) -> Result<Recipient> {
+    let identity = Identity::generate()?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                Error::new(
+                    ErrorKind::Conflict,
+                    format!("{} already exists; walseal keygen never overwrites a key", path.display()),
+                )
+                .hint("choose another file name, or remove the old identity only if nothing was sealed to it")
+            } else {
+                local_io(format!("cannot create identity file {}", path.display()), &e)
+            }
+        })?;
+    let text = identity.to_file_text();
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| local_io(format!("cannot write identity file {}", path.display()), &e))?;
+    crate::keys::sync_parent(path)?;
+    Ok(identity.recipient)
+}
+
+/// Loads an identity file, refusing one that group or others can access.
+///
+/// # Errors
+/// `Config` for a missing, unreadable, too-open or malformed file.
+pub fn load_identity_file(path: &Path) -> Result<Identity> {
+    let mut file = File::open(path).map_err(|e| {
+        Error::new(ErrorKind::Config, format!("cannot open identity file {}: {e}", path.display()))
+            .hint("set WALSEAL_IDENTITY_FILE (or identity_file in the config) to a file made by `walseal keygen --recipient`")
+    })?;
+    let meta = file.metadata().map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot stat identity file {}: {e}", path.display()),
+        )
+    })?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "identity file {} is accessible by group or others (mode {mode:04o}); refusing to use it",
+                path.display()
+            ),
+        )
+        .hint(format!("chmod 600 {}", path.display())));
+    }
+    if meta.len() > 4096 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("{} is not a walseal identity file (too large)", path.display()),
+        ));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot read identity file {}: {e}", path.display()),
+        )
+    })?;
+    Identity::from_file_text(&text).map_err(|why| {
+        Error::new(
+            ErrorKind::Config,
+            format!("identity file {} is invalid: {why}", path.display()),
+        )
+        .hint("use a file written by `walseal keygen --recipient`")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recipient_text_round_trips_and_catches_typos() {
+        let id = Identity::from_bytes(Zeroizing::new([5u8; 32]));
+        let text = id.recipient().to_string();
+        assert_eq!(text.len(), 76);
+        assert_eq!(Recipient::parse(&text).unwrap(), *id.recipient());
+        // One changed digit anywhere fails the checksum (or the hex).
+        for i in 4..text.len() {
+            let mut b = text.clone().into_bytes();
+            b[i] = if b[i] == b'0' { b'1' } else { b'0' };
+            let changed = String::from_utf8(b).unwrap();
+            assert!(Recipient::parse(&changed).is_err(), "position {i}");
+        }
+        assert!(Recipient::parse(&text[..70]).is_err());
+        assert!(Recipient::parse(&text.replace("wsr1", "wsr2")).is_err());
+    }
+
+    #[test]
+    fn identity_file_round_trips_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id");
+        let r = keygen(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(*load_identity_file(&path).unwrap().recipient(), r);
+        assert_eq!(keygen(&path).unwrap_err().kind(), ErrorKind::Conflict);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let secret_line = text.lines().find(|l| l.starts_with("secret:")).unwrap();
+        let edited = text.replace(secret_line, &format!("secret: {}", "ab".repeat(32)));
+        assert!(Identity::from_file_text(&edited).is_err());
+    }
+
+    #[test]
+    fn agreement_matches_and_debug_hides_the_secret() {
+        let a = Identity::from_bytes(Zeroizing::new([0x11; 32]));
+        let b = Identity::from_bytes(Zeroizing::new([0x22; 32]));
+        assert_eq!(
+            *a.agree(b.recipient().bytes()).unwrap(),
+            *b.agree(a.recipient().bytes()).unwrap()
+        );
+        assert!(a.agree(&[0u8; 32]).is_none());
+        assert!(!format!("{a:?}").contains("1111"));
+    }
+}
