@@ -56,7 +56,12 @@ pub struct GlobalArgs {
     pub identity_file: Option<String>,
     /// Seal new objects to this recipient (`wsr1…`, printed by `walseal keygen --recipient`).
     /// A host given only a recipient can archive and back up but open nothing (push-only).
-    #[arg(long, global = true, env = "WALSEAL_RECIPIENT", value_name = "RECIPIENT")]
+    #[arg(
+        long = "seal-to",
+        global = true,
+        env = "WALSEAL_RECIPIENT",
+        value_name = "RECIPIENT"
+    )]
     pub recipient: Option<String>,
     /// Allow a plain-http storage endpoint (e.g. a test server on loopback). Off by default:
     /// data in transit is encrypted by TLS unless you allow this.
@@ -89,7 +94,12 @@ pub enum Command {
         output: Option<PathBuf>,
         /// Create an X25519 identity for push-only hosts instead: writes the identity (secret)
         /// to FILE and prints its recipient (public, `wsr1…`) on standard output.
-        #[arg(long, conflicts_with = "passphrase", requires = "output")]
+        #[arg(
+            long = "recipient",
+            id = "keygen_recipient",
+            conflicts_with = "passphrase",
+            requires = "output"
+        )]
         recipient: bool,
         /// Derive the key from a passphrase instead (PBKDF2-HMAC-SHA256, ~0.5 s of work): reads
         /// it from WALSEAL_PASSPHRASE or the first line of standard input, and prints the

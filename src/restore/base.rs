@@ -355,19 +355,8 @@ fn shell_quote(s: &str) -> String {
 pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<String> {
     let exe =
         std::env::current_exe().map_err(|e| local_io("cannot find the walseal executable", &e))?;
-    let mut cmd = String::new();
-    if let Some(file) = config_file {
-        let abs = fs::canonicalize(file)
-            .map_err(|e| local_io(format!("cannot resolve {}", file.display()), &e))?;
-        cmd += &format!(
-            "{} --config {} wal-fetch %f %p",
-            shell_quote(&exe.to_string_lossy()),
-            shell_quote(&abs.to_string_lossy())
-        );
-    } else {
-        let repo = cfg.repo_url()?;
-        let keys: Vec<String> = cfg
-            .key_files
+    let abs_list = |paths: &[PathBuf]| -> String {
+        paths
             .iter()
             .map(|k| {
                 fs::canonicalize(k)
@@ -375,12 +364,34 @@ pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<Strin
                     .to_string_lossy()
                     .into_owned()
             })
-            .collect();
-        cmd += &format!(
-            "WALSEAL_REPO={} WALSEAL_KEY_FILE={} ",
-            shell_quote(repo),
-            shell_quote(&keys.join(":"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    // Key and identity files: always named, so that ones given in the environment (over the
+    // config file) reach wal-fetch too.
+    let mut keys_env = String::new();
+    if !cfg.key_files.is_empty() {
+        keys_env += &format!("WALSEAL_KEY_FILE={} ", shell_quote(&abs_list(&cfg.key_files)));
+    }
+    if !cfg.identity_files.is_empty() {
+        keys_env += &format!(
+            "WALSEAL_IDENTITY_FILE={} ",
+            shell_quote(&abs_list(&cfg.identity_files))
         );
+    }
+    let mut cmd = String::new();
+    if let Some(file) = config_file {
+        let abs = fs::canonicalize(file)
+            .map_err(|e| local_io(format!("cannot resolve {}", file.display()), &e))?;
+        cmd += &keys_env;
+        cmd += &format!(
+            "{} --config {} wal-fetch %f %p",
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(&abs.to_string_lossy())
+        );
+    } else {
+        let repo = cfg.repo_url()?;
+        cmd += &format!("WALSEAL_REPO={} {keys_env}", shell_quote(repo));
         if cfg.allow_http {
             cmd += "WALSEAL_ALLOW_HTTP=1 ";
         }

@@ -415,6 +415,8 @@ impl RepoEnv {
         let cfg = walseal::config::Config {
             repo: Some(self.url.clone()),
             key_files: vec![],
+            identity_files: vec![],
+            recipient: None,
             allow_http: true,
             log_level: "warn".into(),
             audit_log: None,

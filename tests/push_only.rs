@@ -1,0 +1,292 @@
+//! Push-only hosts (public-key mode): a database host given only the recipient archives and
+//! backs up but can open nothing; a restore host given the identity opens everything.
+//! Synthetic segments on every backend for the edge cases, then a real PostgreSQL 15 cluster
+//! under pgbench load, archived and backed up push-only, restored to a point in time with the
+//! identity.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+
+const SYSID: u64 = 7_301_000_000_000_000_077;
+const SEG: u32 = 16 << 20;
+
+/// A recipient/identity pair made by `walseal keygen --recipient` (as `runner`).
+fn keygen_recipient(runner: Command, path: &Path) -> String {
+    let mut runner = runner;
+    let out = runner
+        .args(["keygen", "--recipient", "-o"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let recipient = stdout(&out).trim().to_string();
+    assert!(
+        recipient.starts_with("wsr1") && recipient.len() == 76,
+        "{recipient}"
+    );
+    assert_eq!(
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The identity file holds the same recipient.
+    assert!(std::fs::read_to_string(path)
+        .unwrap()
+        .contains(&format!("recipient: {recipient}")));
+    recipient
+}
+
+/// walseal configured for `repo` with no key at all; the caller adds the recipient or identity.
+fn bare(repo: &RepoEnv) -> Command {
+    let mut c = Command::new(walseal_bin());
+    c.env_remove("WALSEAL_CONFIG")
+        .env_remove("WALSEAL_LOG")
+        .env_remove("WALSEAL_KEY_FILE")
+        .env_remove("WALSEAL_RECIPIENT")
+        .env_remove("WALSEAL_IDENTITY_FILE");
+    for (k, v) in &repo.vars {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run(mut c: Command, args: &[&str], dir: &Path) -> Output {
+    c.args(args).current_dir(dir).output().unwrap()
+}
+
+fn backends() -> Vec<Box<dyn Fn(&Path) -> RepoEnv>> {
+    let mut v: Vec<Box<dyn Fn(&Path) -> RepoEnv>> =
+        vec![Box::new(|root: &Path| RepoEnv::local(&root.join("repo")))];
+    if let Some((endpoint, bucket)) = s3_endpoint() {
+        v.push(Box::new(move |_: &Path| {
+            RepoEnv::s3(&endpoint, &bucket, &unique("push-only"))
+        }));
+    }
+    v
+}
+
+#[test]
+fn push_only_host_archives_compares_by_digest_and_cannot_open() {
+    for make_repo in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("pg_wal")).unwrap();
+        let repo = make_repo(root);
+        let identity = root.join("identity");
+        let recipient = keygen_recipient(bare(&repo), &identity);
+        let push_host = || {
+            let mut c = bare(&repo);
+            c.env("WALSEAL_RECIPIENT", &recipient);
+            c
+        };
+        let restore_host = || {
+            let mut c = bare(&repo);
+            c.env("WALSEAL_IDENTITY_FILE", &identity);
+            c
+        };
+        let name = "000000010000000000000005";
+        let data = synthetic_segment(name, SYSID, SEG, Some(b"push-only marker"));
+        std::fs::write(root.join("pg_wal").join(name), &data).unwrap();
+        let path = format!("pg_wal/{name}");
+
+        let out = run(push_host(), &["wal-push", &path], root);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        // PostgreSQL re-archives after a crash: the same content succeeds (content digest)...
+        let out = run(push_host(), &["wal-push", &path, "--log-level", "info"], root);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(stderr(&out).contains("identical content"), "{}", stderr(&out));
+        // ...different content under the same name is refused.
+        let mut other = data.clone();
+        other[200_000] ^= 0xff;
+        std::fs::write(root.join("pg_wal").join(name), &other).unwrap();
+        let out = run(push_host(), &["wal-push", &path], root);
+        assert_eq!(code(&out), 7, "{}", stderr(&out));
+        assert!(stderr(&out).contains("different content"), "{}", stderr(&out));
+        std::fs::write(root.join("pg_wal").join(name), &data).unwrap();
+        // Another cluster's segment: refused against the plain identity copy.
+        let foreign = "000000010000000000000006";
+        std::fs::write(
+            root.join("pg_wal").join(foreign),
+            synthetic_segment(foreign, SYSID + 1, SEG, None),
+        )
+        .unwrap();
+        let out = run(push_host(), &["wal-push", &format!("pg_wal/{foreign}")], root);
+        assert_eq!(code(&out), 7, "{}", stderr(&out));
+        assert!(stderr(&out).contains("belongs to system"), "{}", stderr(&out));
+
+        // The push-only host opens nothing, and says what is needed. wal-fetch exits above
+        // 125 (stop recovery), never 1 (which would look like the end of the archive), even
+        // for a name that is not archived; nothing is written to the destination.
+        for fetch_name in [name, "000000010000000000000009"] {
+            let out = run(push_host(), &["wal-fetch", fetch_name, "restored"], root);
+            assert_eq!(code(&out), 204, "{}", stderr(&out));
+            assert!(
+                stderr(&out).contains("needs an identity"),
+                "{}",
+                stderr(&out)
+            );
+            assert!(!root.join("restored").exists());
+        }
+        for args in [
+            &["verify"][..],
+            &["list"][..],
+            &["restore", "latest", "pgdata"][..],
+        ] {
+            let out = run(push_host(), args, root);
+            assert_eq!(code(&out), 4, "{args:?}: {}", stderr(&out));
+            assert!(
+                stderr(&out).contains("needs an identity"),
+                "{args:?}: {}",
+                stderr(&out)
+            );
+        }
+
+        // The restore host opens what the push-only host sealed.
+        let out = run(restore_host(), &["wal-fetch", name, "restored"], root);
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(std::fs::read(root.join("restored")).unwrap() == data);
+        let out = run(restore_host(), &["verify", "--json"], root);
+        assert_eq!(code(&out), 0, "{}", stdout(&out));
+        // A master key does not open recipient-sealed objects.
+        let key = root.join("master.key");
+        run_ok(bare(&repo).args(["keygen", "-o"]).arg(&key));
+        let out = run(
+            {
+                let mut c = bare(&repo);
+                c.env("WALSEAL_KEY_FILE", &key);
+                c
+            },
+            &["wal-fetch", name, "other"],
+            root,
+        );
+        assert_eq!(code(&out), 204, "{}", stderr(&out));
+
+        // The recipient is checked: one changed digit is refused before anything is sealed.
+        let mut typo = recipient.clone().into_bytes();
+        typo[40] = if typo[40] == b'a' { b'b' } else { b'a' };
+        let out = run(
+            {
+                let mut c = bare(&repo);
+                c.env("WALSEAL_RECIPIENT", String::from_utf8(typo).unwrap());
+                c
+            },
+            &["wal-push", &path],
+            root,
+        );
+        assert_eq!(code(&out), 3, "{}", stderr(&out));
+        assert!(stderr(&out).contains("checksum"), "{}", stderr(&out));
+
+        // The repository holds no plaintext: the marker is nowhere in the raw objects, and the
+        // plain identity copy holds only the identity record.
+        let storage = repo.storage();
+        block_on(async {
+            for (key, _) in storage.list("").await.unwrap() {
+                let bytes = storage.get_bytes(&key).await.unwrap().unwrap();
+                assert!(!contains(&bytes, b"push-only marker"), "{key}");
+                if key == "walseal.id.json" {
+                    let text = String::from_utf8(bytes.to_vec()).unwrap();
+                    assert!(text.contains(&SYSID.to_string()), "{text}");
+                }
+            }
+        });
+    }
+}
+
+/// Everything needed to archive into `repo` push-only from PostgreSQL's archive_command.
+fn push_only_archive_setting(bin: &Path, repo: &RepoEnv, recipient: &str) -> String {
+    let cmd = format!(
+        "{} WALSEAL_RECIPIENT='{recipient}' {} wal-push %p",
+        repo.shell_prefix(),
+        bin.display()
+    );
+    format!("archive_command = '{}'", cmd.replace('\'', "''"))
+}
+
+#[test]
+fn pg15_push_only_host_archives_and_backs_up_identity_host_restores_pitr() {
+    let s = Setup::new(&Backend::Local);
+    let identity: PathBuf = s.dir.path().join("identity");
+    let recipient = keygen_recipient(as_pg(&s.bin), &identity);
+    let pg = Pg::init(
+        s.dir.path(),
+        "primary",
+        &[
+            "archive_mode = on".into(),
+            push_only_archive_setting(&s.bin, &s.repo, &recipient),
+        ],
+    );
+    pg.start();
+    // The database host: recipient only, no key file.
+    let push_host = || {
+        let mut c = s.walseal_as_pg();
+        c.env_remove("WALSEAL_KEY_FILE")
+            .env("WALSEAL_RECIPIENT", &recipient);
+        c
+    };
+    let restore_host = || {
+        let mut c = s.walseal_as_pg();
+        c.env_remove("WALSEAL_KEY_FILE")
+            .env("WALSEAL_IDENTITY_FILE", &identity);
+        c
+    };
+
+    pg.pgbench(&["-i", "-s", "2", "-q"]);
+    pg.psql("CREATE TABLE t(id int PRIMARY KEY, at timestamptz DEFAULT clock_timestamp())");
+    let mut load = pg.pgbench_background(2, 6);
+    let out = push_host()
+        .args(["backup", "--fast", "--json", "--pg"])
+        .arg(format!("host=127.0.0.1 port={} user=postgres", pg.port))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "push-only backup: {}", stderr(&out));
+    assert!(load.wait().unwrap().success());
+    pg.psql("INSERT INTO t(id) SELECT generate_series(1, 50)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = pg.psql("SELECT clock_timestamp()");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.psql("INSERT INTO t(id) SELECT generate_series(51, 100)");
+    pg.psql("DROP TABLE pgbench_history");
+    pg.switch_and_wait_archived();
+    let failed = pg.psql("SELECT failed_count FROM pg_stat_archiver");
+    assert_eq!(failed, "0", "archive_command failed: {}", tail(&pg.log_text(), 20));
+
+    // `check` on the push-only host: archiving works, nothing is opened.
+    let out = push_host()
+        .args(["check", "--pg"])
+        .arg(format!("host=127.0.0.1 port={} user=postgres", pg.port))
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("push-only"), "{}", stdout(&out));
+    pg.stop();
+
+    // The push-only host cannot restore.
+    let dest = s.dir.path().join("restored");
+    let out = push_host().args(["restore", "latest"]).arg(&dest).output().unwrap();
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs an identity"), "{}", stderr(&out));
+    assert!(!dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none());
+
+    // The restore host, with the identity: verify, then PITR to the target.
+    let out = restore_host().args(["verify", "--json"]).output().unwrap();
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let out = restore_host()
+        .args(["restore", "latest", "--target-time", &target, "--target-action", "promote"])
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let restored = s.start_restored(&pg_bin(), "restored");
+    assert_eq!(restored.psql("SELECT count(*) FROM t"), "50");
+    assert_eq!(
+        restored.psql("SELECT to_regclass('pgbench_history') IS NOT NULL"),
+        "t"
+    );
+}
