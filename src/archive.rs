@@ -166,7 +166,7 @@ fn seal_file(
         ..SealOptions::default()
     };
     let mut writer = seal::seal(Vec::with_capacity(estimate), keyring.active(), key, &opts)
-    .map_err(|e| e.into_error(key))?;
+        .map_err(|e| e.into_error(key))?;
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; READ_BUF];
     let mut total = 0u64;

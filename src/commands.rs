@@ -381,7 +381,6 @@ pub fn check(cfg: &Config, pg: Option<&str>, wait: u64, json: bool) -> Result<()
 /// `walseal status`.
 pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Path>) -> Result<()> {
     let keyring = Keyring::from_config(cfg)?;
-    keyring.require_open("status (backup records are sealed)")?;
     let storage = Storage::open(cfg, Create::No)?;
     let st = crate::block_on(crate::status::status(&storage, &keyring, pg))?;
     if let Some(path) = prometheus {
@@ -430,6 +429,9 @@ pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Pa
             match st.last_verify_ok {
                 Some(true) => "all well",
                 Some(false) => "PROBLEMS",
+                None if st.push_only && st.last_verify_age_seconds.is_some() => {
+                    "result sealed (push-only host)"
+                }
                 None => "never run",
             },
             age(st.last_verify_age_seconds)

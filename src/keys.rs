@@ -329,11 +329,7 @@ impl Keyring {
         for p in &cfg.identity_files {
             identities.push(crate::recipient::load_identity_file(p)?);
         }
-        let recipient = cfg
-            .recipient
-            .as_deref()
-            .map(Recipient::parse)
-            .transpose()?;
+        let recipient = cfg.recipient.as_deref().map(Recipient::parse).transpose()?;
         let keyring = Self::with(keys, identities, recipient)?;
         crate::audit::remember(&keyring);
         Ok(keyring)

@@ -36,10 +36,7 @@ pub struct Recipient {
 impl Recipient {
     /// The recipient for raw public key bytes.
     pub fn from_bytes(public: [u8; 32]) -> Self {
-        let d = digest::digest(
-            &digest::SHA256,
-            &[RECIPIENT_ID_LABEL, &public[..]].concat(),
-        );
+        let d = digest::digest(&digest::SHA256, &[RECIPIENT_ID_LABEL, &public[..]].concat());
         let mut id = [0u8; KEY_ID_LEN];
         id.copy_from_slice(&d.as_ref()[..KEY_ID_LEN]);
         Recipient {
@@ -219,9 +216,7 @@ impl Identity {
         let identity = Identity::from_bytes(secret);
         let stated = recipient.ok_or("missing `recipient:` line")?;
         if stated != identity.recipient.to_string() {
-            return Err(
-                "`recipient:` does not match the secret (the file was edited or damaged)",
-            );
+            return Err("`recipient:` does not match the secret (the file was edited or damaged)");
         }
         Ok(identity)
     }
@@ -286,7 +281,10 @@ pub fn load_identity_file(path: &Path) -> Result<Identity> {
     if meta.len() > 4096 {
         return Err(Error::new(
             ErrorKind::Config,
-            format!("{} is not a walseal identity file (too large)", path.display()),
+            format!(
+                "{} is not a walseal identity file (too large)",
+                path.display()
+            ),
         ));
     }
     let mut text = Zeroizing::new(String::new());

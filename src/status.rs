@@ -44,6 +44,10 @@ pub struct Status {
     pub last_verify_ok: Option<bool>,
     /// Seconds since the last verify.
     pub last_verify_age_seconds: Option<f64>,
+    /// True on a push-only host: backups are counted from the listing (a backup with a record
+    /// is complete, its record's upload time is its end) and the last verify result is unknown
+    /// (its age comes from the listing).
+    pub push_only: bool,
 }
 
 /// Collects the status; `conninfo` (if any) is used to measure the archive lag.
@@ -58,7 +62,20 @@ pub async fn status(
 ) -> Result<Status> {
     let now = crate::time::now();
     let objects = storage.list_meta("").await?;
-    let listing = catalog::list(storage, keyring).await?;
+    let push_only = !keyring.can_open();
+    // (backup count, newest id, its end as unix time, incomplete count)
+    let backups = if push_only {
+        from_listing(&objects)
+    } else {
+        let listing = catalog::list(storage, keyring).await?;
+        let newest = listing.backups.last();
+        (
+            listing.backups.len(),
+            newest.map(|b| b.id.clone()),
+            newest.map(|b| b.stop_unix),
+            listing.incomplete.len(),
+        )
+    };
     let newest = objects
         .iter()
         .filter_map(|o| {
@@ -70,12 +87,20 @@ pub async fn status(
                 .map(|w| (w.name, o.modified))
         })
         .max_by(|a, b| a.0.cmp(&b.0));
-    let seg_size = crate::repository::load(storage, keyring)
-        .await?
-        .map_or(16 << 20, |i| i.wal_segment_size);
+    let identity = if push_only {
+        crate::repository::load_plain(storage).await?
+    } else {
+        crate::repository::load(storage, keyring).await?
+    };
+    let seg_size = identity.map_or(16 << 20, |i| i.wal_segment_size);
     let mut last_verify_ok = None;
     let mut last_verify_age_seconds = None;
-    if let Some(sealed) = storage.get_bytes(LAST_VERIFY_KEY).await? {
+    if push_only {
+        last_verify_age_seconds = objects
+            .iter()
+            .find(|o| o.key == LAST_VERIFY_KEY)
+            .map(|o| (now - o.modified).max(0.0));
+    } else if let Some(sealed) = storage.get_bytes(LAST_VERIFY_KEY).await? {
         let plain = seal::open_to_vec(keyring, LAST_VERIFY_KEY, &sealed)
             .map_err(|e| e.into_error(LAST_VERIFY_KEY))?;
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&plain) {
@@ -114,22 +139,54 @@ pub async fn status(
             }
         }
     }
-    let newest_backup = listing.backups.last();
+    let (backup_count, newest_backup, newest_backup_end, incomplete_backups) = backups;
     Ok(Status {
         repository: storage.display().to_string(),
         newest_segment: newest.as_ref().map(|n| n.0.clone()),
         newest_segment_age_seconds: newest.as_ref().map(|n| (now - n.1).max(0.0)),
         current_segment,
         archive_lag_segments,
-        backups: listing.backups.len(),
-        newest_backup: newest_backup.map(|b| b.id.clone()),
-        newest_backup_age_seconds: newest_backup.map(|b| (now - b.stop_unix).max(0.0)),
-        incomplete_backups: listing.incomplete.len(),
+        backups: backup_count,
+        newest_backup,
+        newest_backup_age_seconds: newest_backup_end.map(|t| (now - t).max(0.0)),
+        incomplete_backups,
         repository_objects: objects.len() as u64,
         repository_bytes: objects.iter().map(|o| o.size).sum(),
         last_verify_ok,
         last_verify_age_seconds,
+        push_only,
     })
+}
+
+/// Backups from the listing alone (push-only hosts cannot open records): an id with a record
+/// is complete, and the record, written last, was uploaded when the backup ended.
+fn from_listing(
+    objects: &[crate::storage::ObjectInfo],
+) -> (usize, Option<String>, Option<f64>, usize) {
+    let mut ids: std::collections::BTreeMap<&str, Option<f64>> = std::collections::BTreeMap::new();
+    for o in objects {
+        let Some(rest) = o.key.strip_prefix(&format!("{}/", catalog::BACKUPS)) else {
+            continue;
+        };
+        let Some((id, _)) = rest.split_once('/') else {
+            continue;
+        };
+        let entry = ids.entry(id).or_insert(None);
+        if o.key == catalog::record_key(id) {
+            *entry = Some(o.modified);
+        }
+    }
+    let complete: Vec<(&str, f64)> = ids
+        .iter()
+        .filter_map(|(id, end)| end.map(|t| (*id, t)))
+        .collect();
+    let newest = complete.last();
+    (
+        complete.len(),
+        newest.map(|(id, _)| (*id).to_string()),
+        newest.map(|(_, t)| *t),
+        ids.len() - complete.len(),
+    )
 }
 
 fn label(s: &str) -> String {

@@ -61,9 +61,11 @@ fn run(mut c: Command, args: &[&str], dir: &Path) -> Output {
     c.args(args).current_dir(dir).output().unwrap()
 }
 
-fn backends() -> Vec<Box<dyn Fn(&Path) -> RepoEnv>> {
-    let mut v: Vec<Box<dyn Fn(&Path) -> RepoEnv>> =
-        vec![Box::new(|root: &Path| RepoEnv::local(&root.join("repo")))];
+/// Makes a repository under a test directory.
+type MakeRepo = Box<dyn Fn(&Path) -> RepoEnv>;
+
+fn backends() -> Vec<MakeRepo> {
+    let mut v: Vec<MakeRepo> = vec![Box::new(|root: &Path| RepoEnv::local(&root.join("repo")))];
     if let Some((endpoint, bucket)) = s3_endpoint() {
         v.push(Box::new(move |_: &Path| {
             RepoEnv::s3(&endpoint, &bucket, &unique("push-only"))
@@ -99,16 +101,28 @@ fn push_only_host_archives_compares_by_digest_and_cannot_open() {
         let out = run(push_host(), &["wal-push", &path], root);
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         // PostgreSQL re-archives after a crash: the same content succeeds (content digest)...
-        let out = run(push_host(), &["wal-push", &path, "--log-level", "info"], root);
+        let out = run(
+            push_host(),
+            &["wal-push", &path, "--log-level", "info"],
+            root,
+        );
         assert_eq!(code(&out), 0, "{}", stderr(&out));
-        assert!(stderr(&out).contains("identical content"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("identical content"),
+            "{}",
+            stderr(&out)
+        );
         // ...different content under the same name is refused.
         let mut other = data.clone();
         other[200_000] ^= 0xff;
         std::fs::write(root.join("pg_wal").join(name), &other).unwrap();
         let out = run(push_host(), &["wal-push", &path], root);
         assert_eq!(code(&out), 7, "{}", stderr(&out));
-        assert!(stderr(&out).contains("different content"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("different content"),
+            "{}",
+            stderr(&out)
+        );
         std::fs::write(root.join("pg_wal").join(name), &data).unwrap();
         // Another cluster's segment: refused against the plain identity copy.
         let foreign = "000000010000000000000006";
@@ -117,9 +131,17 @@ fn push_only_host_archives_compares_by_digest_and_cannot_open() {
             synthetic_segment(foreign, SYSID + 1, SEG, None),
         )
         .unwrap();
-        let out = run(push_host(), &["wal-push", &format!("pg_wal/{foreign}")], root);
+        let out = run(
+            push_host(),
+            &["wal-push", &format!("pg_wal/{foreign}")],
+            root,
+        );
         assert_eq!(code(&out), 7, "{}", stderr(&out));
-        assert!(stderr(&out).contains("belongs to system"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("belongs to system"),
+            "{}",
+            stderr(&out)
+        );
 
         // The push-only host opens nothing, and says what is needed. wal-fetch exits above
         // 125 (stop recovery), never 1 (which would look like the end of the archive), even
@@ -255,7 +277,12 @@ fn pg15_push_only_host_archives_and_backs_up_identity_host_restores_pitr() {
     pg.psql("DROP TABLE pgbench_history");
     pg.switch_and_wait_archived();
     let failed = pg.psql("SELECT failed_count FROM pg_stat_archiver");
-    assert_eq!(failed, "0", "archive_command failed: {}", tail(&pg.log_text(), 20));
+    assert_eq!(
+        failed,
+        "0",
+        "archive_command failed: {}",
+        tail(&pg.log_text(), 20)
+    );
 
     // `check` on the push-only host: archiving works, nothing is opened.
     let out = push_host()
@@ -267,18 +294,53 @@ fn pg15_push_only_host_archives_and_backs_up_identity_host_restores_pitr() {
     assert!(stdout(&out).contains("push-only"), "{}", stdout(&out));
     pg.stop();
 
+    // `status` on the push-only host counts backups from the listing; the identity host, from
+    // the records: they agree.
+    let status = |mut c: Command| -> serde_json::Value {
+        let out = c.args(["status", "--json"]).output().unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let (p, r) = (status(push_host()), status(restore_host()));
+    assert_eq!(p["push_only"], true);
+    assert_eq!(r["push_only"], false);
+    assert_eq!(p["backups"], 1);
+    for field in [
+        "backups",
+        "newest_backup",
+        "incomplete_backups",
+        "newest_segment",
+    ] {
+        assert_eq!(p[field], r[field], "{field}");
+    }
+
     // The push-only host cannot restore.
     let dest = s.dir.path().join("restored");
-    let out = push_host().args(["restore", "latest"]).arg(&dest).output().unwrap();
+    let out = push_host()
+        .args(["restore", "latest"])
+        .arg(&dest)
+        .output()
+        .unwrap();
     assert_eq!(code(&out), 4, "{}", stderr(&out));
-    assert!(stderr(&out).contains("needs an identity"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs an identity"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none());
 
     // The restore host, with the identity: verify, then PITR to the target.
     let out = restore_host().args(["verify", "--json"]).output().unwrap();
     assert_eq!(code(&out), 0, "{}", stdout(&out));
     let out = restore_host()
-        .args(["restore", "latest", "--target-time", &target, "--target-action", "promote"])
+        .args([
+            "restore",
+            "latest",
+            "--target-time",
+            &target,
+            "--target-action",
+            "promote",
+        ])
         .arg(&dest)
         .output()
         .unwrap();
@@ -289,4 +351,121 @@ fn pg15_push_only_host_archives_and_backs_up_identity_host_restores_pitr() {
         restored.psql("SELECT to_regclass('pgbench_history') IS NOT NULL"),
         "t"
     );
+}
+
+#[test]
+fn mixed_repository_then_rekey_to_the_recipient() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("pg_wal")).unwrap();
+    let repo = RepoEnv::local(&root.join("repo"));
+    let key = root.join("master.key");
+    run_ok(bare(&repo).args(["keygen", "-o"]).arg(&key));
+    let identity = root.join("identity");
+    let out = bare(&repo)
+        .args(["keygen", "--recipient", "-o"])
+        .arg(&identity)
+        .output()
+        .unwrap();
+    let recipient = stdout(&out).trim().to_string();
+    let recipient_id = stderr(&out)
+        .split("wrote identity ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let with = |vars: &[(&str, &Path)], recipient: Option<&str>| {
+        let mut c = bare(&repo);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        if let Some(r) = recipient {
+            c.env("WALSEAL_RECIPIENT", r);
+        }
+        c
+    };
+    let segs = ["000000010000000000000003", "000000010000000000000004"];
+    let data: Vec<Vec<u8>> = segs
+        .iter()
+        .map(|n| synthetic_segment(n, SYSID, SEG, None))
+        .collect();
+    for (n, d) in segs.iter().zip(&data) {
+        std::fs::write(root.join("pg_wal").join(n), d).unwrap();
+    }
+    // The first segment under the master key, the second from a push-only host.
+    let out = run(
+        with(&[("WALSEAL_KEY_FILE", &key)], None),
+        &["wal-push", &format!("pg_wal/{}", segs[0])],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(
+        with(&[], Some(&recipient)),
+        &["wal-push", &format!("pg_wal/{}", segs[1])],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+
+    // A host with both opens both; with one of them, only its own objects open.
+    let both = [
+        ("WALSEAL_KEY_FILE", key.as_path()),
+        ("WALSEAL_IDENTITY_FILE", identity.as_path()),
+    ];
+    let out = run(with(&both, None), &["verify", "--json"], root);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let out = run(
+        with(&[("WALSEAL_IDENTITY_FILE", &identity)], None),
+        &["wal-fetch", segs[0], "x"],
+        root,
+    );
+    assert_eq!(code(&out), 204, "{}", stderr(&out));
+
+    // Rekey everything to the recipient (the identity is needed to check each object).
+    let out = run(
+        with(&[("WALSEAL_KEY_FILE", &key)], None),
+        &["rekey", "--to", &recipient_id],
+        root,
+    );
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let out = run(
+        with(&both, None),
+        &["rekey", "--to", &recipient_id, "--json"],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // Now the identity alone opens everything, byte for byte.
+    let out = run(
+        with(&[("WALSEAL_IDENTITY_FILE", &identity)], None),
+        &["verify", "--json"],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    for (n, d) in segs.iter().zip(&data) {
+        let dest = format!("fetched-{n}");
+        let out = run(
+            with(&[("WALSEAL_IDENTITY_FILE", &identity)], None),
+            &["wal-fetch", n, &dest],
+            root,
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(std::fs::read(root.join(&dest)).unwrap() == *d);
+    }
+    // The push-only host re-pushing its own segment still matches by digest (rekeying to the
+    // same recipient kept it); the rewrapped master-key segment has no digest, so it cannot
+    // tell, and refuses rather than claim success.
+    let out = run(
+        with(&[], Some(&recipient)),
+        &["wal-push", &format!("pg_wal/{}", segs[1])],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = run(
+        with(&[], Some(&recipient)),
+        &["wal-push", &format!("pg_wal/{}", segs[0])],
+        root,
+    );
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot tell"), "{}", stderr(&out));
 }

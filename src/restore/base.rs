@@ -371,7 +371,10 @@ pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<Strin
     // config file) reach wal-fetch too.
     let mut keys_env = String::new();
     if !cfg.key_files.is_empty() {
-        keys_env += &format!("WALSEAL_KEY_FILE={} ", shell_quote(&abs_list(&cfg.key_files)));
+        keys_env += &format!(
+            "WALSEAL_KEY_FILE={} ",
+            shell_quote(&abs_list(&cfg.key_files))
+        );
     }
     if !cfg.identity_files.is_empty() {
         keys_env += &format!(

@@ -166,7 +166,12 @@ fn unwrap_master_slot(master: &MasterKey, slot: &Slot, name: &[u8]) -> Result<Da
 }
 
 /// The key that wraps a data key in an X25519 slot, from the shared secret.
-fn x25519_wrap_key(shared: &[u8; 32], ephemeral: &[u8; 32], recipient: &[u8; 32], name: &[u8]) -> LessSafeKey {
+fn x25519_wrap_key(
+    shared: &[u8; 32],
+    ephemeral: &[u8; 32],
+    recipient: &[u8; 32],
+    name: &[u8],
+) -> LessSafeKey {
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral);
     salt[32..].copy_from_slice(recipient);
@@ -186,7 +191,9 @@ pub(crate) fn x25519_slot(
     let ephemeral = Identity::from_bytes(Zeroizing::new(*ephemeral_secret));
     let shared = ephemeral
         .agree(recipient.bytes())
-        .ok_or(SealError::Malformed("the recipient is not a usable X25519 public key"))?;
+        .ok_or(SealError::Malformed(
+            "the recipient is not a usable X25519 public key",
+        ))?;
     let epk = *ephemeral.recipient().bytes();
     let mut wrapped = Zeroizing::new(dek.0.to_vec());
     let aad = slot_aad(SlotKind::X25519 as u8, &recipient.id());

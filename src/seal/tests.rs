@@ -192,12 +192,10 @@ fn test_vectors_reproduce_and_open() {
                 Keyring::with(vec![], vec![identity_from_hex(other)], None).unwrap()
             }
             (Some(id), None) => {
-                Keyring::with(vec![], vec![identity_from_hex(&v["identity"])], None)
-                    .map(|k| {
-                        assert_eq!(k.active().id(), id.recipient().id());
-                        k
-                    })
-                    .unwrap()
+                let k =
+                    Keyring::with(vec![], vec![identity_from_hex(&v["identity"])], None).unwrap();
+                assert_eq!(k.active().id(), id.recipient().id());
+                k
             }
             (None, _) => Keyring::new(vec![v
                 .get("open_key")
@@ -532,7 +530,11 @@ fn recipient_sealed_objects_open_only_with_the_identity() {
     ));
     // Renamed: the slot's wrap key binds the name.
     assert!(matches!(
-        open_bytes(&restore_host, "wal/00000001/000000010000000000000004", &sealed),
+        open_bytes(
+            &restore_host,
+            "wal/00000001/000000010000000000000004",
+            &sealed
+        ),
         Err(SealError::SlotAuth(_))
     ));
     // Sealing is randomized (fresh ephemeral key and data key).
@@ -585,17 +587,31 @@ fn rewrap_moves_between_master_keys_and_recipients() {
     let to_recipient = rewrap(&sealed, &both, Sealer::Recipient(alice.recipient()), name)
         .unwrap()
         .unwrap();
-    assert_eq!(payload_digest(&to_recipient).unwrap(), payload_digest(&sealed).unwrap());
+    assert_eq!(
+        payload_digest(&to_recipient).unwrap(),
+        payload_digest(&sealed).unwrap()
+    );
     let only_identity = Keyring::with(vec![], vec![identity(0x61)], None).unwrap();
-    assert_eq!(open_bytes(&only_identity, name, &to_recipient).unwrap(), data);
-    assert!(rewrap(&to_recipient, &both, Sealer::Recipient(alice.recipient()), name)
-        .unwrap()
-        .is_none());
+    assert_eq!(
+        open_bytes(&only_identity, name, &to_recipient).unwrap(),
+        data
+    );
+    assert!(rewrap(
+        &to_recipient,
+        &both,
+        Sealer::Recipient(alice.recipient()),
+        name
+    )
+    .unwrap()
+    .is_none());
     let k1 = key(1);
     let back = rewrap(&to_recipient, &both, Sealer::Master(&k1), name)
         .unwrap()
         .unwrap();
-    assert_eq!(open_bytes(&Keyring::new(vec![key(1)]).unwrap(), name, &back).unwrap(), data);
+    assert_eq!(
+        open_bytes(&Keyring::new(vec![key(1)]).unwrap(), name, &back).unwrap(),
+        data
+    );
 }
 
 /// Writes the public-key vectors (`x25519_*`) into `testdata/vectors/`, leaving the others
@@ -630,13 +646,23 @@ fn write_recipient_test_vectors() {
     let s_wal = seal_to(Sealer::Recipient(id.recipient()), name, &wal, &with_digest);
     let s_hello = seal_to(Sealer::Recipient(id.recipient()), name, &hello, &plain);
     let header_len = Header::read(&mut &s_wal[..]).unwrap().len();
-    let write = |file: &str, desc: &str, extra: &[(&str, String)], opts: &SealOptions, plain: &[u8], sealed: &[u8], expect: &str| {
+    let write = |file: &str,
+                 desc: &str,
+                 extra: &[(&str, String)],
+                 opts: &SealOptions,
+                 plain: &[u8],
+                 sealed: &[u8],
+                 expect: &str| {
         let mut t = format!("# walseal sealed-object test vector, see docs/FORMAT.md section 7\ndescription: {desc}\nidentity: {}\nrecipient: {}\n", hex_encode(&secret), id.recipient());
         t += &format!(
             "name: {name}\ndata_key: {}\nsalt: {}\ncompression: {}\nchunk_shift: {}\n",
             hex_encode(&dek),
             hex_encode(&eph),
-            if opts.compression == Compression::Lz4 { "lz4" } else { "none" },
+            if opts.compression == Compression::Lz4 {
+                "lz4"
+            } else {
+                "none"
+            },
             opts.chunk_shift
         );
         if let Some(d) = opts.content_digest {
@@ -645,17 +671,69 @@ fn write_recipient_test_vectors() {
         for (k, v) in extra {
             t += &format!("{k}: {v}\n");
         }
-        t += &format!("plaintext: {}\nexpect: {expect}\nsealed: {}\n", hex_encode(plain), hex_encode(sealed));
+        t += &format!(
+            "plaintext: {}\nexpect: {expect}\nsealed: {}\n",
+            hex_encode(plain),
+            hex_encode(sealed)
+        );
         std::fs::write(dir.join(file), t).unwrap();
     };
-    write("x25519_ok_lz4_digest", "X25519 recipient slot plus content-digest slot, lz4", &[], &with_digest, &wal, &s_wal, "ok");
-    write("x25519_ok_small_none", "X25519 recipient slot only, no compression", &[], &plain, &hello, &s_hello, "ok");
-    write("x25519_bad_push_only", "the reader holds only the recipient (push-only host)", &[("open_with", "recipient".into())], &plain, &hello, &s_hello, "push-only");
-    write("x25519_bad_other_identity", "the reader holds another identity", &[("open_with", hex_encode(&other))], &plain, &hello, &s_hello, "unknown key");
+    write(
+        "x25519_ok_lz4_digest",
+        "X25519 recipient slot plus content-digest slot, lz4",
+        &[],
+        &with_digest,
+        &wal,
+        &s_wal,
+        "ok",
+    );
+    write(
+        "x25519_ok_small_none",
+        "X25519 recipient slot only, no compression",
+        &[],
+        &plain,
+        &hello,
+        &s_hello,
+        "ok",
+    );
+    write(
+        "x25519_bad_push_only",
+        "the reader holds only the recipient (push-only host)",
+        &[("open_with", "recipient".into())],
+        &plain,
+        &hello,
+        &s_hello,
+        "push-only",
+    );
+    write(
+        "x25519_bad_other_identity",
+        "the reader holds another identity",
+        &[("open_with", hex_encode(&other))],
+        &plain,
+        &hello,
+        &s_hello,
+        "unknown key",
+    );
     let mut flipped = s_hello.clone();
     flipped[12 + 19] ^= 0x01; // first byte of the ephemeral public key
-    write("x25519_bad_ephemeral_flipped", "one bit of the ephemeral public key flipped", &[], &plain, &hello, &flipped, "slot authentication");
+    write(
+        "x25519_bad_ephemeral_flipped",
+        "one bit of the ephemeral public key flipped",
+        &[],
+        &plain,
+        &hello,
+        &flipped,
+        "slot authentication",
+    );
     let mut flipped = s_wal.clone();
     flipped[header_len - 32 - 1] ^= 0x01; // last byte of the content digest
-    write("x25519_bad_digest_flipped", "one bit of the content digest flipped", &[], &with_digest, &wal, &flipped, "header authentication");
+    write(
+        "x25519_bad_digest_flipped",
+        "one bit of the content digest flipped",
+        &[],
+        &with_digest,
+        &wal,
+        &flipped,
+        "header authentication",
+    );
 }
