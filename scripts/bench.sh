@@ -6,7 +6,9 @@
 #   SEGMENTS=16 REPS=1 SKIP_REFERENCE=1 bash scripts/bench.sh     # quick check
 # Every knob of peer-bench.sh (SEGMENTS, REPS, SCALE, CLIENTS, PEERS, KEEP_TMP,
 # RESULTS_FILE, BENCH_TMPDIR, ...) is passed through from the environment.
-# Own knobs: WALSEAL_BIN (use this binary, no cargo build), PEER_BENCH (path of peer-bench.sh).
+# Own knobs: WALSEAL_BIN (use this binary, no cargo build), PEER_BENCH (path of peer-bench.sh),
+# WALSEAL_MODE: master (default: a master key pushes and fetches) or recipient (push-only:
+# wal-push with WALSEAL_RECIPIENT only, wal-fetch with the identity).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
@@ -34,8 +36,22 @@ KEYDIR=$(mktemp -d /tmp/walseal-bench-key.XXXXXX)
 trap 'rm -rf "$KEYDIR"' EXIT
 chown "$BENCH_USER:" "$KEYDIR"
 chmod 700 "$KEYDIR"
-KEY=$KEYDIR/master.key
-PG_USER=$BENCH_USER as_pg "$BIN" keygen -o "$KEY"
+WALSEAL_MODE=${WALSEAL_MODE:-master}
+case $WALSEAL_MODE in
+    master)
+        KEY=$KEYDIR/master.key
+        PG_USER=$BENCH_USER as_pg "$BIN" keygen -o "$KEY"
+        PUSH_KEYS="WALSEAL_KEY_FILE=$KEY"
+        FETCH_KEYS="WALSEAL_KEY_FILE=$KEY"
+        ;;
+    recipient)
+        KEY=$KEYDIR/identity
+        RECIPIENT=$(PG_USER=$BENCH_USER as_pg "$BIN" keygen --recipient -o "$KEY" 2>/dev/null)
+        PUSH_KEYS="WALSEAL_RECIPIENT=$RECIPIENT"
+        FETCH_KEYS="WALSEAL_IDENTITY_FILE=$KEY"
+        ;;
+    *) die "WALSEAL_MODE must be master or recipient (got '$WALSEAL_MODE')" ;;
+esac
 [ "$(stat -c '%U %a' "$KEY")" = "$BENCH_USER 600" ] || die "unexpected key file owner/mode: $(stat -c '%U %a' "$KEY")"
 
 # %r is "$TMP/run/repo" with TMP=$(mktemp -d "$BENCH_TMPDIR/peer-bench.XXXXXX"): absolute
@@ -43,9 +59,13 @@ PG_USER=$BENCH_USER as_pg "$BIN" keygen -o "$KEY"
 BENCH_TMPDIR=$(cd "${BENCH_TMPDIR:-/tmp}" && pwd -P)
 export BENCH_TMPDIR BENCH_USER
 
-export EXTRA_NAME=${EXTRA_NAME:-walseal}
-export PUSH_CMD="WALSEAL_REPO=file://%r WALSEAL_KEY_FILE=$KEY $BIN wal-push %p"
-export FETCH_CMD="WALSEAL_REPO=file://%r WALSEAL_KEY_FILE=$KEY $BIN wal-fetch %f %p"
+if [ "$WALSEAL_MODE" = recipient ]; then
+    export EXTRA_NAME=${EXTRA_NAME:-walseal-push-only}
+else
+    export EXTRA_NAME=${EXTRA_NAME:-walseal}
+fi
+export PUSH_CMD="WALSEAL_REPO=file://%r $PUSH_KEYS $BIN wal-push %p"
+export FETCH_CMD="WALSEAL_REPO=file://%r $FETCH_KEYS $BIN wal-fetch %f %p"
 log "PUSH_CMD=$PUSH_CMD"
 log "FETCH_CMD=$FETCH_CMD"
 

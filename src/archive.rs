@@ -62,12 +62,30 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
     let key = wal.object_key();
     // Sealed to a recipient, the object also records a digest of its content, so that a host
     // that cannot open objects (push-only) can still tell an identical re-push from a
-    // conflicting one.
-    let digest = match keyring.active() {
-        Sealer::Recipient(r) => Some(content_digest(&mut file, path, r)?),
+    // conflicting one. The digest is computed on a second thread while the file is sealed.
+    let recipient = match keyring.active() {
+        Sealer::Recipient(r) => Some(*r),
         Sealer::Master(_) => None,
     };
-    let (sealed, crc, sealed_key) = seal_file(&mut file, path, &keyring, &key, size, digest)?;
+    let (sealed, crc, sealed_key, digest) = std::thread::scope(|scope| {
+        let job = recipient.map(|r| {
+            scope.spawn(move || {
+                let mut f = File::open(path)
+                    .map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
+                content_digest(&mut f, path, &r)
+            })
+        });
+        let finish = move || -> Result<Option<[u8; 32]>> {
+            match job {
+                None => Ok(None),
+                Some(j) => j
+                    .join()
+                    .map_err(|_| Error::new(ErrorKind::Internal, "the digest thread panicked"))?
+                    .map(Some),
+            }
+        };
+        seal_file(&mut file, path, &keyring, &key, size, finish)
+    })?;
     self_check(&keyring, &sealed_key, &key, &sealed, size, crc)?;
     let sealed_len = sealed.len();
     match storage.put_new(&key, sealed.into()).await? {
@@ -155,14 +173,15 @@ fn seal_file(
     keyring: &Keyring,
     key: &str,
     size: u64,
-    digest: Option<[u8; 32]>,
-) -> Result<(Vec<u8>, u32, seal::SealedKey)> {
+    digest: impl FnOnce() -> Result<Option<[u8; 32]>>,
+) -> Result<SealedFile> {
     use std::io::Seek;
     file.rewind()
         .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
     let estimate = usize::try_from(size / 3).unwrap_or(0) + 4096;
+    // A recipient's object gets a placeholder digest, filled in by `finish_with_digest`.
     let opts = SealOptions {
-        content_digest: digest,
+        content_digest: matches!(keyring.active(), Sealer::Recipient(_)).then_some([0u8; 32]),
         ..SealOptions::default()
     };
     let mut writer = seal::seal(Vec::with_capacity(estimate), keyring.active(), key, &opts)
@@ -192,11 +211,18 @@ fn seal_file(
             ),
         ));
     }
-    let (sealed, sealed_key) = writer
-        .finish_with_key()
-        .map_err(|e| seal_error_from_io(e).into_error(key))?;
-    Ok((sealed, crc.finalize(), sealed_key))
+    let digest = digest()?;
+    let (sealed, sealed_key) = match digest {
+        Some(d) => writer.finish_with_digest(d),
+        None => writer.finish_with_key(),
+    }
+    .map_err(|e| seal_error_from_io(e).into_error(key))?;
+    Ok((sealed, crc.finalize(), sealed_key, digest))
 }
+
+/// What [`seal_file`] returns: the sealed object, the source's CRC-32, the object's key for
+/// the self-check, and the content digest (recipients only).
+type SealedFile = (Vec<u8>, u32, seal::SealedKey, Option<[u8; 32]>);
 
 /// Opens what we just sealed and checks length and CRC-32 against the source: with the
 /// keyring where it can open the object (checking the key slot too), else (push-only) with

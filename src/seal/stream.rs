@@ -111,6 +111,8 @@ enum Sink<W: Write> {
 pub struct SealWriter<W: Write> {
     sink: Sink<W>,
     dek: DataKey,
+    header: Header,
+    name: String,
 }
 
 /// Starts sealing an object called `name` to `to` (a master key or a recipient), writing the
@@ -162,6 +164,7 @@ pub fn seal<'k, W: Write>(
         name.as_bytes(),
     );
     out.write_all(&header.to_bytes())?;
+    let header_copy = header.clone();
     let chunk = 1usize << opts.chunk_shift;
     let sealer = ChunkSealer {
         out,
@@ -180,7 +183,12 @@ pub fn seal<'k, W: Write>(
             Sink::Lz4(Box::new(FrameEncoder::with_frame_info(info, sealer)))
         }
     };
-    Ok(SealWriter { sink, dek })
+    Ok(SealWriter {
+        sink,
+        dek,
+        header: header_copy,
+        name: name.to_string(),
+    })
 }
 
 impl<W: Write> SealWriter<W> {
@@ -217,6 +225,51 @@ impl<W: Write> Write for SealWriter<W> {
     fn flush(&mut self) -> io::Result<()> {
         // Sealing cannot flush a partial chunk; the data is written at `finish`.
         Ok(())
+    }
+}
+
+impl SealWriter<Vec<u8>> {
+    /// Finishes an in-memory object whose content digest (kind 0x03) is known only now, e.g.
+    /// computed on another thread while sealing: the object must have been started with a
+    /// placeholder digest in [`SealOptions::content_digest`]; its header is rebuilt with
+    /// `digest` (same length, new MAC) and rewritten in place.
+    ///
+    /// # Errors
+    /// I/O errors; `InvalidInput` if the object has no digest slot to fill.
+    pub fn finish_with_digest(self, digest: [u8; 32]) -> io::Result<(Vec<u8>, SealedKey)> {
+        let (header, name) = (self.header.clone(), self.name.clone());
+        let (mut out, key) = self.finish_with_key()?;
+        let kind = super::SlotKind::ContentDigest as u8;
+        if !header.slots.iter().any(|s| s.kind == kind) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "sealed without a content-digest slot to fill",
+            ));
+        }
+        let slots = header
+            .slots
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                if s.kind == kind {
+                    s.body = digest.to_vec();
+                }
+                s
+            })
+            .collect();
+        let rebuilt = Header::new(
+            header.compression,
+            header.chunk_shift,
+            slots,
+            &key.0,
+            name.as_bytes(),
+        )
+        .to_bytes();
+        if rebuilt.len() != header.len() || out.len() < rebuilt.len() {
+            return Err(io::Error::other("the rebuilt header changed length"));
+        }
+        out[..rebuilt.len()].copy_from_slice(&rebuilt);
+        Ok((out, key))
     }
 }
 

@@ -737,3 +737,27 @@ fn write_recipient_test_vectors() {
         "header authentication",
     );
 }
+
+#[test]
+fn a_digest_filled_in_at_finish_authenticates_like_one_given_up_front() {
+    let alice = identity(0x71);
+    let ring = Keyring::with(vec![], vec![identity(0x71)], None).unwrap();
+    let data = sample(50_000);
+    let placeholder = SealOptions {
+        content_digest: Some([0u8; 32]),
+        ..SealOptions::default()
+    };
+    let mut w = seal(Vec::new(), alice.recipient(), "n", &placeholder).unwrap();
+    w.write_all(&data).unwrap();
+    let (sealed, _) = w.finish_with_digest([9u8; 32]).unwrap();
+    let header = Header::read(&mut &sealed[..]).unwrap();
+    assert_eq!(
+        header.content_digest(&alice.recipient().id()),
+        Some([9u8; 32])
+    );
+    assert_eq!(open_bytes(&ring, "n", &sealed).unwrap(), data);
+    // Without a slot to fill, finishing with a digest is refused.
+    let mut w = seal(Vec::new(), alice.recipient(), "n", &SealOptions::default()).unwrap();
+    w.write_all(b"x").unwrap();
+    assert!(w.finish_with_digest([9u8; 32]).is_err());
+}
