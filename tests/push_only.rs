@@ -468,4 +468,116 @@ fn mixed_repository_then_rekey_to_the_recipient() {
     );
     assert_eq!(code(&out), 7, "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot tell"), "{}", stderr(&out));
+
+    // Escrow of an identity: export under a passphrase, import, and the copy opens everything.
+    let export = root.join("identity.export");
+    let mut c = with(&[("WALSEAL_IDENTITY_FILE", &identity)], None);
+    c.env("WALSEAL_PASSPHRASE", "correct horse battery staple");
+    let out = run(
+        c,
+        &[
+            "key",
+            "export",
+            "--key-id",
+            &recipient_id,
+            "-o",
+            export.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = std::fs::read_to_string(&export).unwrap();
+    let secret = std::fs::read_to_string(&identity).unwrap();
+    let secret = secret
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap();
+    assert!(
+        !text.contains(secret),
+        "the export holds the identity in clear"
+    );
+    let copy = root.join("identity.copy");
+    let mut c = bare(&repo);
+    c.env("WALSEAL_PASSPHRASE", "correct horse battery staple");
+    let out = run(
+        c,
+        &[
+            "key",
+            "import",
+            "-i",
+            export.to_str().unwrap(),
+            "-o",
+            copy.to_str().unwrap(),
+        ],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), recipient_id);
+    let out = run(
+        with(&[("WALSEAL_IDENTITY_FILE", &copy)], None),
+        &["verify"],
+        root,
+    );
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+}
+
+#[test]
+fn push_only_audit_log_is_chained_and_holds_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("pg_wal")).unwrap();
+    let repo = RepoEnv::local(&root.join("repo"));
+    let identity = root.join("identity");
+    let recipient = keygen_recipient(bare(&repo), &identity);
+    let audit = root.join("audit.log");
+    let push_host = || {
+        let mut c = bare(&repo);
+        c.env("WALSEAL_RECIPIENT", &recipient)
+            .env("WALSEAL_AUDIT_LOG", &audit);
+        c
+    };
+    let secret = std::fs::read_to_string(&identity).unwrap();
+    let secret = secret
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap()
+        .to_string();
+    for n in ["000000010000000000000001", "000000010000000000000002"] {
+        std::fs::write(
+            root.join("pg_wal").join(n),
+            synthetic_segment(n, SYSID, SEG, None),
+        )
+        .unwrap();
+        let out = run(
+            push_host(),
+            &["wal-push", &format!("pg_wal/{n}"), "--log-level", "trace"],
+            root,
+        );
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        assert!(!stderr(&out).contains(&secret));
+    }
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(log.lines().count(), 2, "{log}");
+    assert!(
+        log.lines()
+            .all(|l| l.contains("\"op\":\"wal-push\"") && !l.contains("\"mac\"")),
+        "{log}"
+    );
+    assert!(!log.contains(&secret));
+    let out = run(push_host(), &["audit", "verify"], root);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    // A removed line breaks the chain even without a MAC.
+    let second = log.lines().nth(1).unwrap();
+    std::fs::write(&audit, format!("{second}\n")).unwrap();
+    let out = run(push_host(), &["audit", "verify"], root);
+    assert_ne!(code(&out), 0, "{}", stdout(&out));
+    // `audit seal` works push-only: the batch is sealed to the recipient.
+    std::fs::write(&audit, &log).unwrap();
+    let out = run(push_host(), &["audit", "seal"], root);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let sealed: Vec<_> = std::fs::read_dir(root.join("repo/audit"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(sealed.len(), 1);
 }
