@@ -339,6 +339,12 @@ pub fn retain(
             plan.removed_wal.len()
         );
     }
+    if plan.removed_staging_files > 0 {
+        println!(
+            "{verb} {} staging files of interrupted writes",
+            plan.removed_staging_files
+        );
+    }
     println!(
         "retain: kept {} backups ({}); {verb} {} objects, {}",
         plan.kept.len(),

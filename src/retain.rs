@@ -41,6 +41,8 @@ pub struct Plan {
     pub removed_backups: Vec<String>,
     /// Interrupted backups whose parts are removed.
     pub removed_incomplete: Vec<String>,
+    /// Staging files of killed writers removed (local repositories).
+    pub removed_staging_files: u64,
     /// WAL objects removed, oldest first.
     pub removed_wal: Vec<String>,
     /// Objects removed in all.
@@ -48,6 +50,11 @@ pub struct Plan {
     /// Bytes freed.
     pub freed_bytes: u64,
 }
+
+/// An interrupted backup's parts are removed only once none was written for this long (an
+/// older backup can still be running when a newer one completes; a running backup writes a
+/// part at least every few minutes, and waits at most `--wal-timeout` for its WAL).
+pub const INCOMPLETE_GRACE_SECS: f64 = 6.0 * 3600.0;
 
 /// Plans and (unless `dry_run`) applies the policy.
 ///
@@ -112,15 +119,28 @@ pub async fn retain(
             .map(|(b, _)| b.id.clone())
             .collect(),
         removed_incomplete: Vec::new(),
+        removed_staging_files: 0,
         removed_wal: Vec::new(),
         removed_objects: 0,
         freed_bytes: 0,
     };
     if let Some(newest) = backups.last() {
+        // An older backup may still be running (a slow one overtaken by a fast one): leave an
+        // interrupted backup alone until none of its objects was written for a while.
+        let now = crate::time::now();
+        let last_write = |id: &str| {
+            let prefix = format!("{BACKUPS}/{id}/");
+            objects
+                .iter()
+                .filter(|o| o.key.starts_with(&prefix))
+                .map(|o| o.modified)
+                .fold(f64::MIN, f64::max)
+        };
         plan.removed_incomplete = listing
             .incomplete
             .iter()
             .filter(|id| id.as_str() < newest.id.as_str())
+            .filter(|id| now - last_write(id) > INCOMPLETE_GRACE_SECS)
             .cloned()
             .collect();
     }
@@ -167,6 +187,17 @@ pub async fn retain(
         for key in &doomed {
             storage.delete(key).await?;
         }
+    }
+    // Local repositories: staging files of writers killed mid-write (never listed). In a
+    // removed backup's directory all of them; elsewhere only old ones, as a running wal-push
+    // or backup may be writing the newest.
+    for id in plan.removed_backups.iter().chain(&plan.removed_incomplete) {
+        plan.removed_staging_files +=
+            storage.remove_stale_staging(&format!("{BACKUPS}/{id}/"), 0.0, true, dry_run)?;
+    }
+    for prefix in ["wal/", "backups/"] {
+        plan.removed_staging_files +=
+            storage.remove_stale_staging(prefix, INCOMPLETE_GRACE_SECS, false, dry_run)?;
     }
     Ok(plan)
 }

@@ -456,6 +456,45 @@ fn pg15_backup_auth_and_bad_input() {
     let out = s.restore(&s.dir.path().join("killed"), &[&killed_id]);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert!(stderr(&out).contains("incomplete"), "{}", stderr(&out));
+
+    // After a newer backup completes, retain leaves the interrupted one alone while it could
+    // still be running (written to recently), and removes it once it has been quiet for hours.
+    let out = s
+        .walseal_as_pg()
+        .args(["backup", "--fast", "--pg", &conn("postgres")])
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let retain_plan = || -> serde_json::Value {
+        let out = s
+            .walseal_as_pg()
+            .args(["retain", "--keep-full", "10", "--json"])
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let plan = retain_plan();
+    assert_eq!(plan["removed_incomplete"], serde_json::json!([]), "{plan}");
+    assert!(repo.join("backups").join(&killed_id).exists());
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find \"$0\" -type f -exec touch -d '7 hours ago' {} +")
+            .arg(repo.join("backups").join(&killed_id)),
+    );
+    let plan = retain_plan();
+    assert_eq!(
+        plan["removed_incomplete"],
+        serde_json::json!([killed_id]),
+        "{plan}"
+    );
+    assert!(
+        std::fs::read_dir(repo.join("backups").join(&killed_id))
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true),
+        "parts of the interrupted backup remain"
+    );
 }
 
 /// The replication connection over TLS: require, verify-full against the right CA, a wrong CA

@@ -34,3 +34,52 @@ fn conformance_s3() {
     let storage = RepoEnv::s3(&endpoint, &bucket, &unique("conformance")).storage();
     block_on(conformance::run_all(&storage));
 }
+
+/// Staging files of killed writers (local backend only): old ones go, fresh ones stay (a
+/// writer may be using them), objects are never touched, and empty directories are removed
+/// only when asked.
+#[test]
+fn stale_staging_files_are_removed_from_local_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = common::RepoEnv::local(dir.path());
+    let storage = repo.storage();
+    block_on(storage.put_new("backups/x/base.tar.00000", b"part".to_vec().into())).unwrap();
+    let d = dir.path().join("backups/x");
+    std::fs::write(d.join("base.tar.00001#3"), b"half").unwrap();
+    std::fs::write(d.join("base.tar.00002#4"), b"fresh").unwrap();
+    std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(d.join("base.tar.00001#3"))
+        .status()
+        .unwrap();
+    assert_eq!(
+        storage
+            .remove_stale_staging("backups/", 3600.0, false, true)
+            .unwrap(),
+        1
+    );
+    assert!(
+        d.join("base.tar.00001#3").exists(),
+        "dry run removed a file"
+    );
+    assert_eq!(
+        storage
+            .remove_stale_staging("backups/", 3600.0, false, false)
+            .unwrap(),
+        1
+    );
+    assert!(!d.join("base.tar.00001#3").exists());
+    assert!(
+        d.join("base.tar.00002#4").exists(),
+        "a fresh staging file was removed"
+    );
+    block_on(storage.delete("backups/x/base.tar.00000")).unwrap();
+    assert_eq!(
+        storage
+            .remove_stale_staging("backups/x/", 0.0, true, false)
+            .unwrap(),
+        1
+    );
+    assert!(!d.exists(), "the emptied backup directory remains");
+    assert!(dir.path().join("backups").exists());
+}

@@ -205,6 +205,30 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
             .sum(),
         archives,
     };
+    // Every part must still be there: a record naming missing parts would list a backup that
+    // cannot be restored (e.g. parts removed by a retain run on another host meanwhile).
+    let present: std::collections::HashSet<String> = storage
+        .list(&format!("{}/{id}/", catalog::BACKUPS))
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    if let Some(missing) = record
+        .archives
+        .iter()
+        .flat_map(|a| &a.parts)
+        .find(|p| !present.contains(&p.key))
+    {
+        return Err(Error::new(
+            ErrorKind::Storage,
+            format!(
+                "{} vanished from {} while the backup ran; the backup is not recorded",
+                missing.key,
+                storage.display()
+            ),
+        )
+        .hint("something removed it (a retain run with a clock far off, or a bucket lifecycle rule on backups/): fix that, then run the backup again"));
+    }
     let json = serde_json::to_vec_pretty(&record)
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode record: {e}")))?;
     let key = catalog::record_key(&id);

@@ -60,6 +60,8 @@ pub struct Storage {
     store: Arc<dyn ObjectStore>,
     prefix: ObjPath,
     display: String,
+    /// The directory of a `file://` repository.
+    local_dir: Option<std::path::PathBuf>,
 }
 
 /// Whether a command may create a missing local repository directory.
@@ -79,6 +81,7 @@ impl Storage {
         display: impl Into<String>,
     ) -> Self {
         Storage {
+            local_dir: None,
             store,
             prefix: ObjPath::from(prefix),
             display: display.into(),
@@ -146,6 +149,7 @@ impl Storage {
                     store: Arc::new(fs),
                     prefix: ObjPath::default(),
                     display,
+                    local_dir: Some(dir),
                 });
             }
             "s3" | "s3a" => {
@@ -217,6 +221,7 @@ impl Storage {
             store,
             prefix: ObjPath::from(prefix),
             display,
+            local_dir: None,
         })
     }
 
@@ -352,6 +357,71 @@ impl Storage {
                 &e,
             )),
         }
+    }
+
+    /// Local repositories only: removes staging files (`name#N`, left by a writer killed
+    /// mid-write; listings never show them) under `prefix` that were last written more than
+    /// `min_age_secs` ago, then (with `remove_empty_dirs`, for prefixes no writer uses any
+    /// more) directories left empty. Returns how many files it removed (or, with `dry_run`,
+    /// would remove). Other backends have no staging files: 0.
+    ///
+    /// # Errors
+    /// `Storage` if the directory cannot be read or a file removed.
+    pub fn remove_stale_staging(
+        &self,
+        prefix: &str,
+        min_age_secs: f64,
+        remove_empty_dirs: bool,
+        dry_run: bool,
+    ) -> Result<u64> {
+        let Some(root) = &self.local_dir else {
+            return Ok(0);
+        };
+        let dir = root.join(prefix.trim_end_matches('/'));
+        if !dir.is_dir() {
+            return Ok(0);
+        }
+        let now = std::time::SystemTime::now();
+        let fail = |what: &str, p: &std::path::Path, e: &std::io::Error| {
+            Error::new(
+                ErrorKind::Storage,
+                format!("{}: cannot {what} {}: {e}", self.display, p.display()),
+            )
+        };
+        let mut removed = 0;
+        let mut stack = vec![dir.clone()];
+        let mut dirs = Vec::new();
+        while let Some(d) = stack.pop() {
+            for entry in std::fs::read_dir(&d).map_err(|e| fail("read", &d, &e))? {
+                let entry = entry.map_err(|e| fail("read", &d, &e))?;
+                let path = entry.path();
+                let meta = entry.metadata().map_err(|e| fail("stat", &path, &e))?;
+                if meta.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let staging = entry.file_name().to_string_lossy().contains('#');
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                if staging && age > min_age_secs {
+                    if !dry_run {
+                        std::fs::remove_file(&path).map_err(|e| fail("remove", &path, &e))?;
+                    }
+                    removed += 1;
+                }
+            }
+            dirs.push(d);
+        }
+        if remove_empty_dirs && !dry_run {
+            // Deepest first; a directory that is not empty stays (remove_dir refuses it).
+            for d in dirs.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+        Ok(removed)
     }
 
     /// Lists the keys (relative to the repository) and sizes under `prefix`, sorted.
