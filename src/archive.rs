@@ -75,7 +75,7 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
                 content_digest(&mut f, path, &r)
             })
         });
-        let finish = move || -> Result<Option<[u8; 32]>> {
+        let finish = move || -> Result<Option<([u8; 32], u32)>> {
             match job {
                 None => Ok(None),
                 Some(j) => j
@@ -101,7 +101,7 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
             Ok(PushOutcome::Stored)
         }
         PutOutcome::AlreadyExists => {
-            compare_with_archived(&storage, &keyring, &key, path, digest).await?;
+            compare_with_archived(&storage, &keyring, &key, path, digest, sealed_len).await?;
             tracing::info!("{} was already archived with identical content", wal.name);
             Ok(PushOutcome::AlreadyArchived)
         }
@@ -148,17 +148,22 @@ fn not_a_segment(path: &Path, why: &str) -> Error {
     .hint("archive_command must pass %p unchanged; check the file in pg_wal")
 }
 
-/// The content digest of the file for `recipient` (`docs/FORMAT.md` §4, kind 0x03).
-fn content_digest(file: &mut File, path: &Path, recipient: &Recipient) -> Result<[u8; 32]> {
+/// The content digest of the file for `recipient` (`docs/FORMAT.md` §4, kind 0x03), and the
+/// CRC-32 of the bytes it covers (to prove they are the bytes that were sealed).
+fn content_digest(file: &mut File, path: &Path, recipient: &Recipient) -> Result<([u8; 32], u32)> {
     use std::io::Seek;
     file.rewind()
         .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
     let mut digest = recipient.content_digest();
+    let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; READ_BUF];
     loop {
         match file.read(&mut buf) {
-            Ok(0) => return Ok(digest.finish()),
-            Ok(n) => digest.update(&buf[..n]),
+            Ok(0) => return Ok((digest.finish(), crc.finalize())),
+            Ok(n) => {
+                digest.update(&buf[..n]);
+                crc.update(&buf[..n]);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(local_io(format!("cannot read {}", path.display()), &e)),
         }
@@ -173,7 +178,7 @@ fn seal_file(
     keyring: &Keyring,
     key: &str,
     size: u64,
-    digest: impl FnOnce() -> Result<Option<[u8; 32]>>,
+    digest: impl FnOnce() -> Result<Option<([u8; 32], u32)>>,
 ) -> Result<SealedFile> {
     use std::io::Seek;
     file.rewind()
@@ -211,13 +216,28 @@ fn seal_file(
             ),
         ));
     }
-    let digest = digest()?;
+    let crc = crc.finalize();
+    let digest = match digest()? {
+        // The digest thread read the file on its own: it must have seen the sealed bytes.
+        Some((_, digest_crc)) if digest_crc != crc => return Err(Error::new(
+            ErrorKind::LocalIo,
+            format!(
+                "{} changed while being archived (two reads differ); nothing was stored",
+                path.display()
+            ),
+        )
+        .hint(
+            "PostgreSQL never changes a finished segment: check that nothing else writes to pg_wal",
+        )),
+        Some((d, _)) => Some(d),
+        None => None,
+    };
     let (sealed, sealed_key) = match digest {
         Some(d) => writer.finish_with_digest(d),
         None => writer.finish_with_key(),
     }
     .map_err(|e| seal_error_from_io(e).into_error(key))?;
-    Ok((sealed, crc.finalize(), sealed_key, digest))
+    Ok((sealed, crc, sealed_key, digest))
 }
 
 /// What [`seal_file`] returns: the sealed object, the source's CRC-32, the object's key for
@@ -265,6 +285,7 @@ async fn compare_with_archived(
     key: &str,
     path: &Path,
     digest: Option<[u8; 32]>,
+    sealed_len: usize,
 ) -> Result<()> {
     let sealed = storage.get_bytes(key).await?.ok_or_else(|| {
         Error::new(
@@ -275,7 +296,7 @@ async fn compare_with_archived(
     let mut archived = match seal::open(&sealed[..], keyring, key) {
         Ok(r) => r,
         Err(SealError::PushOnly | SealError::UnknownKey(_)) if digest.is_some() => {
-            return compare_digest(keyring, key, &sealed, digest);
+            return compare_digest(keyring, key, &sealed, digest, sealed_len);
         }
         Err(e) => {
             return Err(e.into_error(key).hint("the copy already archived under this name does not open: move it aside, then let PostgreSQL retry"));
@@ -303,16 +324,34 @@ async fn compare_with_archived(
 }
 
 /// The push-only comparison: the archived copy's content digest for our recipient against the
-/// file's.
+/// file's. This host cannot authenticate the archived header, so the copy must also be sealed
+/// to our recipient and have exactly the length our own sealing just produced (same content,
+/// recipient and compressor give the same length): a truncated or padded copy is not taken
+/// for the segment, which PostgreSQL would then recycle.
 fn compare_digest(
     keyring: &Keyring,
     key: &str,
     sealed: &[u8],
     digest: Option<[u8; 32]>,
+    sealed_len: usize,
 ) -> Result<()> {
     let header = seal::Header::read(&mut &sealed[..]).map_err(|e| e.into_error(key))?;
     let id = keyring.active().id();
     match header.content_digest(&id) {
+        Some(archived)
+            if Some(archived) == digest
+                && (sealed.len() != sealed_len || header.key_ids() != [id]) =>
+        {
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{key} is already archived with the same content digest, but its size ({} bytes, {} expected) or key slot does not match; this host cannot open it to tell whether it is intact",
+                    sealed.len(),
+                    sealed_len
+                ),
+            )
+            .hint("run `walseal verify` on a host with the identity: if the copy is damaged, move it aside and let PostgreSQL retry"))
+        }
         Some(archived) if Some(archived) == digest => Ok(()),
         Some(_) => Err(Error::new(
             ErrorKind::Conflict,

@@ -65,6 +65,9 @@ impl Recipient {
                 .hint("copy the whole `wsr1…` line that `walseal keygen --recipient` printed (also in the identity file's `recipient:` line)")
         };
         let text = text.trim();
+        if !text.is_ascii() {
+            return Err(bad("it has characters other than letters and digits"));
+        }
         let hex = text
             .strip_prefix(PREFIX)
             .ok_or_else(|| bad("it does not start with `wsr1`"))?;
@@ -82,6 +85,12 @@ impl Recipient {
         let r = Recipient::from_bytes(public);
         if r.id.0[..4] != check {
             return Err(bad("its checksum does not match (a character was changed)"));
+        }
+        // A low-order point gives every sender the same (all-zero) shared secret: refuse it
+        // here rather than on every seal.
+        let probe = Identity::from_bytes(Zeroizing::new([0x5a; 32]));
+        if probe.agree(&r.public).is_none() {
+            return Err(bad("it is not a usable X25519 public key"));
         }
         Ok(r)
     }
@@ -321,6 +330,11 @@ mod tests {
             assert!(Recipient::parse(&changed).is_err(), "position {i}");
         }
         assert!(Recipient::parse(&text[..70]).is_err());
+        // Non-ASCII of the right byte length, and a low-order point with a valid checksum.
+        assert!(Recipient::parse(&format!("wsr1é{}", &text[6..])).is_err());
+        let zero = Recipient::from_bytes([0u8; 32]).to_string();
+        let err = Recipient::parse(&zero).unwrap_err().to_string();
+        assert!(err.contains("not a usable"), "{err}");
         assert!(Recipient::parse(&text.replace("wsr1", "wsr2")).is_err());
     }
 

@@ -98,7 +98,28 @@ async fn rekey_one(
     let new = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
         let to = target_sealer(&keyring, &target)
             .ok_or_else(|| Error::new(ErrorKind::Internal, "target key vanished"))?;
-        let Some(new) = seal::rewrap(&sealed, &keyring, to, &k).map_err(|e| e.into_error(&k))?
+        // WAL files moving to a recipient get a content digest, so that a push-only host can
+        // still recognise an identical re-push of them (`docs/FORMAT.md` §4, kind 0x03).
+        let digest = match to {
+            crate::keys::Sealer::Recipient(r) if k.starts_with("wal/") => {
+                let header = seal::Header::read(&mut &sealed[..]).map_err(|e| e.into_error(&k))?;
+                if header.key_ids() == [r.id()] && header.content_digest(&r.id()).is_some() {
+                    None
+                } else {
+                    let mut d = r.content_digest();
+                    let mut reader =
+                        seal::open(&sealed[..], &keyring, &k).map_err(|e| e.into_error(&k))?;
+                    seal::for_each_block(&mut reader, &k, |block| {
+                        d.update(block);
+                        Ok(())
+                    })?;
+                    Some(d.finish())
+                }
+            }
+            _ => None,
+        };
+        let Some(new) =
+            seal::rewrap(&sealed, &keyring, to, &k, digest).map_err(|e| e.into_error(&k))?
         else {
             return Ok(None);
         };

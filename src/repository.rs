@@ -118,10 +118,9 @@ pub async fn ensure(
             let sealed = seal::seal_to_vec(keyring.active(), IDENTITY_KEY, &encode(candidate)?)
                 .map_err(|e| e.into_error(IDENTITY_KEY))?;
             match storage.put_new(IDENTITY_KEY, sealed.into()).await? {
-                PutOutcome::Created => {
-                    ensure_plain(storage, candidate).await?;
-                    candidate.clone()
-                }
+                // The plain copy (normally new too) is what push-only hosts check: it must
+                // agree, so it is what the candidate is compared with below.
+                PutOutcome::Created => ensure_plain(storage, candidate).await?,
                 // Another process recorded it first: use theirs.
                 PutOutcome::AlreadyExists => match load_sealed(storage, keyring).await? {
                     Ok(Some(id)) => id,
@@ -136,8 +135,19 @@ pub async fn ensure(
                 },
             }
         }
-        // Push-only: the plain copy stands in for the sealed record.
-        Err(seal::SealError::PushOnly) => ensure_plain(storage, candidate).await?,
+        // Push-only: the plain copy stands in for the sealed record. Without one (a repository
+        // from before plain copies) this host cannot check the cluster, so it refuses rather
+        // than record its own guess.
+        Err(seal::SealError::PushOnly) => load_plain(storage).await?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "repository {} has a sealed identity record but no plain copy ({PLAIN_IDENTITY_KEY}), so this push-only host cannot check that it belongs to this cluster",
+                    storage.display()
+                ),
+            )
+            .hint("run `walseal verify` once on a host with the key or identity: it writes the plain copy")
+        })?,
         Err(e) => return Err(e.into_error(IDENTITY_KEY)),
     };
     if current.system_identifier != candidate.system_identifier {

@@ -112,6 +112,18 @@ fn push_only_host_archives_compares_by_digest_and_cannot_open() {
             "{}",
             stderr(&out)
         );
+        // A damaged archived copy (one byte appended) with the right digest is not taken for
+        // the segment: this host cannot authenticate it, so size and slot must match too.
+        let storage = repo.storage();
+        let key = format!("wal/00000001/{name}");
+        let good = block_on(storage.get_bytes(&key)).unwrap().unwrap();
+        let mut padded = good.clone();
+        padded.push(0);
+        block_on(storage.replace(&key, padded.into())).unwrap();
+        let out = run(push_host(), &["wal-push", &path], root);
+        assert_eq!(code(&out), 7, "{}", stderr(&out));
+        assert!(stderr(&out).contains("cannot open it"), "{}", stderr(&out));
+        block_on(storage.replace(&key, good.into())).unwrap();
         // ...different content under the same name is refused.
         let mut other = data.clone();
         other[200_000] ^= 0xff;
@@ -422,6 +434,16 @@ fn mixed_repository_then_rekey_to_the_recipient() {
     );
     assert_eq!(code(&out), 204, "{}", stderr(&out));
 
+    // Before the rekey, the push-only host cannot tell whether the master-key segment holds
+    // the same content (no digest, cannot open): it refuses rather than claim success.
+    let out = run(
+        with(&[], Some(&recipient)),
+        &["wal-push", &format!("pg_wal/{}", segs[0])],
+        root,
+    );
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot tell"), "{}", stderr(&out));
+
     // Rekey everything to the recipient (the identity is needed to check each object).
     let out = run(
         with(&[("WALSEAL_KEY_FILE", &key)], None),
@@ -452,22 +474,16 @@ fn mixed_repository_then_rekey_to_the_recipient() {
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         assert!(std::fs::read(root.join(&dest)).unwrap() == *d);
     }
-    // The push-only host re-pushing its own segment still matches by digest (rekeying to the
-    // same recipient kept it); the rewrapped master-key segment has no digest, so it cannot
-    // tell, and refuses rather than claim success.
-    let out = run(
-        with(&[], Some(&recipient)),
-        &["wal-push", &format!("pg_wal/{}", segs[1])],
-        root,
-    );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
-    let out = run(
-        with(&[], Some(&recipient)),
-        &["wal-push", &format!("pg_wal/{}", segs[0])],
-        root,
-    );
-    assert_eq!(code(&out), 7, "{}", stderr(&out));
-    assert!(stderr(&out).contains("cannot tell"), "{}", stderr(&out));
+    // Re-pushes from the push-only host now match by digest: its own segment kept its digest
+    // (already under the recipient), and rekey gave the master-key segment one.
+    for seg in segs {
+        let out = run(
+            with(&[], Some(&recipient)),
+            &["wal-push", &format!("pg_wal/{seg}")],
+            root,
+        );
+        assert_eq!(code(&out), 0, "{seg}: {}", stderr(&out));
+    }
 
     // Escrow of an identity: export under a passphrase, import, and the copy opens everything.
     let export = root.join("identity.export");

@@ -75,6 +75,9 @@ struct OutFile {
     path: PathBuf,
     direct: bool,
     written: u64,
+    /// The archive's mode, set at [`OutFile::finish`] when it lacks owner write (the file is
+    /// created writable by its owner so the tail can be written through a second descriptor).
+    mode: u32,
 }
 
 impl OutFile {
@@ -83,7 +86,7 @@ impl OutFile {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .mode(mode)
+                .mode(mode | 0o200)
                 .custom_flags(flags)
                 .open(path)
         };
@@ -96,13 +99,21 @@ impl OutFile {
                         path: path.to_path_buf(),
                         direct: true,
                         written: 0,
+                        mode,
                     })
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // Linux creates the file before it refuses O_DIRECT (EEXIST would have
+                    // come first had it existed): remove ours and open it again, buffered.
                     tracing::debug!(
                         "O_DIRECT refused for {}: writing through the page cache",
                         path.display()
                     );
+                    match fs::remove_file(path) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(cannot(&e)),
+                    }
                     *direct = false;
                 }
                 Err(e) => return Err(cannot(&e)),
@@ -113,7 +124,17 @@ impl OutFile {
             path: path.to_path_buf(),
             direct: false,
             written: 0,
+            mode,
         })
+    }
+
+    /// Gives the file its archive mode if creating it needed owner write.
+    fn finish(self) -> Result<()> {
+        if self.mode & 0o200 == 0 {
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(self.mode))
+                .map_err(|e| local_io(format!("cannot chmod {}", self.path.display()), &e))?;
+        }
+        Ok(())
     }
 
     /// Appends `data`, which starts at an aligned address; every call but a file's last
@@ -243,6 +264,7 @@ pub fn extract<R: Read>(
                     out.write(&buf[..want], &mut direct)?;
                     left -= want as u64;
                 }
+                out.finish()?;
                 let pad = (512 - (size % 512) as usize) % 512;
                 r.read_exact(&mut buf[..pad]).map_err(map_read)?;
                 on_file(FileInfo {
@@ -337,6 +359,7 @@ mod tests {
         // Sizes around the O_DIRECT threshold, the alignment and the 1 MiB block.
         let sizes = [
             100u64,
+            (BLOCK as u64) + 77, // read-only below: the tail is written through a second open
             DIRECT_MIN - 1,
             DIRECT_MIN,
             DIRECT_MIN + 1,
@@ -347,7 +370,18 @@ mod tests {
         let mut want = Vec::new();
         for (i, size) in sizes.iter().enumerate() {
             let data: Vec<u8> = (0..*size).map(|j| (j * 31 + i as u64) as u8).collect();
-            tar.extend(header(&format!("base/1/{i}"), *size, b'0', ""));
+            let mut h = header(&format!("base/1/{i}"), *size, b'0', "");
+            if i == 1 {
+                h[100..108].copy_from_slice(b"0000400\0");
+                let sum: u32 = h[..148]
+                    .iter()
+                    .chain(&[b' '; 8])
+                    .chain(&h[156..])
+                    .map(|b| u32::from(*b))
+                    .sum();
+                h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            }
+            tar.extend(h);
             tar.extend(&data);
             tar.extend(vec![0u8; ((512 - size % 512) % 512) as usize]);
             want.push(data);
@@ -377,6 +411,11 @@ mod tests {
                 );
                 assert_eq!(files[i].crc32c, crc32c::crc32c(data));
             }
+            let mode = std::fs::metadata(dir.path().join("base/1/1"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o400, "the archive's read-only mode");
         }
     }
 

@@ -179,7 +179,9 @@ pub fn payload_digest(sealed: &[u8]) -> Result<String, SealError> {
 /// Rewraps a sealed object's data key under `to` (key rotation): returns the object with a new
 /// header holding a single slot for `to` (a master-key or an X25519 slot; a content-digest
 /// slot is kept only if it is for `to`) and the payload bytes unchanged, or `None` if the object is already
-/// sealed under `to` alone. The payload is not re-encrypted: it is
+/// sealed under `to` alone (and, if `digest` is given, already has a digest for it). `digest`
+/// (a recipient's content digest of the object, see [`crate::recipient::Recipient::content_digest`])
+/// adds or replaces the content-digest slot when `to` is a recipient. The payload is not re-encrypted: it is
 /// bound to the data key, which does not change (`docs/FORMAT.md` §4).
 ///
 /// # Errors
@@ -189,10 +191,12 @@ pub fn rewrap(
     keyring: &crate::keys::Keyring,
     to: crate::keys::Sealer<'_>,
     name: &str,
+    digest: Option<[u8; 32]>,
 ) -> Result<Option<Vec<u8>>, SealError> {
     let mut cursor = sealed;
     let header = Header::read(&mut cursor)?;
-    if header.key_ids() == [to.id()] {
+    let has_digest = header.content_digest(&to.id()).is_some();
+    if header.key_ids() == [to.id()] && (digest.is_none() || has_digest) {
         return Ok(None);
     }
     let dek = header.unlock(keyring, name.as_bytes())?;
@@ -204,13 +208,16 @@ pub fn rewrap(
         crate::keys::Sealer::Recipient(r) => header::x25519_slot(r, &salt, &dek, name.as_bytes())?,
     };
     let mut slots = vec![slot];
-    slots.extend(
-        header
-            .slots
-            .iter()
-            .filter(|s| s.kind == SlotKind::ContentDigest as u8 && s.key_id == to.id())
-            .cloned(),
-    );
+    match (to, digest) {
+        (crate::keys::Sealer::Recipient(r), Some(d)) => slots.push(header::digest_slot(r, &d)),
+        _ => slots.extend(
+            header
+                .slots
+                .iter()
+                .filter(|s| s.kind == SlotKind::ContentDigest as u8 && s.key_id == to.id())
+                .cloned(),
+        ),
+    }
     let new = Header::new(
         header.compression,
         header.chunk_shift,

@@ -584,9 +584,15 @@ fn rewrap_moves_between_master_keys_and_recipients() {
     let name = "backups/x/base.tar.00000";
     let data = sample(70_000);
     let sealed = seal_bytes(&key(1), name, &data, &SealOptions::default());
-    let to_recipient = rewrap(&sealed, &both, Sealer::Recipient(alice.recipient()), name)
-        .unwrap()
-        .unwrap();
+    let to_recipient = rewrap(
+        &sealed,
+        &both,
+        Sealer::Recipient(alice.recipient()),
+        name,
+        None,
+    )
+    .unwrap()
+    .unwrap();
     assert_eq!(
         payload_digest(&to_recipient).unwrap(),
         payload_digest(&sealed).unwrap()
@@ -600,12 +606,29 @@ fn rewrap_moves_between_master_keys_and_recipients() {
         &to_recipient,
         &both,
         Sealer::Recipient(alice.recipient()),
-        name
+        name,
+        None
     )
     .unwrap()
     .is_none());
+    // With a digest, the same recipient gets one added (and the payload stays).
+    let with_digest = rewrap(
+        &to_recipient,
+        &both,
+        Sealer::Recipient(alice.recipient()),
+        name,
+        Some([3u8; 32]),
+    )
+    .unwrap()
+    .unwrap();
+    let h = Header::read(&mut &with_digest[..]).unwrap();
+    assert_eq!(h.content_digest(&alice.recipient().id()), Some([3u8; 32]));
+    assert_eq!(
+        open_bytes(&only_identity, name, &with_digest).unwrap(),
+        data
+    );
     let k1 = key(1);
-    let back = rewrap(&to_recipient, &both, Sealer::Master(&k1), name)
+    let back = rewrap(&to_recipient, &both, Sealer::Master(&k1), name, None)
         .unwrap()
         .unwrap();
     assert_eq!(
