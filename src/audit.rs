@@ -24,7 +24,9 @@ use crate::storage::{PutOutcome, Storage};
 const LABEL_AUDIT: &[u8] = b"walseal/v1 audit";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-static ACTIVE: OnceLock<(KeyId, Option<Zeroizing<[u8; 32]>>)> = OnceLock::new();
+/// The active key's id, and the id and audit key of the master key that MACs the lines.
+type Active = (KeyId, Option<(KeyId, Zeroizing<[u8; 32]>)>);
+static ACTIVE: OnceLock<Active> = OnceLock::new();
 
 /// The audit MAC key of a master key.
 fn audit_key(master: &MasterKey) -> Zeroizing<[u8; 32]> {
@@ -37,16 +39,13 @@ fn audit_key(master: &MasterKey) -> Zeroizing<[u8; 32]> {
     out
 }
 
-/// Remembers the active key's id and audit key for the lines this process writes. Lines are
-/// MACed only when a master key is active: a push-only host holds no secret to MAC with, so
-/// its log is chained only (and sealed into the repository by `audit seal`).
+/// Remembers the active key's id, and the audit key of the first master key, for the lines
+/// this process writes. A host without a master key (push-only, or identities only) holds no
+/// symmetric secret to MAC with: its lines are chained only (and sealed into the repository
+/// by `audit seal`).
 pub fn remember(keyring: &Keyring) {
-    let active = keyring.active();
-    let key = match active {
-        crate::keys::Sealer::Master(k) => Some(audit_key(k)),
-        crate::keys::Sealer::Recipient(_) => None,
-    };
-    let _ = ACTIVE.set((active.id(), key));
+    let mac = keyring.first_master().map(|k| (k.id(), audit_key(k)));
+    let _ = ACTIVE.set((keyring.active().id(), mac));
 }
 
 /// One line of the audit log.
@@ -70,7 +69,12 @@ pub struct Entry {
     pub outcome: String,
     /// SHA-256 of the previous line.
     pub prev: String,
-    /// HMAC-SHA256 of this line without `mac`, under the audit key of `key_id`.
+    /// The master key whose audit key made `mac`, when it is not `key_id` (e.g. new objects
+    /// go to a recipient).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_key_id: Option<String>,
+    /// HMAC-SHA256 of this line without `mac`, under the audit key of `mac_key_id` or else
+    /// `key_id`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
 }
@@ -121,12 +125,17 @@ fn try_append(path: &Path, op: &str, object: &str, bytes: u64, outcome: &str) ->
         op: op.into(),
         object: object.into(),
         key_id: active.map(|(id, _)| id.to_string()),
+        mac_key_id: active.and_then(|(id, mac)| {
+            mac.as_ref()
+                .filter(|(m, _)| m != id)
+                .map(|(m, _)| m.to_string())
+        }),
         bytes,
         outcome: outcome.into(),
         prev,
         mac: None,
     };
-    if let Some((_, Some(key))) = active {
+    if let Some((_, Some((_, key)))) = active {
         entry.mac = Some(mac_of(key.as_ref(), &entry));
     }
     let line = serde_json::to_string(&entry)
@@ -183,14 +192,21 @@ pub fn verify_file(path: &Path, keyring: &Keyring) -> Result<AuditReport> {
                 if entry.prev != prev_hash {
                     report.problems.push(format!("line {n}: chain broken (a line before it was removed, reordered or edited)"));
                 }
-                if let (Some(id), Some(mac)) = (&entry.key_id, &entry.mac) {
-                    if let Some(key) = keyring_key(keyring, id) {
+                let mac_id = entry.mac_key_id.as_ref().or(entry.key_id.as_ref());
+                match (mac_id.and_then(|id| keyring_key(keyring, id)), &entry.mac) {
+                    (Some(key), Some(mac)) => {
                         if mac_of(audit_key(key).as_ref(), &entry) != *mac {
                             report.problems.push(format!(
                                 "line {n}: MAC does not match (the line was edited)"
                             ));
                         }
                     }
+                    // Written under a master key we hold, which always MACs: the MAC was
+                    // stripped.
+                    (Some(_), None) => report.problems.push(format!(
+                        "line {n}: MAC missing although its key is a master key (the line was edited)"
+                    )),
+                    (None, _) => {}
                 }
             }
         }

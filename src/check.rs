@@ -81,9 +81,11 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
                     r,
                     r.id()
                 ),
-                crate::keys::Sealer::Recipient(r) => {
-                    format!("sealing to recipient {} (id {})", r, r.id())
-                }
+                crate::keys::Sealer::Recipient(r) => format!(
+                    "sealing to recipient {} (id {}); the configured keys and identities only open",
+                    r,
+                    r.id()
+                ),
             };
             lines.push(ok("key", detail));
             k
@@ -101,11 +103,7 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
         }
     };
     lines.push(probe(&storage, &keyring).await);
-    let identity = if keyring.can_open() {
-        repository::load(&storage, &keyring).await
-    } else {
-        repository::load_plain(&storage).await
-    };
+    let identity = repository::load_any(&storage, &keyring).await;
 
     let mut params = match conninfo::resolve(conninfo) {
         Ok(p) => p,
@@ -227,8 +225,12 @@ async fn probe(storage: &Storage, keyring: &Keyring) -> Line {
         let back = storage.get_bytes(&key).await?.unwrap_or_default();
         let same = match seal::open_to_vec(keyring, &key, &back) {
             Ok(plain) => plain == text,
-            // Push-only: the stored bytes must be the bytes written.
-            Err(seal::SealError::PushOnly) => back == sealed_copy,
+            // Push-only (cannot open what it seals): the stored bytes must be those written.
+            Err(seal::SealError::PushOnly | seal::SealError::UnknownKey(_))
+                if !keyring.opens_own() =>
+            {
+                back == sealed_copy
+            }
             Err(e) => return Err(e.into_error(&key)),
         };
         storage.delete(&key).await?;
@@ -290,13 +292,17 @@ async fn switch_and_wait(
                             started.elapsed().as_secs_f64()
                         ),
                     ),
-                    Err(seal::SealError::PushOnly) => ok(
+                    Err(seal::SealError::PushOnly | seal::SealError::UnknownKey(_))
+                        if !keyring.opens_own() =>
+                    {
+                        ok(
                         "archiving",
                         format!(
                             "switched WAL: {seg} reached the repository ({:.1} s; push-only, not opened)",
                             started.elapsed().as_secs_f64()
                         ),
-                    ),
+                    )
+                    }
                     Err(e) => from_error("archiving", &e.into_error(&key)),
                 };
             }

@@ -299,9 +299,10 @@ pub struct RestoreArgs {
 /// of standard input.
 #[derive(Debug, Subcommand)]
 pub enum KeyAction {
-    /// Write the active key (or --key-id) sealed under a passphrase (PBKDF2, ~0.5 s) to FILE.
+    /// Write a key or identity (default: the first master key, else the identity of the
+    /// active recipient) sealed under a passphrase (PBKDF2, ~0.5 s) to FILE.
     Export {
-        /// Which configured key (default: the active one).
+        /// Which configured key or identity (its id; a recipient id for an identity).
         #[arg(long, value_name = "KEYID")]
         key_id: Option<String>,
         /// Where to write the export (never overwritten).

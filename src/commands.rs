@@ -529,8 +529,11 @@ pub fn key(cfg: &Config, action: crate::cli::KeyAction) -> Result<()> {
     match action {
         crate::cli::KeyAction::Export { key_id, output } => {
             let keyring = Keyring::from_config(cfg)?;
+            // Default: the first master key, else the identity of the active recipient.
             let id = match key_id {
-                None => keyring.active().id(),
+                None => keyring
+                    .first_master()
+                    .map_or_else(|| keyring.active().id(), crate::keys::MasterKey::id),
                 Some(hex) => {
                     let mut id = [0u8; crate::keys::KEY_ID_LEN];
                     crate::keys::hex_decode_into(&hex, &mut id).ok_or_else(|| {

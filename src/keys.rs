@@ -381,6 +381,16 @@ impl Keyring {
         !self.keys.is_empty() || !self.identities.is_empty()
     }
 
+    /// Whether this keyring can open what it seals now: false on a push-only host, and on one
+    /// that seals to a recipient whose identity it does not hold (even if it holds master keys
+    /// for older objects).
+    pub fn opens_own(&self) -> bool {
+        match self.active() {
+            Sealer::Master(_) => true,
+            Sealer::Recipient(r) => self.identity(&r.id()).is_some(),
+        }
+    }
+
     /// Fails with a clear error on a push-only host (recipient only).
     ///
     /// # Errors

@@ -73,6 +73,21 @@ fn encode(id: &Identity) -> Result<Vec<u8>> {
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode identity: {e}")))
 }
 
+/// The identity as this host can know it: the sealed record, or (on a host that cannot open
+/// what it seals, e.g. push-only) the plain copy.
+///
+/// # Errors
+/// As [`load`] and [`load_plain`].
+pub async fn load_any(storage: &Storage, keyring: &Keyring) -> Result<Option<Identity>> {
+    match load_sealed(storage, keyring).await? {
+        Ok(id) => Ok(id),
+        Err(seal::SealError::PushOnly | seal::SealError::UnknownKey(_)) if !keyring.opens_own() => {
+            load_plain(storage).await
+        }
+        Err(e) => Err(e.into_error(IDENTITY_KEY)),
+    }
+}
+
 /// Reads the plain copy, if there is one.
 ///
 /// # Errors
@@ -130,15 +145,20 @@ pub async fn ensure(
                             format!("{IDENTITY_KEY} exists but cannot be read back"),
                         ))
                     }
-                    Err(seal::SealError::PushOnly) => ensure_plain(storage, candidate).await?,
+                    Err(seal::SealError::PushOnly | seal::SealError::UnknownKey(_))
+                        if !keyring.opens_own() =>
+                    {
+                        ensure_plain(storage, candidate).await?
+                    }
                     Err(e) => return Err(e.into_error(IDENTITY_KEY)),
                 },
             }
         }
-        // Push-only: the plain copy stands in for the sealed record. Without one (a repository
-        // from before plain copies) this host cannot check the cluster, so it refuses rather
-        // than record its own guess.
-        Err(seal::SealError::PushOnly) => load_plain(storage).await?.ok_or_else(|| {
+        // Push-only (or sealing to a recipient whose identity is elsewhere): the plain copy
+        // stands in for the sealed record. Without one (a repository from before plain
+        // copies) this host cannot check the cluster, so it refuses rather than record its
+        // own guess.
+        Err(seal::SealError::PushOnly | seal::SealError::UnknownKey(_)) if !keyring.opens_own() => load_plain(storage).await?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Config,
                 format!(

@@ -62,7 +62,8 @@ pub async fn status(
 ) -> Result<Status> {
     let now = crate::time::now();
     let objects = storage.list_meta("").await?;
-    let push_only = !keyring.can_open();
+    // Push-only, or sealing to a recipient whose identity is elsewhere: records do not open.
+    let push_only = !keyring.opens_own();
     // (backup count, newest id, its end as unix time, incomplete count)
     let backups = if push_only {
         from_listing(&objects)
@@ -87,11 +88,7 @@ pub async fn status(
                 .map(|w| (w.name, o.modified))
         })
         .max_by(|a, b| a.0.cmp(&b.0));
-    let identity = if push_only {
-        crate::repository::load_plain(storage).await?
-    } else {
-        crate::repository::load(storage, keyring).await?
-    };
+    let identity = crate::repository::load_any(storage, keyring).await?;
     let seg_size = identity.map_or(16 << 20, |i| i.wal_segment_size);
     let mut last_verify_ok = None;
     let mut last_verify_age_seconds = None;

@@ -596,4 +596,41 @@ fn push_only_audit_log_is_chained_and_holds_no_secret() {
         .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
         .collect();
     assert_eq!(sealed.len(), 1);
+
+    // A host that seals to the recipient but also holds a master key MACs its lines with
+    // that key (named in mac_key_id); a stripped MAC is then detected.
+    let key = root.join("master.key");
+    run_ok(bare(&repo).args(["keygen", "-o"]).arg(&key));
+    let audit2 = root.join("audit2.log");
+    let both = || {
+        let mut c = bare(&repo);
+        c.env("WALSEAL_RECIPIENT", &recipient)
+            .env("WALSEAL_KEY_FILE", &key)
+            .env("WALSEAL_AUDIT_LOG", &audit2);
+        c
+    };
+    let n = "000000010000000000000003";
+    std::fs::write(
+        root.join("pg_wal").join(n),
+        synthetic_segment(n, SYSID, SEG, None),
+    )
+    .unwrap();
+    let out = run(both(), &["wal-push", &format!("pg_wal/{n}")], root);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let line = std::fs::read_to_string(&audit2).unwrap();
+    assert!(
+        line.contains("\"mac_key_id\"") && line.contains("\"mac\""),
+        "{line}"
+    );
+    let out = run(both(), &["audit", "verify"], root);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    let stripped = line
+        .split(",\"mac\":")
+        .next()
+        .map(|head| format!("{head}}}\n"))
+        .unwrap();
+    std::fs::write(&audit2, stripped).unwrap();
+    let out = run(both(), &["audit", "verify"], root);
+    assert_ne!(code(&out), 0, "{}", stdout(&out));
+    assert!(stdout(&out).contains("MAC missing"), "{}", stdout(&out));
 }

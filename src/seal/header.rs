@@ -238,6 +238,51 @@ fn unwrap_x25519_slot(identity: &Identity, slot: &Slot, name: &[u8]) -> Result<D
     Ok(DataKey(dek))
 }
 
+/// Checks, as the sealer, that an X25519 slot made with `ephemeral_secret` for `recipient`
+/// wraps `dek` (the self-check of a host that holds no identity).
+///
+/// # Errors
+/// `SlotAuth` if it does not.
+pub(crate) fn check_x25519_slot(
+    slot: &Slot,
+    ephemeral_secret: &[u8; 32],
+    recipient: &Recipient,
+    dek: &DataKey,
+    name: &[u8],
+) -> Result<(), SealError> {
+    let fail = SealError::SlotAuth(slot.key_id);
+    if slot.body.len() != X25519_SLOT_BODY_LEN {
+        return Err(fail);
+    }
+    let ephemeral = Identity::from_bytes(Zeroizing::new(*ephemeral_secret));
+    let (epk, wrapped) = slot.body.split_at(32);
+    if epk != ephemeral.recipient().bytes() {
+        return Err(fail);
+    }
+    let shared = ephemeral
+        .agree(recipient.bytes())
+        .ok_or(SealError::SlotAuth(slot.key_id))?;
+    let mut buf = Zeroizing::new(wrapped.to_vec());
+    let aad = slot_aad(slot.kind, &slot.key_id);
+    let plain = x25519_wrap_key(
+        &shared,
+        ephemeral.recipient().bytes(),
+        recipient.bytes(),
+        name,
+    )
+    .open_in_place(
+        Nonce::assume_unique_for_key([0; 12]),
+        Aad::from(aad),
+        &mut buf,
+    )
+    .map_err(|_| SealError::SlotAuth(slot.key_id))?;
+    // Not secret from the caller, who sealed it: a plain comparison will do.
+    if plain != dek.0.as_ref() {
+        return Err(SealError::SlotAuth(slot.key_id));
+    }
+    Ok(())
+}
+
 /// A content-digest slot for `recipient` (see [`Recipient::content_digest`]).
 pub(crate) fn digest_slot(recipient: &Recipient, digest: &[u8; 32]) -> Slot {
     Slot {
@@ -364,6 +409,17 @@ impl Header {
             let len = usize::from(u16::from_be_bytes([fixed[17], fixed[18]]));
             if len > 4096 {
                 return Err(SealError::Malformed("key slot body too long"));
+            }
+            let expected = match fixed[0] {
+                k if k == SlotKind::Master as u8 => Some(MASTER_SLOT_BODY_LEN),
+                k if k == SlotKind::X25519 as u8 => Some(X25519_SLOT_BODY_LEN),
+                k if k == SlotKind::ContentDigest as u8 => Some(DIGEST_SLOT_BODY_LEN),
+                _ => None,
+            };
+            if expected.is_some_and(|e| e != len) {
+                return Err(SealError::Malformed(
+                    "a key slot has the wrong length for its kind",
+                ));
             }
             let mut body = vec![0u8; len];
             read_exact(r, &mut body)?;

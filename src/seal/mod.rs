@@ -200,8 +200,9 @@ pub fn rewrap(
         return Ok(None);
     }
     let dek = header.unlock(keyring, name.as_bytes())?;
-    let mut salt = [0u8; header::SALT_LEN];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+    // A master-key slot's salt, or a recipient slot's ephemeral secret: wiped on drop.
+    let mut salt = zeroize::Zeroizing::new([0u8; header::SALT_LEN]);
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), salt.as_mut())
         .map_err(|_| SealError::Io(std::io::Error::other("the system random generator failed")))?;
     let slot = match to {
         crate::keys::Sealer::Master(key) => header::master_slot(key, &salt, &dek, name.as_bytes()),

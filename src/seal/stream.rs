@@ -10,10 +10,12 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use super::header::{
-    digest_slot, master_slot, x25519_slot, DataKey, Header, DEK_LEN, SALT_LEN, TAG_LEN,
+    check_x25519_slot, digest_slot, master_slot, x25519_slot, DataKey, Header, DEK_LEN, SALT_LEN,
+    TAG_LEN,
 };
 use super::{seal_error_from_io, Compression, SealError, MAX_NAME_LEN};
 use crate::keys::{Keyring, Sealer};
+use crate::recipient::Recipient;
 
 /// How to seal: compression and chunk size.
 #[derive(Debug, Clone)]
@@ -113,6 +115,8 @@ pub struct SealWriter<W: Write> {
     dek: DataKey,
     header: Header,
     name: String,
+    /// A recipient slot's ephemeral secret and recipient, for the self-check.
+    ephemeral: Option<(Zeroizing<[u8; SALT_LEN]>, Recipient)>,
 }
 
 /// Starts sealing an object called `name` to `to` (a master key or a recipient), writing the
@@ -132,21 +136,27 @@ pub fn seal<'k, W: Write>(
     if !super::header::CHUNK_SHIFT_RANGE.contains(&opts.chunk_shift) {
         return Err(SealError::Malformed("chunk size out of range"));
     }
+    // `salt` is a master-key slot's salt, or a recipient slot's ephemeral secret (so wiped).
     let (dek, salt) = match &opts.fixed_secrets {
-        Some((dek, salt)) => (DataKey(Zeroizing::new(*dek)), *salt),
+        Some((dek, salt)) => (DataKey(Zeroizing::new(*dek)), Zeroizing::new(*salt)),
         None => {
             let rng = SystemRandom::new();
             let mut dek = Zeroizing::new([0u8; DEK_LEN]);
-            let mut salt = [0u8; SALT_LEN];
+            let mut salt = Zeroizing::new([0u8; SALT_LEN]);
             rng.fill(dek.as_mut())
-                .and_then(|()| rng.fill(&mut salt))
+                .and_then(|()| rng.fill(salt.as_mut()))
                 .map_err(|_| {
                     SealError::Io(io::Error::other("the system random generator failed"))
                 })?;
             (DataKey(dek), salt)
         }
     };
-    let slots = match to.into() {
+    let to = to.into();
+    let ephemeral = match to {
+        Sealer::Recipient(r) => Some((salt.clone(), *r)),
+        Sealer::Master(_) => None,
+    };
+    let slots = match to {
         Sealer::Master(key) => vec![master_slot(key, &salt, &dek, name.as_bytes())],
         Sealer::Recipient(r) => {
             let mut slots = vec![x25519_slot(r, &salt, &dek, name.as_bytes())?];
@@ -188,6 +198,7 @@ pub fn seal<'k, W: Write>(
         dek,
         header: header_copy,
         name: name.to_string(),
+        ephemeral,
     })
 }
 
@@ -210,7 +221,13 @@ impl<W: Write> SealWriter<W> {
             Sink::Plain(s) => (*s).finish()?,
             Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish()?,
         };
-        Ok((out, SealedKey(self.dek)))
+        Ok((
+            out,
+            SealedKey {
+                dek: self.dek,
+                ephemeral: self.ephemeral,
+            },
+        ))
     }
 }
 
@@ -261,7 +278,7 @@ impl SealWriter<Vec<u8>> {
             header.compression,
             header.chunk_shift,
             slots,
-            &key.0,
+            &key.dek,
             name.as_bytes(),
         )
         .to_bytes();
@@ -410,7 +427,10 @@ pub fn open<R: Read>(
 /// The data key of an object this process just sealed ([`SealWriter::finish_with_key`]): lets
 /// the sealer check its own output on a host that cannot open objects (push-only). Never
 /// leaves the process; `Debug` shows nothing.
-pub struct SealedKey(DataKey);
+pub struct SealedKey {
+    dek: DataKey,
+    ephemeral: Option<(Zeroizing<[u8; SALT_LEN]>, Recipient)>,
+}
 
 impl std::fmt::Debug for SealedKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -429,8 +449,17 @@ pub fn open_with_key<R: Read>(
     name: &str,
 ) -> Result<OpenReader<R>, SealError> {
     let header = Header::read(&mut src)?;
-    header.verify_mac(&key.0, name.as_bytes())?;
-    Ok(open_payload(src, header, &key.0, name))
+    // The recipient slot must wrap this data key: redo the ephemeral agreement.
+    if let Some((secret, recipient)) = &key.ephemeral {
+        let slot = header
+            .slots
+            .iter()
+            .find(|s| s.kind == super::SlotKind::X25519 as u8 && s.key_id == recipient.id())
+            .ok_or(SealError::Malformed("no X25519 slot for the recipient"))?;
+        check_x25519_slot(slot, secret, recipient, &key.dek, name.as_bytes())?;
+    }
+    header.verify_mac(&key.dek, name.as_bytes())?;
+    Ok(open_payload(src, header, &key.dek, name))
 }
 
 fn open_payload<R: Read>(src: R, header: Header, dek: &DataKey, name: &str) -> OpenReader<R> {
