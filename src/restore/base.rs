@@ -63,6 +63,41 @@ pub struct RestoreOptions {
 struct Manifest {
     #[serde(rename = "Files")]
     files: Vec<ManifestFile>,
+    #[serde(rename = "Manifest-Checksum")]
+    checksum: Option<String>,
+    /// Manifest version 2 (PostgreSQL 17+).
+    #[serde(rename = "System-Identifier")]
+    system_identifier: Option<u64>,
+}
+
+/// The manifest's own checksum, as `pg_verifybackup` checks it: SHA-256 of everything up to
+/// and including the newline before the last line (which holds the checksum).
+fn verify_manifest_checksum(bytes: &[u8], stated: Option<&str>, backup: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("backup {backup}: backup manifest {why}"),
+        )
+        .hint("the backup is damaged: restore another one")
+    };
+    let newlines: Vec<usize> = bytes
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .map(|(i, _)| i)
+        .collect();
+    let (Some(&last), Some(&before)) = (newlines.last(), newlines.iter().rev().nth(1)) else {
+        return Err(bad("has fewer than two lines"));
+    };
+    if last != bytes.len() - 1 {
+        return Err(bad("does not end with a newline"));
+    }
+    let stated = stated.ok_or_else(|| bad("has no Manifest-Checksum"))?;
+    let actual = ring::digest::digest(&ring::digest::SHA256, &bytes[..=before]);
+    if !crate::keys::hex_encode(actual.as_ref()).eq_ignore_ascii_case(stated) {
+        return Err(bad("does not match its Manifest-Checksum"));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -255,6 +290,18 @@ async fn fill(
             format!("backup {}: backup manifest is unreadable: {e}", record.id),
         )
     })?;
+    verify_manifest_checksum(&manifest_bytes, manifest.checksum.as_deref(), &record.id)?;
+    if let Some(sysid) = manifest.system_identifier {
+        if sysid.to_string() != record.system_identifier {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "backup {}: its manifest names system {sysid}, its record {}",
+                    record.id, record.system_identifier
+                ),
+            ));
+        }
+    }
     let mut expected: HashMap<String, ManifestFile> = HashMap::new();
     for f in manifest.files {
         let path = match (&f.path, &f.encoded_path) {
@@ -650,5 +697,25 @@ impl Read for PartsReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_checksum_covers_all_but_the_last_line() {
+        let body = b"{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [],\n";
+        let sum =
+            crate::keys::hex_encode(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
+        let mut m = body.to_vec();
+        m.extend_from_slice(format!("\"Manifest-Checksum\": \"{sum}\"}}\n").as_bytes());
+        verify_manifest_checksum(&m, Some(&sum), "b").unwrap();
+        let mut edited = m.clone();
+        edited[5] ^= 1;
+        assert!(verify_manifest_checksum(&edited, Some(&sum), "b").is_err());
+        assert!(verify_manifest_checksum(&m[..m.len() - 1], Some(&sum), "b").is_err());
+        assert!(verify_manifest_checksum(&m, None, "b").is_err());
     }
 }
