@@ -149,7 +149,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Err(e) if e.kind() == ErrorKind::NotFound => "not found".to_string(),
         Err(e) => format!("error {}", e.kind().exit_code()),
     };
-    audit::append(cfg.audit_log.as_deref(), op, &object, bytes, &outcome);
+    // A wal-fetch of a file that is not archived used no key: PostgreSQL probes for every
+    // .history file and the next segment at the end of recovery, and a standby does so every
+    // few seconds, which would flood the log.
+    let key_unused = op == "wal-fetch" && outcome == "not found";
+    if !key_unused {
+        audit::append(cfg.audit_log.as_deref(), op, &object, bytes, &outcome);
+    }
     result
 }
 

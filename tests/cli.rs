@@ -790,6 +790,16 @@ fn audit_log_detects_edits_removals_reordering_and_holds_no_secrets() {
         .unwrap();
     assert_eq!(code(&out), 0);
     all_stderr += &stderr(&out);
+    // PostgreSQL's probes for files that are not archived use no key: no line.
+    let out = f
+        .repo
+        .walseal(&f.key)
+        .env("WALSEAL_AUDIT_LOG", &log)
+        .args(["wal-fetch", "00000002.history", "pg_wal/RECOVERYHISTORY"])
+        .current_dir(&f.root)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
     let out = f
         .repo
         .walseal(&f.key)
