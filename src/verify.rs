@@ -265,6 +265,18 @@ async fn open_object(
             Err(e) => return Ok(Err(e)),
         };
         let keep = key.ends_with(".history");
+        // A content digest (push-only hosts compare re-pushes with it) must match the content.
+        let mut digest = reader
+            .header()
+            .slots
+            .iter()
+            .filter(|s| s.kind == seal::SlotKind::ContentDigest as u8)
+            .find_map(|s| match keyring.sealer(&s.key_id) {
+                Some(crate::keys::Sealer::Recipient(r)) => {
+                    Some((s.body.clone(), r.content_digest()))
+                }
+                _ => None,
+            });
         let mut history = Vec::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -274,8 +286,18 @@ async fn open_object(
                     if keep {
                         history.extend_from_slice(&buf[..n]);
                     }
+                    if let Some((_, d)) = digest.as_mut() {
+                        d.update(&buf[..n]);
+                    }
                 }
                 Err(e) => return Ok(Err(seal_error_from_io(e))),
+            }
+        }
+        if let Some((stated, d)) = digest {
+            if d.finish()[..] != stated[..] {
+                return Ok(Err(SealError::Malformed(
+                    "its content digest does not match its content",
+                )));
             }
         }
         Ok(Ok(Opened { sha256, history }))

@@ -634,3 +634,49 @@ fn push_only_audit_log_is_chained_and_holds_no_secret() {
     assert_ne!(code(&out), 0, "{}", stdout(&out));
     assert!(stdout(&out).contains("MAC missing"), "{}", stdout(&out));
 }
+
+#[test]
+fn verify_recomputes_content_digests() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("pg_wal")).unwrap();
+    let repo = RepoEnv::local(&root.join("repo"));
+    let identity = root.join("identity");
+    let recipient = keygen_recipient(bare(&repo), &identity);
+    let good = "000000010000000000000001";
+    std::fs::write(
+        root.join("pg_wal").join(good),
+        synthetic_segment(good, SYSID, SEG, None),
+    )
+    .unwrap();
+    let mut c = bare(&repo);
+    c.env("WALSEAL_RECIPIENT", &recipient);
+    let out = run(c, &["wal-push", &format!("pg_wal/{good}")], root);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The next segment, sealed correctly but with a digest that does not match its content
+    // (as a buggy or malicious writer holding the recipient could).
+    let bad = "000000010000000000000002";
+    let r = walseal::recipient::Recipient::parse(&recipient).unwrap();
+    let key = format!("wal/00000001/{bad}");
+    let opts = walseal::seal::SealOptions {
+        content_digest: Some([7u8; 32]),
+        ..Default::default()
+    };
+    let mut w = walseal::seal::seal(Vec::new(), &r, &key, &opts).unwrap();
+    w.write_all(&synthetic_segment(bad, SYSID, SEG, None))
+        .unwrap();
+    let sealed = w.finish().unwrap();
+    block_on(repo.storage().put_new(&key, sealed.into())).unwrap();
+    let mut c = bare(&repo);
+    c.env("WALSEAL_IDENTITY_FILE", &identity);
+    let out = run(c, &["verify", "--json"], root);
+    assert_eq!(code(&out), 5, "{}", stdout(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let failed = report["failed_objects"].to_string();
+    assert!(
+        failed.contains(&key) && failed.contains("content digest"),
+        "{failed}"
+    );
+    assert!(!failed.contains(good), "{failed}");
+}
