@@ -138,6 +138,16 @@ impl MasterKey {
 /// `Conflict` if the file exists; `LocalIo` if it cannot be written.
 pub fn keygen(path: &Path) -> Result<KeyId> {
     let key = MasterKey::generate()?;
+    write_secret_file(path, &key.to_file_text(), "key")?;
+    Ok(key.id())
+}
+
+/// Writes a new secret file (a key or an identity: `what`) with mode 0600 and fsyncs it and
+/// its directory. Never overwrites.
+///
+/// # Errors
+/// `Conflict` if the file exists; `LocalIo` if it cannot be written.
+pub(crate) fn write_secret_file(path: &Path, text: &str, what: &str) -> Result<()> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -147,19 +157,66 @@ pub fn keygen(path: &Path) -> Result<KeyId> {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 Error::new(
                     ErrorKind::Conflict,
-                    format!("{} already exists; walseal keygen never overwrites a key", path.display()),
+                    format!("{} already exists; walseal keygen never overwrites a {what}", path.display()),
                 )
-                .hint("choose another file name, or remove the old key only if nothing was sealed under it")
+                .hint(format!("choose another file name, or remove the old {what} only if nothing was sealed under it"))
             } else {
-                local_io(format!("cannot create key file {}", path.display()), &e)
+                local_io(format!("cannot create {what} file {}", path.display()), &e)
             }
         })?;
-    let text = key.to_file_text();
     file.write_all(text.as_bytes())
         .and_then(|()| file.sync_all())
-        .map_err(|e| local_io(format!("cannot write key file {}", path.display()), &e))?;
-    sync_parent(path)?;
-    Ok(key.id())
+        .map_err(|e| local_io(format!("cannot write {what} file {}", path.display()), &e))?;
+    sync_parent(path)
+}
+
+/// Reads a secret file (a key or an identity: `what`), refusing one that group or others can
+/// access or that is too large to be one; `fix` says where the file should come from.
+///
+/// # Errors
+/// `Config` for a missing, unreadable, too-open or too-large file.
+pub(crate) fn read_secret_file(path: &Path, what: &str, fix: &str) -> Result<Zeroizing<String>> {
+    let mut file = File::open(path).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot open {what} file {}: {e}", path.display()),
+        )
+        .hint(fix)
+    })?;
+    let meta = file.metadata().map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot stat {what} file {}: {e}", path.display()),
+        )
+    })?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{what} file {} is accessible by group or others (mode {mode:04o}); refusing to use it",
+                path.display()
+            ),
+        )
+        .hint(format!("chmod 600 {}", path.display())));
+    }
+    if meta.len() > 4096 {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "{} is not a walseal {what} file (too large)",
+                path.display()
+            ),
+        ));
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(|e| {
+        Error::new(
+            ErrorKind::Config,
+            format!("cannot read {what} file {}: {e}", path.display()),
+        )
+    })?;
+    Ok(text)
 }
 
 /// Fsyncs the directory holding `path`, so a new file's name is durable.
@@ -185,40 +242,11 @@ pub(crate) fn sync_parent(path: &Path) -> Result<()> {
 /// # Errors
 /// `Config` for a missing, unreadable, too-open or malformed key file.
 pub fn load_key_file(path: &Path) -> Result<MasterKey> {
-    let mut file = File::open(path).map_err(|e| {
-        Error::new(ErrorKind::Config, format!("cannot open key file {}: {e}", path.display()))
-            .hint("set WALSEAL_KEY_FILE (or key_file in the config) to a key made by `walseal keygen`, readable by this user")
-    })?;
-    let meta = file.metadata().map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot stat key file {}: {e}", path.display()),
-        )
-    })?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "key file {} is accessible by group or others (mode {mode:04o}); refusing to use it",
-                path.display()
-            ),
-        )
-        .hint(format!("chmod 600 {}", path.display())));
-    }
-    if meta.len() > 4096 {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("{} is not a walseal key file (too large)", path.display()),
-        ));
-    }
-    let mut text = Zeroizing::new(String::new());
-    file.read_to_string(&mut text).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot read key file {}: {e}", path.display()),
-        )
-    })?;
+    let text = read_secret_file(
+        path,
+        "key",
+        "set WALSEAL_KEY_FILE (or key_file in the config) to a key made by `walseal keygen`, readable by this user",
+    )?;
     MasterKey::from_file_text(&text).map_err(|why| {
         Error::new(
             ErrorKind::Config,

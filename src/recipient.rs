@@ -8,9 +8,6 @@
 //! four bytes of its recipient id, a checksum that catches a mistyped or truncated recipient).
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use ring::digest;
@@ -18,7 +15,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
-use crate::error::{local_io, Error, ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{hex_decode_into, hex_encode, KeyId, KEY_ID_LEN};
 
 const RECIPIENT_ID_LABEL: &[u8] = b"walseal/v1 recipient id";
@@ -237,27 +234,7 @@ impl Identity {
 /// `Conflict` if the file exists; `LocalIo` if it cannot be written.
 pub fn keygen(path: &Path) -> Result<Recipient> {
     let identity = Identity::generate()?;
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                Error::new(
-                    ErrorKind::Conflict,
-                    format!("{} already exists; walseal keygen never overwrites a key", path.display()),
-                )
-                .hint("choose another file name, or remove the old identity only if nothing was sealed to it")
-            } else {
-                local_io(format!("cannot create identity file {}", path.display()), &e)
-            }
-        })?;
-    let text = identity.to_file_text();
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| local_io(format!("cannot write identity file {}", path.display()), &e))?;
-    crate::keys::sync_parent(path)?;
+    crate::keys::write_secret_file(path, &identity.to_file_text(), "identity")?;
     Ok(identity.recipient)
 }
 
@@ -266,43 +243,11 @@ pub fn keygen(path: &Path) -> Result<Recipient> {
 /// # Errors
 /// `Config` for a missing, unreadable, too-open or malformed file.
 pub fn load_identity_file(path: &Path) -> Result<Identity> {
-    let mut file = File::open(path).map_err(|e| {
-        Error::new(ErrorKind::Config, format!("cannot open identity file {}: {e}", path.display()))
-            .hint("set WALSEAL_IDENTITY_FILE (or identity_file in the config) to a file made by `walseal keygen --recipient`")
-    })?;
-    let meta = file.metadata().map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot stat identity file {}: {e}", path.display()),
-        )
-    })?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "identity file {} is accessible by group or others (mode {mode:04o}); refusing to use it",
-                path.display()
-            ),
-        )
-        .hint(format!("chmod 600 {}", path.display())));
-    }
-    if meta.len() > 4096 {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "{} is not a walseal identity file (too large)",
-                path.display()
-            ),
-        ));
-    }
-    let mut text = Zeroizing::new(String::new());
-    file.read_to_string(&mut text).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot read identity file {}: {e}", path.display()),
-        )
-    })?;
+    let text = crate::keys::read_secret_file(
+        path,
+        "identity",
+        "set WALSEAL_IDENTITY_FILE (or identity_file in the config) to a file made by `walseal keygen --recipient`",
+    )?;
     Identity::from_file_text(&text).map_err(|why| {
         Error::new(
             ErrorKind::Config,
@@ -315,6 +260,7 @@ pub fn load_identity_file(path: &Path) -> Result<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn recipient_text_round_trips_and_catches_typos() {

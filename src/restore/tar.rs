@@ -180,6 +180,15 @@ impl OutFile {
     }
 }
 
+/// Creates `dir` and its missing parents (mode 0700, as PostgreSQL wants its directories).
+fn make_dirs(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| local_io(format!("cannot create {}", dir.display()), &e))
+}
+
 fn read_block<R: Read>(r: &mut R, block: &mut [u8; 512]) -> io::Result<bool> {
     let mut filled = 0;
     while filled < 512 {
@@ -248,11 +257,7 @@ pub fn extract<R: Read>(
         match kind {
             b'0' | 0 => {
                 if let Some(parent) = path.parent() {
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(parent)
-                        .map_err(|e| local_io(format!("cannot create {}", parent.display()), &e))?;
+                    make_dirs(parent)?;
                 }
                 let mut out = OutFile::create(&path, mode, size, &mut direct)?;
                 let mut left = size;
@@ -274,21 +279,13 @@ pub fn extract<R: Read>(
                 })?;
             }
             b'5' => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(&path)
-                    .map_err(|e| local_io(format!("cannot create {}", path.display()), &e))?;
+                make_dirs(&path)?;
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(|e| local_io(format!("cannot chmod {}", path.display()), &e))?;
             }
             b'2' => {
                 if let Some(parent) = path.parent() {
-                    fs::DirBuilder::new()
-                        .recursive(true)
-                        .mode(0o700)
-                        .create(parent)
-                        .map_err(|e| local_io(format!("cannot create {}", parent.display()), &e))?;
+                    make_dirs(parent)?;
                 }
                 let target = link_target(&rel, &link);
                 std::os::unix::fs::symlink(&target, &path).map_err(|e| {

@@ -151,15 +151,22 @@ fn unwrap_master_slot(master: &MasterKey, slot: &Slot, name: &[u8]) -> Result<Da
         return Err(SealError::Malformed("master-key slot has the wrong length"));
     }
     let (salt, wrapped) = slot.body.split_at(SALT_LEN);
+    unwrap_dek(&wrap_key(master, salt, name), slot, wrapped)
+}
+
+/// Opens a slot's wrapped data key (AES-256-GCM, zero nonce, AAD = kind ‖ key id).
+fn unwrap_dek(kek: &LessSafeKey, slot: &Slot, wrapped: &[u8]) -> Result<DataKey, SealError> {
     let mut buf = Zeroizing::new(wrapped.to_vec());
-    let aad = slot_aad(slot.kind, &slot.key_id);
-    let plain = wrap_key(master, salt, name)
+    let plain = kek
         .open_in_place(
             Nonce::assume_unique_for_key([0; 12]),
-            Aad::from(aad),
+            Aad::from(slot_aad(slot.kind, &slot.key_id)),
             &mut buf,
         )
         .map_err(|_| SealError::SlotAuth(slot.key_id))?;
+    if plain.len() != DEK_LEN {
+        return Err(SealError::SlotAuth(slot.key_id));
+    }
     let mut dek = Zeroizing::new([0u8; DEK_LEN]);
     dek.copy_from_slice(plain);
     Ok(DataKey(dek))
@@ -224,18 +231,8 @@ fn unwrap_x25519_slot(identity: &Identity, slot: &Slot, name: &[u8]) -> Result<D
     let shared = identity
         .agree(&ephemeral)
         .ok_or(SealError::SlotAuth(slot.key_id))?;
-    let mut buf = Zeroizing::new(wrapped.to_vec());
-    let aad = slot_aad(slot.kind, &slot.key_id);
-    let plain = x25519_wrap_key(&shared, &ephemeral, identity.recipient().bytes(), name)
-        .open_in_place(
-            Nonce::assume_unique_for_key([0; 12]),
-            Aad::from(aad),
-            &mut buf,
-        )
-        .map_err(|_| SealError::SlotAuth(slot.key_id))?;
-    let mut dek = Zeroizing::new([0u8; DEK_LEN]);
-    dek.copy_from_slice(plain);
-    Ok(DataKey(dek))
+    let kek = x25519_wrap_key(&shared, &ephemeral, identity.recipient().bytes(), name);
+    unwrap_dek(&kek, slot, wrapped)
 }
 
 /// Checks, as the sealer, that an X25519 slot made with `ephemeral_secret` for `recipient`
@@ -262,22 +259,15 @@ pub(crate) fn check_x25519_slot(
     let shared = ephemeral
         .agree(recipient.bytes())
         .ok_or(SealError::SlotAuth(slot.key_id))?;
-    let mut buf = Zeroizing::new(wrapped.to_vec());
-    let aad = slot_aad(slot.kind, &slot.key_id);
-    let plain = x25519_wrap_key(
+    let kek = x25519_wrap_key(
         &shared,
         ephemeral.recipient().bytes(),
         recipient.bytes(),
         name,
-    )
-    .open_in_place(
-        Nonce::assume_unique_for_key([0; 12]),
-        Aad::from(aad),
-        &mut buf,
-    )
-    .map_err(|_| SealError::SlotAuth(slot.key_id))?;
+    );
+    let unwrapped = unwrap_dek(&kek, slot, wrapped)?;
     // Not secret from the caller, who sealed it: a plain comparison will do.
-    if plain != dek.0.as_ref() {
+    if unwrapped.0[..] != dek.0[..] {
         return Err(SealError::SlotAuth(slot.key_id));
     }
     Ok(())
