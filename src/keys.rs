@@ -103,33 +103,61 @@ impl MasterKey {
 
     /// Parses key file text (see `docs/FORMAT.md`, "Key file").
     pub(crate) fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
-        let (mut version, mut id, mut secret_hex) = (None, None, None);
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (k, v) = line.split_once(':').ok_or("a line is not `name: value`")?;
-            match k.trim() {
-                FILE_TAG => version = Some(v.trim()),
-                "id" => id = Some(v.trim()),
-                "secret" => secret_hex = Some(v.trim()),
-                _ => return Err("unknown field"),
-            }
-        }
-        if version != Some("1") {
-            return Err("not a walseal key file (missing `walseal-key: 1`)");
-        }
-        let secret_hex = secret_hex.ok_or("missing `secret:` line")?;
-        let mut secret = Zeroizing::new([0u8; KEY_LEN]);
-        hex_decode_into(secret_hex, secret.as_mut()).ok_or("`secret:` is not 64 hex digits")?;
-        let key = MasterKey::from_bytes(secret);
-        let id = id.ok_or("missing `id:` line")?;
+        let parsed = parse_secret_text(
+            text,
+            FILE_TAG,
+            "id",
+            "not a walseal key file (missing `walseal-key: 1`)",
+        )?;
+        let key = MasterKey::from_bytes(parsed.secret);
+        let id = parsed.field.ok_or("missing `id:` line")?;
         if !id.eq_ignore_ascii_case(&key.id.to_string()) {
             return Err("`id:` does not match the secret (the file was edited or damaged)");
         }
         Ok(key)
     }
+}
+
+/// A parsed secret file (key file or identity file): its one named field and its secret.
+pub(crate) struct SecretText<'t> {
+    /// The named field (`id:` or `recipient:`), if present.
+    pub(crate) field: Option<&'t str>,
+    /// The 32-byte secret.
+    pub(crate) secret: Zeroizing<[u8; KEY_LEN]>,
+}
+
+/// Parses the `name: value` lines of a secret file: `tag: 1`, `field: ...` and `secret:` (64
+/// hex digits); `#` lines and blank lines are skipped, any other field is refused.
+pub(crate) fn parse_secret_text<'t>(
+    text: &'t str,
+    tag: &str,
+    field: &str,
+    not_ours: &'static str,
+) -> std::result::Result<SecretText<'t>, &'static str> {
+    let (mut version, mut named, mut secret_hex) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (k, v) = line.split_once(':').ok_or("a line is not `name: value`")?;
+        match k.trim() {
+            k if k == tag => version = Some(v.trim()),
+            k if k == field => named = Some(v.trim()),
+            "secret" => secret_hex = Some(v.trim()),
+            _ => return Err("unknown field"),
+        }
+    }
+    if version != Some("1") {
+        return Err(not_ours);
+    }
+    let mut secret = Zeroizing::new([0u8; KEY_LEN]);
+    hex_decode_into(secret_hex.ok_or("missing `secret:` line")?, secret.as_mut())
+        .ok_or("`secret:` is not 64 hex digits")?;
+    Ok(SecretText {
+        field: named,
+        secret,
+    })
 }
 
 /// Writes a new random master key to `path` with mode 0600. Refuses to overwrite.

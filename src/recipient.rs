@@ -199,28 +199,14 @@ impl Identity {
     }
 
     pub(crate) fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
-        let (mut version, mut recipient, mut secret_hex) = (None, None, None);
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let (k, v) = line.split_once(':').ok_or("a line is not `name: value`")?;
-            match k.trim() {
-                FILE_TAG => version = Some(v.trim()),
-                "recipient" => recipient = Some(v.trim()),
-                "secret" => secret_hex = Some(v.trim()),
-                _ => return Err("unknown field"),
-            }
-        }
-        if version != Some("1") {
-            return Err("not a walseal identity file (missing `walseal-identity: 1`)");
-        }
-        let mut secret = Zeroizing::new([0u8; 32]);
-        hex_decode_into(secret_hex.ok_or("missing `secret:` line")?, secret.as_mut())
-            .ok_or("`secret:` is not 64 hex digits")?;
-        let identity = Identity::from_bytes(secret);
-        let stated = recipient.ok_or("missing `recipient:` line")?;
+        let parsed = crate::keys::parse_secret_text(
+            text,
+            FILE_TAG,
+            "recipient",
+            "not a walseal identity file (missing `walseal-identity: 1`)",
+        )?;
+        let identity = Identity::from_bytes(parsed.secret);
+        let stated = parsed.field.ok_or("missing `recipient:` line")?;
         if stated != identity.recipient.to_string() {
             return Err("`recipient:` does not match the secret (the file was edited or damaged)");
         }
