@@ -13,9 +13,10 @@ use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};
 use crate::keys::{Keyring, Sealer};
 use crate::recipient::Recipient;
+use crate::repo::{Access, Repository};
 use crate::repository::{self, Identity};
 use crate::seal::{self, seal_error_from_io, SealError, SealOptions};
-use crate::storage::{Create, PutOutcome, Storage};
+use crate::storage::{PutOutcome, Storage};
 use crate::wal::{LongPageHeader, WalFile, WalKind, LONG_HEADER_LEN};
 
 /// What `wal-push` did.
@@ -45,8 +46,8 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
         Error::new(ErrorKind::Usage, format!("{} is not a WAL file name", path.display()))
             .hint("archive_command must pass %p, the path of a WAL segment, .partial, .history or .backup file")
     })?;
-    let keyring = Keyring::from_config(cfg)?;
-    let storage = Storage::open(cfg, Create::Yes)?;
+    let repo = Repository::open(cfg, Access::Seal, "wal-push").await?;
+    let (storage, keyring) = (&repo.storage, &*repo.keyring);
     let mut file =
         File::open(path).map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
     let size = file
@@ -56,7 +57,7 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
 
     if matches!(wal.kind, WalKind::Segment | WalKind::Partial) {
         let candidate = check_segment(&mut file, path, &wal, size)?;
-        repository::ensure(&storage, &keyring, &candidate).await?;
+        repository::ensure(storage, keyring, &candidate).await?;
     }
 
     let key = wal.object_key();
@@ -84,9 +85,9 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
                     .map(Some),
             }
         };
-        seal_file(&mut file, path, &keyring, &key, size, finish)
+        seal_file(&mut file, path, keyring, &key, size, finish)
     })?;
-    self_check(&keyring, &sealed_key, &key, &sealed, size, crc)?;
+    self_check(keyring, &sealed_key, &key, &sealed, size, crc)?;
     let sealed_len = sealed.len();
     match storage.put_new(&key, sealed.into()).await? {
         PutOutcome::Created => {
@@ -130,7 +131,7 @@ fn check_segment(file: &mut File, path: &Path, wal: &WalFile, size: u64) -> Resu
         ));
     }
     Ok(Identity {
-        format_version: u32::from(seal::VERSION),
+        format_version: 1,
         system_identifier: h.system_identifier.to_string(),
         wal_segment_size: u64::from(h.segment_size),
         pg_version: h.major_version(),
@@ -187,7 +188,7 @@ fn seal_file(
     // A recipient's object gets a placeholder digest, filled in by `finish_with_digest`.
     let opts = SealOptions {
         content_digest: matches!(keyring.active(), Sealer::Recipient(_)).then_some([0u8; 32]),
-        ..SealOptions::default()
+        ..keyring.seal_options()?
     };
     let mut writer = seal::seal(Vec::with_capacity(estimate), keyring.active(), key, &opts)
         .map_err(|e| e.into_error(key))?;

@@ -249,8 +249,7 @@ pub async fn seal_pending(
         crate::time::format_id(crate::time::now()),
         &sha256_hex(batch)[..12]
     );
-    let sealed = crate::seal::seal_to_vec(keyring.active(), &key, batch.as_bytes())
-        .map_err(|e| e.into_error(&key))?;
+    let sealed = keyring.seal_to_vec(&key, batch.as_bytes())?;
     if storage.put_new(&key, sealed.into()).await? == PutOutcome::Created {
         std::fs::write(&mark, text.len().to_string())
             .map_err(|e| local_io(format!("cannot write {}", mark.display()), &e))?;

@@ -11,9 +11,10 @@ use crate::backup::conn::Conn;
 use crate::backup::conninfo;
 use crate::config::Config;
 use crate::keys::Keyring;
+use crate::repo::{Access, Repository};
 use crate::repository;
 use crate::seal;
-use crate::storage::{Create, PutOutcome, Storage};
+use crate::storage::{PutOutcome, Storage};
 
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -95,13 +96,22 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
             return lines;
         }
     };
-    let storage = match Storage::open(cfg, Create::Yes) {
-        Ok(s) => s,
+    drop(keyring);
+    let repo = match Repository::open(cfg, Access::Seal, "check").await {
+        Ok(r) => r,
         Err(e) => {
             lines.push(from_error("repository", &e));
             return lines;
         }
     };
+    let (storage, keyring) = (repo.storage.clone(), repo.keyring.clone());
+    lines.push(ok(
+        "repository id",
+        format!(
+            "{} (objects of other repositories do not open here)",
+            crate::keys::hex_encode(&repo.id)
+        ),
+    ));
     lines.push(probe(&storage, &keyring).await);
     let identity = repository::load_any(&storage, &keyring).await;
 
@@ -213,8 +223,7 @@ async fn probe(storage: &Storage, keyring: &Keyring) -> Line {
     );
     let text = b"walseal check probe";
     let result = async {
-        let sealed =
-            seal::seal_to_vec(keyring.active(), &key, text).map_err(|e| e.into_error(&key))?;
+        let sealed = keyring.seal_to_vec(&key, text)?;
         let sealed_copy = sealed.clone();
         if storage.put_new(&key, sealed.into()).await? == PutOutcome::AlreadyExists {
             return Err(crate::error::Error::new(

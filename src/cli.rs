@@ -63,6 +63,29 @@ pub struct GlobalArgs {
         value_name = "RECIPIENT"
     )]
     pub recipient: Option<String>,
+    /// Signer file made by `walseal keygen --signer`: signs what this host seals to a
+    /// recipient (required on push-only hosts).
+    #[arg(long, global = true, env = "WALSEAL_SIGNER_FILE", value_name = "FILE")]
+    pub signer_file: Option<PathBuf>,
+    /// Signers (`wss1…`, `:`- or `,`-separated) whose objects this host accepts when they are
+    /// sealed to a recipient. Objects sealed to a recipient by anyone else are refused.
+    #[arg(
+        long,
+        global = true,
+        env = "WALSEAL_TRUSTED_SIGNERS",
+        value_name = "SIGNER[,SIGNER...]"
+    )]
+    pub trusted_signers: Option<String>,
+    /// Accept objects in format version 1 (written before walseal 0.2): they are not bound to
+    /// a repository and, if sealed to a recipient, not signed. For migration only; `walseal
+    /// rekey` converts them.
+    #[arg(long, global = true, env = "WALSEAL_ALLOW_LEGACY", value_name = "BOOL", num_args = 0..=1,
+          default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_legacy: Option<bool>,
+    /// The repository id (`walseal init` prints it): refuse a repository whose id differs.
+    /// `restore` pins it in the restore_command it writes.
+    #[arg(long, global = true, env = "WALSEAL_REPOSITORY_ID", value_name = "ID")]
+    pub repository_id: Option<String>,
     /// Allow a plain-http storage endpoint (e.g. a test server on loopback). Off by default:
     /// data in transit is encrypted by TLS unless you allow this.
     #[arg(long, global = true, env = "WALSEAL_ALLOW_HTTP", value_name = "BOOL", num_args = 0..=1,
@@ -101,11 +124,32 @@ pub enum Command {
             requires = "output"
         )]
         recipient: bool,
+        /// Create an Ed25519 signer for a push-only host instead: writes the signer (secret)
+        /// to FILE and prints its public half (`wss1…`) for trusted_signers on restore hosts.
+        #[arg(
+            long,
+            conflicts_with_all = ["passphrase", "keygen_recipient"],
+            requires = "output"
+        )]
+        signer: bool,
         /// Derive the key from a passphrase instead (PBKDF2-HMAC-SHA256, ~0.5 s of work): reads
         /// it from WALSEAL_PASSPHRASE or the first line of standard input, and prints the
         /// `[[keys]]` entry (salt, iterations, id) to put in the config file.
         #[arg(long, conflicts_with = "output")]
         passphrase: bool,
+    },
+    /// Create a repository at the configured location (once, before the first wal-push or
+    /// backup; like pgBackRest's stanza-create).
+    ///
+    /// Writes the repository record with a new random repository id, which every object
+    /// written later is bound to. Refuses a location that already holds a repository, or
+    /// that holds other files. On a repository from before walseal 0.2 (format 1 objects),
+    /// adds the record and leaves the objects as they are (read them with allow_legacy until
+    /// `walseal rekey` converts them).
+    Init {
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Archive one WAL file (archive_command = 'walseal wal-push %p').
     ///
@@ -340,6 +384,7 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Keygen { .. } => "keygen",
+            Command::Init { .. } => "init",
             Command::WalPush { .. } => "wal-push",
             Command::WalFetch { .. } => "wal-fetch",
             Command::Backup(_) => "backup",

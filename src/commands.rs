@@ -10,9 +10,33 @@ use crate::cli::{BackupArgs, RestoreArgs};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Keyring;
+use crate::repo::{Access, Repository};
 use crate::restore::base::{self, RestoreOptions, Target};
-use crate::storage::{Create, Storage};
 use crate::wal::Lsn;
+
+fn open(cfg: &Config, access: Access, what: &str) -> Result<Repository> {
+    crate::block_on(Repository::open(cfg, access, what))
+}
+
+/// `walseal init`.
+pub fn init(cfg: &Config, json: bool) -> Result<()> {
+    let report = crate::block_on(crate::repo::init(cfg))?;
+    if json {
+        return json_out(&report);
+    }
+    println!("{}", report.repository_id);
+    eprintln!(
+        "walseal init: created repository {} (id {}){}",
+        report.repo,
+        report.repository_id,
+        if report.adopted_v1 {
+            "; its objects from before walseal 0.2 are format 1: read them with allow_legacy = true until `walseal rekey` converts them"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
 
 fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(v)
@@ -155,10 +179,9 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
 
 /// `walseal list`.
 pub fn list(cfg: &Config, json: bool) -> Result<()> {
-    let keyring = Keyring::from_config(cfg)?;
-    keyring.require_open("list (backup records are sealed)")?;
-    let storage = Storage::open(cfg, Create::No)?;
-    let listing = crate::block_on(catalog::list(&storage, &keyring))?;
+    let repo = open(cfg, Access::Open, "list (backup records are sealed)")?;
+    let (storage, keyring) = (&repo.storage, &repo.keyring);
+    let listing = crate::block_on(catalog::list(storage, keyring))?;
     if json {
         return json_out(&listing);
     }
@@ -206,8 +229,8 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
 
 /// `walseal verify`.
 pub fn verify(cfg: &Config, quick: bool, jobs: usize, json: bool) -> Result<()> {
-    let keyring = std::sync::Arc::new(Keyring::from_config(cfg)?);
-    let storage = Storage::open(cfg, Create::No)?;
+    let repo = open(cfg, Access::Open, "verify")?;
+    let (storage, keyring) = (&repo.storage, &repo.keyring);
     let report = crate::block_on(async {
         let report = crate::verify::verify(&storage, keyring.clone(), quick, jobs).await?;
         // Remember the result for `walseal status` (sealed like everything else).
@@ -222,14 +245,12 @@ pub fn verify(cfg: &Config, quick: bool, jobs: usize, json: bool) -> Result<()> 
         });
         // Best effort: a read-only repository can still be verified.
         let key = crate::verify::LAST_VERIFY_KEY;
-        let sealed =
-            crate::seal::seal_to_vec(keyring.active(), key, summary.to_string().as_bytes())
-                .map_err(|e| e.into_error(key))?;
+        let sealed = keyring.seal_to_vec(key, summary.to_string().as_bytes())?;
         if let Err(e) = storage.replace(key, sealed.into()).await {
             tracing::warn!("could not record the verify result for `walseal status`: {e}");
         }
         if let Some(path) = &cfg.audit_log {
-            if let Err(e) = crate::audit::seal_pending(path, &storage, &keyring).await {
+            if let Err(e) = crate::audit::seal_pending(path, storage, keyring).await {
                 tracing::warn!("could not seal the audit log into the repository: {e}");
             }
         }
@@ -319,10 +340,13 @@ pub fn retain(
     dry_run: bool,
     json: bool,
 ) -> Result<()> {
-    let keyring = Keyring::from_config(cfg)?;
-    keyring.require_open("retain (backup records are sealed)")?;
-    let storage = Storage::open(cfg, Create::No)?;
-    let plan = crate::block_on(crate::retain::retain(&storage, &keyring, policy, dry_run))?;
+    let repo = open(cfg, Access::Open, "retain (backup records are sealed)")?;
+    let plan = crate::block_on(crate::retain::retain(
+        &repo.storage,
+        &repo.keyring,
+        policy,
+        dry_run,
+    ))?;
     if json {
         return json_out(&plan);
     }
@@ -386,9 +410,8 @@ pub fn check(cfg: &Config, pg: Option<&str>, wait: u64, json: bool) -> Result<()
 
 /// `walseal status`.
 pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Path>) -> Result<()> {
-    let keyring = Keyring::from_config(cfg)?;
-    let storage = Storage::open(cfg, Create::No)?;
-    let st = crate::block_on(crate::status::status(&storage, &keyring, pg))?;
+    let repo = open(cfg, Access::Seal, "status")?;
+    let st = crate::block_on(crate::status::status(&repo.storage, &repo.keyring, pg))?;
     if let Some(path) = prometheus {
         let text = crate::status::prometheus(&st);
         if path == Path::new("-") {
@@ -448,7 +471,8 @@ pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Pa
 
 /// `walseal rekey`.
 pub fn rekey(cfg: &Config, to: Option<&str>, jobs: usize, json: bool) -> Result<()> {
-    let keyring = std::sync::Arc::new(Keyring::from_config(cfg)?);
+    let repo = open(cfg, Access::Open, "rekey")?;
+    let keyring = repo.keyring.clone();
     let target = match to {
         None => None,
         Some(hex) => {
@@ -462,8 +486,7 @@ pub fn rekey(cfg: &Config, to: Option<&str>, jobs: usize, json: bool) -> Result<
             Some(crate::keys::KeyId(id))
         }
     };
-    let storage = Storage::open(cfg, Create::No)?;
-    let report = crate::block_on(crate::rekey::rekey(&storage, keyring, target, jobs))?;
+    let report = crate::block_on(crate::rekey::rekey(&repo.storage, keyring, target, jobs))?;
     if json {
         return json_out(&report);
     }
@@ -514,8 +537,12 @@ pub fn audit(cfg: &Config, action: crate::cli::AuditAction) -> Result<()> {
         }
         crate::cli::AuditAction::Seal => {
             let path = configured()?;
-            let storage = Storage::open(cfg, Create::No)?;
-            match crate::block_on(crate::audit::seal_pending(&path, &storage, &keyring))? {
+            let repo = open(cfg, Access::Seal, "audit seal")?;
+            match crate::block_on(crate::audit::seal_pending(
+                &path,
+                &repo.storage,
+                &repo.keyring,
+            ))? {
                 Some(key) => println!("audit: sealed new lines as {key}"),
                 None => println!("audit: nothing new to seal"),
             }

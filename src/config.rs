@@ -24,6 +24,15 @@ pub struct FileConfig {
     pub identity_file: Option<String>,
     /// Recipient that new objects are sealed to (push-only hosts).
     pub recipient: Option<String>,
+    /// Signer file (Ed25519) for objects sealed to a recipient.
+    pub signer_file: Option<PathBuf>,
+    /// Signers whose recipient-sealed objects are accepted (`wss1…`).
+    #[serde(default)]
+    pub trusted_signers: Vec<String>,
+    /// Accept format-1 objects (migration).
+    pub allow_legacy: Option<bool>,
+    /// Pinned repository id.
+    pub repository_id: Option<String>,
     /// Allow plain-http endpoints.
     pub allow_http: Option<bool>,
     /// Log level.
@@ -53,6 +62,14 @@ pub struct Config {
     pub identity_files: Vec<PathBuf>,
     /// Recipient new objects are sealed to, as written (`wsr1…`).
     pub recipient: Option<String>,
+    /// Signer file, if any.
+    pub signer_file: Option<PathBuf>,
+    /// Trusted signers, as written (`wss1…`).
+    pub trusted_signers: Vec<String>,
+    /// Format-1 objects accepted.
+    pub allow_legacy: bool,
+    /// Pinned repository id (32 hex digits), if any.
+    pub repository_id: Option<String>,
     /// Plain http allowed.
     pub allow_http: bool,
     /// Log level filter.
@@ -96,6 +113,17 @@ impl Config {
                 .recipient
                 .clone()
                 .or(file.recipient)
+                .filter(|r| !r.trim().is_empty()),
+            signer_file: args.signer_file.clone().or(file.signer_file),
+            trusted_signers: match &args.trusted_signers {
+                Some(list) => vec![list.clone()],
+                None => file.trusted_signers,
+            },
+            allow_legacy: args.allow_legacy.or(file.allow_legacy).unwrap_or(false),
+            repository_id: args
+                .repository_id
+                .clone()
+                .or(file.repository_id)
                 .filter(|r| !r.trim().is_empty()),
             allow_http: args.allow_http.or(file.allow_http).unwrap_or(false),
             log_level: args
@@ -152,6 +180,10 @@ mod tests {
             key_file: None,
             identity_file: None,
             recipient: None,
+            signer_file: None,
+            trusted_signers: None,
+            allow_legacy: None,
+            repository_id: None,
             allow_http: None,
             log_level: None,
             audit_log: None,

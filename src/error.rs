@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Database,
     /// A restore or recovery target that cannot work with the chosen backup.
     Target,
+    /// The location holds no walseal repository (never initialised, unmounted, mistyped).
+    NoRepository,
 }
 
 impl ErrorKind {
@@ -50,6 +52,7 @@ impl ErrorKind {
             ErrorKind::Internal => 9,
             ErrorKind::Database => 10,
             ErrorKind::Target => 11,
+            ErrorKind::NoRepository => 12,
         }
     }
 

@@ -17,7 +17,11 @@ use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
 use crate::error::{local_io, Error, ErrorKind, Result};
+use std::sync::Arc;
+
 use crate::recipient::{Identity, Recipient};
+use crate::seal::{RepositoryId, SealOptions};
+use crate::signer::{Signer, SignerPublic};
 
 /// Length of a master key in bytes.
 pub const KEY_LEN: usize = 32;
@@ -319,11 +323,19 @@ impl<'a> From<&'a Recipient> for Sealer<'a> {
 /// to their recipient; a configured recipient seals only. New objects go to the configured
 /// recipient if there is one, else to the first master key, else to the first identity's
 /// recipient.
+///
+/// It also carries the reading policy every open applies (`docs/FORMAT.md` §4): the
+/// repository id objects must carry (once [`Keyring::bind`] is called), whether format-1
+/// objects are accepted, and the signers trusted for objects sealed to a recipient.
 #[derive(Debug)]
 pub struct Keyring {
     keys: Vec<MasterKey>,
     identities: Vec<Identity>,
     recipient: Option<Recipient>,
+    signer: Option<Arc<Signer>>,
+    trusted: Vec<SignerPublic>,
+    allow_legacy: bool,
+    repository: Option<RepositoryId>,
 }
 
 impl Keyring {
@@ -351,7 +363,105 @@ impl Keyring {
             keys,
             identities,
             recipient,
+            signer: None,
+            trusted: Vec::new(),
+            allow_legacy: false,
+            repository: None,
         })
+    }
+
+    /// A keyring holding no key that trusts only `signer` (for a sealer's self-check).
+    pub(crate) fn trusting(signer: SignerPublic) -> Self {
+        Keyring {
+            keys: Vec::new(),
+            identities: Vec::new(),
+            recipient: None,
+            signer: None,
+            trusted: vec![signer],
+            allow_legacy: false,
+            repository: None,
+        }
+    }
+
+    /// Adds the signer this host signs with (it also trusts it).
+    #[must_use]
+    pub fn with_signer(mut self, signer: Signer) -> Self {
+        self.signer = Some(Arc::new(signer));
+        self
+    }
+
+    /// Adds signers whose recipient-sealed objects are accepted.
+    #[must_use]
+    pub fn trust(mut self, signers: impl IntoIterator<Item = SignerPublic>) -> Self {
+        self.trusted.extend(signers);
+        self
+    }
+
+    /// Accepts format-1 objects (not bound to a repository, not signed).
+    #[must_use]
+    pub fn allowing_legacy(mut self, allow: bool) -> Self {
+        self.allow_legacy = allow;
+        self
+    }
+
+    /// Binds the keyring to a repository: objects must carry its id, new ones get it.
+    pub fn bind(&mut self, repository: RepositoryId) {
+        self.repository = Some(repository);
+    }
+
+    /// The repository id objects must carry, once bound.
+    pub fn repository(&self) -> Option<RepositoryId> {
+        self.repository
+    }
+
+    /// Whether format-1 objects are accepted.
+    pub fn allow_legacy(&self) -> bool {
+        self.allow_legacy
+    }
+
+    /// The signer this host signs with, if any.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_deref()
+    }
+
+    /// The trusted signer with this id (this host's own signer is trusted too).
+    pub fn trusted_signer(&self, id: &KeyId) -> Option<&SignerPublic> {
+        self.trusted
+            .iter()
+            .chain(self.signer.as_ref().map(|s| s.public()))
+            .find(|p| p.id() == *id)
+    }
+
+    /// How new objects of this repository are sealed: its id, and the signer when sealing
+    /// to a recipient.
+    ///
+    /// # Errors
+    /// `Internal` if the keyring is not bound to a repository; `Config` if it seals to a
+    /// recipient without a signer.
+    pub fn seal_options(&self) -> Result<SealOptions> {
+        let repository = self.repository.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Internal,
+                "sealing before the repository was opened",
+            )
+        })?;
+        if matches!(self.active(), Sealer::Recipient(_)) && self.signer.is_none() {
+            return Err(crate::seal::SealError::NeedSigner.into_error("sealing to the recipient"));
+        }
+        Ok(SealOptions {
+            repository,
+            signer: self.signer.clone(),
+            ..SealOptions::default()
+        })
+    }
+
+    /// Seals a small object of this repository with [`Keyring::seal_options`].
+    ///
+    /// # Errors
+    /// As [`Keyring::seal_options`] and sealing.
+    pub fn seal_to_vec(&self, name: &str, data: &[u8]) -> Result<Vec<u8>> {
+        crate::seal::seal_to_vec(self.active(), name, data, &self.seal_options()?)
+            .map_err(|e| e.into_error(name))
     }
 
     /// Loads every key file in order; the first is active.
@@ -386,7 +496,16 @@ impl Keyring {
             identities.push(crate::recipient::load_identity_file(p)?);
         }
         let recipient = cfg.recipient.as_deref().map(Recipient::parse).transpose()?;
-        let keyring = Self::with(keys, identities, recipient)?;
+        let mut trusted = Vec::new();
+        for list in &cfg.trusted_signers {
+            trusted.extend(SignerPublic::parse_list(list)?);
+        }
+        let mut keyring = Self::with(keys, identities, recipient)?
+            .trust(trusted)
+            .allowing_legacy(cfg.allow_legacy);
+        if let Some(path) = &cfg.signer_file {
+            keyring = keyring.with_signer(crate::signer::load_signer_file(path)?);
+        }
         crate::audit::remember(&keyring);
         Ok(keyring)
     }

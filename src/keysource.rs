@@ -297,8 +297,14 @@ pub fn export(id: crate::keys::KeyId, file_text: &str, output: &Path) -> Result<
     let passphrase = read_passphrase(true)?;
     let (salt, iterations) = new_salt_and_iterations(&passphrase)?;
     let wrap = pbkdf2(passphrase.as_bytes(), &salt, iterations);
-    let sealed = crate::seal::seal_to_vec(&wrap, EXPORT_NAME, file_text.as_bytes())
-        .map_err(|e| e.into_error(EXPORT_NAME))?;
+    // Not a repository object: its repository id is zero (docs/FORMAT.md §8).
+    let sealed = crate::seal::seal_to_vec(
+        &wrap,
+        EXPORT_NAME,
+        file_text.as_bytes(),
+        &crate::seal::SealOptions::default(),
+    )
+    .map_err(|e| e.into_error(EXPORT_NAME))?;
     let text = format!(
         "# walseal key export: key {id} sealed under a passphrase. Import with `walseal key import`.\n{EXPORT_TAG}: 1\nid: {id}\nsalt: {}\niterations: {iterations}\nsealed: {}\n",
         keys::hex_encode(&salt),
@@ -333,7 +339,9 @@ pub fn import(input: &Path, output: &Path) -> Result<crate::keys::KeyId> {
     keys::hex_decode_into(sealed_hex, &mut sealed).ok_or_else(bad)?;
     let passphrase = read_passphrase(false)?;
     let wrap = pbkdf2(passphrase.as_bytes(), &salt, iterations);
-    let ring = crate::keys::Keyring::new(vec![wrap])?;
+    // Exports from before format 2 are version 1; they are in no repository, so binding
+    // does not apply.
+    let ring = crate::keys::Keyring::new(vec![wrap])?.allowing_legacy(true);
     let plain = Zeroizing::new(
         crate::seal::open_to_vec(&ring, EXPORT_NAME, &sealed).map_err(|e| match e {
             crate::seal::SealError::UnknownKey(_) => Error::new(

@@ -18,10 +18,12 @@ pub mod keys;
 pub mod keysource;
 pub mod recipient;
 pub mod rekey;
+pub mod repo;
 pub mod repository;
 pub mod restore;
 pub mod retain;
 pub mod seal;
+pub mod signer;
 pub mod status;
 pub mod storage;
 pub mod time;
@@ -66,6 +68,20 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             return Ok(());
         }
+        Command::Keygen {
+            output: Some(output),
+            signer: true,
+            ..
+        } => {
+            let public = signer::keygen(&output)?;
+            println!("{public}");
+            eprintln!(
+                "walseal: wrote signer {} to {} (mode 0600); keep it on the database host (signer_file) and give restore hosts the public line printed above (trusted_signers)",
+                public.id(),
+                output.display()
+            );
+            return Ok(());
+        }
         Command::Keygen { output, .. } => {
             let output =
                 output.ok_or_else(|| Error::new(ErrorKind::Usage, "keygen needs -o FILE"))?;
@@ -78,6 +94,7 @@ pub fn run(cli: Cli) -> Result<()> {
             return Ok(());
         }
         Command::Audit { action } => return commands::audit(&cfg, action),
+        Command::Init { json } => (commands::init(&cfg, json), "repository".into(), 0),
         Command::Key { action } => return commands::key(&cfg, action),
         Command::WalPush { path } => {
             let bytes = std::fs::metadata(&path).map_or(0, |m| m.len());

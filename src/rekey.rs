@@ -52,7 +52,9 @@ pub async fn rekey(
         .list("")
         .await?
         .into_iter()
-        .filter(|(k, _)| k != crate::repository::PLAIN_IDENTITY_KEY)
+        .filter(|(k, _)| {
+            k != crate::repository::PLAIN_IDENTITY_KEY && k != crate::repo::PLAIN_RECORD_KEY
+        })
         .collect();
     let total = objects.len() as u64;
     let results: Vec<bool> = futures::stream::iter(objects.into_iter().map(|(k, _)| k))
@@ -91,7 +93,7 @@ async fn rekey_one(
     target: KeyId,
     key: String,
 ) -> Result<bool> {
-    let Some(sealed) = storage.get_bytes(&key).await? else {
+    let Some((sealed, version)) = storage.get_versioned(&key).await? else {
         return Ok(false); // removed meanwhile (retain)
     };
     let k = key.clone();
@@ -132,9 +134,12 @@ async fn rekey_one(
     .map_err(|e| Error::new(ErrorKind::Internal, format!("rekey task failed: {e}")))??;
     match new {
         None => Ok(false),
+        // Conditional: an object `retain` removed (or anyone rewrote) meanwhile stays as it
+        // is now, so a removed backup record cannot come back.
         Some(bytes) => {
-            storage.replace(&key, bytes.into()).await?;
-            Ok(true)
+            storage
+                .replace_if_unchanged(&key, bytes.into(), &version)
+                .await
         }
     }
 }

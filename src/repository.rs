@@ -130,8 +130,7 @@ pub async fn ensure(
     let current = match load_sealed(storage, keyring).await? {
         Ok(Some(id)) => id,
         Ok(None) => {
-            let sealed = seal::seal_to_vec(keyring.active(), IDENTITY_KEY, &encode(candidate)?)
-                .map_err(|e| e.into_error(IDENTITY_KEY))?;
+            let sealed = keyring.seal_to_vec(IDENTITY_KEY, &encode(candidate)?)?;
             match storage.put_new(IDENTITY_KEY, sealed.into()).await? {
                 // The plain copy (normally new too) is what push-only hosts check: it must
                 // agree, so it is what the candidate is compared with below.

@@ -34,6 +34,9 @@ impl Fixture {
             .unwrap();
         assert!(out.status.success());
         let repo = repo(&root);
+        // The repository must be created before anything is pushed (`walseal init`); where
+        // the storage is unreachable this fails, as the test then expects of every command.
+        let _ = repo.walseal(&key).arg("init").output().unwrap();
         Fixture {
             _dir: dir,
             root,

@@ -43,9 +43,46 @@ fn keygen_recipient(runner: Command, path: &Path) -> String {
     recipient
 }
 
+/// The signer every push-only host of these tests signs with (a file owned by postgres, mode
+/// 0600), and its public `wss1…` text, which every host trusts.
+fn test_signer() -> &'static (PathBuf, String) {
+    static SIGNER: std::sync::OnceLock<(PathBuf, String)> = std::sync::OnceLock::new();
+    SIGNER.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("walseal-signer")
+            .tempdir_in("/tmp")
+            .unwrap()
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("signer");
+        let out = Command::new(walseal_bin())
+            .args(["keygen", "--signer", "-o"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "{}", stderr(&out));
+        chown_pg(&path);
+        let public = stdout(&out).trim().to_string();
+        assert!(public.starts_with("wss1") && public.len() == 76, "{public}");
+        (path, public)
+    })
+}
+
+/// Creates the repository from the push-only host (recipient and signer only).
+fn init_push_only(repo: &RepoEnv, recipient: &str, dir: &Path) {
+    let mut c = bare(repo);
+    c.env("WALSEAL_RECIPIENT", recipient);
+    let out = run(c, &["init"], dir);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+}
+
 /// walseal configured for `repo` with no key at all; the caller adds the recipient or identity.
+/// It has the test signer (signs what it seals to a recipient) and trusts it.
 fn bare(repo: &RepoEnv) -> Command {
     let mut c = Command::new(walseal_bin());
+    let (signer, public) = test_signer();
+    c.env("WALSEAL_SIGNER_FILE", signer)
+        .env("WALSEAL_TRUSTED_SIGNERS", public);
     c.env_remove("WALSEAL_CONFIG")
         .env_remove("WALSEAL_LOG")
         .env_remove("WALSEAL_KEY_FILE")
@@ -83,6 +120,7 @@ fn push_only_host_archives_compares_by_digest_and_cannot_open() {
         let repo = make_repo(root);
         let identity = root.join("identity");
         let recipient = keygen_recipient(bare(&repo), &identity);
+        init_push_only(&repo, &recipient, root);
         let push_host = || {
             let mut c = bare(&repo);
             c.env("WALSEAL_RECIPIENT", &recipient);
@@ -236,8 +274,9 @@ fn push_only_host_archives_compares_by_digest_and_cannot_open() {
 /// Everything needed to archive into `repo` push-only from PostgreSQL's archive_command.
 fn push_only_archive_setting(bin: &Path, repo: &RepoEnv, recipient: &str) -> String {
     let cmd = format!(
-        "{} WALSEAL_RECIPIENT='{recipient}' {} wal-push %p",
+        "{} WALSEAL_RECIPIENT='{recipient}' WALSEAL_SIGNER_FILE='{}' {} wal-push %p",
         repo.shell_prefix(),
+        test_signer().0.display(),
         bin.display()
     );
     format!("archive_command = '{}'", cmd.replace('\'', "''"))
@@ -261,13 +300,15 @@ fn pg15_push_only_host_archives_and_backs_up_identity_host_restores_pitr() {
     let push_host = || {
         let mut c = s.walseal_as_pg();
         c.env_remove("WALSEAL_KEY_FILE")
-            .env("WALSEAL_RECIPIENT", &recipient);
+            .env("WALSEAL_RECIPIENT", &recipient)
+            .env("WALSEAL_SIGNER_FILE", &test_signer().0);
         c
     };
     let restore_host = || {
         let mut c = s.walseal_as_pg();
         c.env_remove("WALSEAL_KEY_FILE")
-            .env("WALSEAL_IDENTITY_FILE", &identity);
+            .env("WALSEAL_IDENTITY_FILE", &identity)
+            .env("WALSEAL_TRUSTED_SIGNERS", &test_signer().1);
         c
     };
 
@@ -406,6 +447,8 @@ fn mixed_repository_then_rekey_to_the_recipient() {
     for (n, d) in segs.iter().zip(&data) {
         std::fs::write(root.join("pg_wal").join(n), d).unwrap();
     }
+    let out = run(with(&[("WALSEAL_KEY_FILE", &key)], None), &["init"], root);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     // The first segment under the master key, the second from a push-only host.
     let out = run(
         with(&[("WALSEAL_KEY_FILE", &key)], None),
@@ -545,6 +588,7 @@ fn push_only_audit_log_is_chained_and_holds_no_secret() {
     let repo = RepoEnv::local(&root.join("repo"));
     let identity = root.join("identity");
     let recipient = keygen_recipient(bare(&repo), &identity);
+    init_push_only(&repo, &recipient, root);
     let audit = root.join("audit.log");
     let push_host = || {
         let mut c = bare(&repo);
@@ -644,6 +688,7 @@ fn verify_recomputes_content_digests() {
     let repo = RepoEnv::local(&root.join("repo"));
     let identity = root.join("identity");
     let recipient = keygen_recipient(bare(&repo), &identity);
+    init_push_only(&repo, &recipient, root);
     let good = "000000010000000000000001";
     std::fs::write(
         root.join("pg_wal").join(good),

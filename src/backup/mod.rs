@@ -14,7 +14,6 @@ pub mod protocol;
 pub mod tls;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -25,8 +24,8 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Keyring;
 use crate::repository::{self, Identity};
-use crate::seal::{self, seal_error_from_io, SealOptions, SealWriter};
-use crate::storage::{Create, PutOutcome, Storage};
+use crate::seal::{self, seal_error_from_io, SealWriter};
+use crate::storage::{PutOutcome, Storage};
 use conn::Conn;
 use protocol::{CopyMessage, StartOptions};
 
@@ -66,8 +65,10 @@ struct Upload {
 /// that does not reach the archive in time; `Storage`, `Config` as usual.
 pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> {
     let started = Instant::now();
-    let keyring = Arc::new(Keyring::from_config(cfg)?);
-    let storage = Storage::open(cfg, Create::Yes)?;
+    let repo = crate::repo::Repository::open(cfg, crate::repo::Access::Seal, "backup").await?;
+    let (keyring, storage) = (repo.keyring.clone(), repo.storage.clone());
+    // Fails now, not after the backup ran, on a recipient host without a signer.
+    keyring.seal_options()?;
     let params = conninfo::resolve(opts.conninfo.as_deref())?;
     let mut conn = Conn::connect(&params).await?;
     let ident = protocol::identify_system(&mut conn).await?;
@@ -232,8 +233,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     let json = serde_json::to_vec_pretty(&record)
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode record: {e}")))?;
     let key = catalog::record_key(&id);
-    let sealed =
-        seal::seal_to_vec(keyring.active(), &key, &json).map_err(|e| e.into_error(&key))?;
+    let sealed = keyring.seal_to_vec(&key, &json)?;
     if storage.put_new(&key, sealed.into()).await? == PutOutcome::AlreadyExists {
         return Err(Error::new(
             ErrorKind::Conflict,
@@ -305,6 +305,7 @@ fn seal_parts(
     id: &str,
     part_size: u64,
 ) -> Result<Vec<Archive>> {
+    let opts = keyring.seal_options()?;
     let mut archives: Vec<Archive> = Vec::new();
     let mut part: Option<PartState> = None;
     let cap = usize::try_from(part_size / 2).unwrap_or(1 << 20);
@@ -361,13 +362,9 @@ fn seal_parts(
                                 archive.name,
                                 archive.parts.len()
                             );
-                            let writer = seal::seal(
-                                Vec::with_capacity(cap),
-                                keyring.active(),
-                                &key,
-                                &SealOptions::default(),
-                            )
-                            .map_err(|e| e.into_error(&key))?;
+                            let writer =
+                                seal::seal(Vec::with_capacity(cap), keyring.active(), &key, &opts)
+                                    .map_err(|e| e.into_error(&key))?;
                             part.insert(PartState {
                                 key,
                                 writer,

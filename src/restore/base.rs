@@ -19,8 +19,9 @@ use crate::catalog::{self, Archive, BackupRecord};
 use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};
 use crate::keys::Keyring;
+use crate::repo::{Access, Repository};
 use crate::seal::{self, seal_error_from_io, OpenReader};
-use crate::storage::{Create, Storage};
+use crate::storage::Storage;
 use crate::wal::Lsn;
 
 /// A recovery target.
@@ -204,9 +205,8 @@ fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
 /// `NotFound` (no such backup), `Target` (target before the backup's end), `Conflict`
 /// (non-empty destination), `Integrity` (parts or files that do not check out), and the usual.
 pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord> {
-    let keyring = std::sync::Arc::new(Keyring::from_config(cfg)?);
-    keyring.require_open("restore")?;
-    let storage = Storage::open(cfg, Create::No)?;
+    let repo = Repository::open(cfg, Access::Open, "restore").await?;
+    let (keyring, storage) = (repo.keyring.clone(), repo.storage.clone());
     let listing = catalog::list(&storage, &keyring).await?;
     if opts.backup != "latest" && !listing.backups.iter().any(|b| b.id == opts.backup) {
         // Say whether it is incomplete or unknown.

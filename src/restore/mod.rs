@@ -19,9 +19,9 @@ pub mod tar;
 use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};
 use crate::keys::Keyring;
+use crate::repo::{Access, Repository};
 use crate::seal;
-use crate::storage::{Create, Storage};
-use crate::wal::WalFile;
+use crate::wal::{LongPageHeader, WalFile, WalKind, LONG_HEADER_LEN};
 
 /// Restores WAL file `name` from the repository to `dest`.
 ///
@@ -32,12 +32,36 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
         Error::new(ErrorKind::Usage, format!("{name:?} is not a WAL file name"))
             .hint("restore_command must be 'walseal wal-fetch %f %p'")
     })?;
-    let keyring = Keyring::from_config(cfg)?;
     // Before looking for the object: "not found" (exit 1) would end recovery as if the
-    // archive ended here.
-    keyring.require_open("wal-fetch")?;
-    let storage = Storage::open(cfg, Create::No)?;
+    // archive ended here, so a push-only host, or a location that holds no repository
+    // (unmounted, mistyped), fails first.
+    let repo = Repository::open(cfg, Access::Open, "wal-fetch").await?;
+    let storage = repo.storage.clone();
     let key = wal.object_key();
+    // A segment is checked against the cluster the repository belongs to before PostgreSQL
+    // sees it ("WAL file is from different database system" would end recovery early).
+    let expect = match wal.kind {
+        WalKind::Segment | WalKind::Partial => {
+            let id = crate::repository::load(&storage, &repo.keyring)
+                .await?
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Integrity,
+                        format!(
+                            "{} has WAL but no identity record (walseal.id)",
+                            storage.display()
+                        ),
+                    )
+                    .hint("restore walseal.id from a copy of the repository")
+                })?;
+            Some(SegmentCheck {
+                wal: wal.clone(),
+                identity: id,
+            })
+        }
+        _ => None,
+    };
+    let keyring = repo.keyring.clone();
     let Some(object) = storage.get(&key).await? else {
         return Err(Error::new(
             ErrorKind::NotFound,
@@ -48,7 +72,7 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
     let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
     let writer = {
         let (tmp, key) = (tmp.clone(), key.clone());
-        tokio::task::spawn_blocking(move || open_into(rx, &keyring, &key, &tmp))
+        tokio::task::spawn_blocking(move || open_into(rx, &keyring, &key, &tmp, expect.as_ref()))
     };
     let mut stream = object.stream;
     while let Some(item) = stream.next().await {
@@ -127,6 +151,7 @@ fn open_into(
     keyring: &Keyring,
     key: &str,
     tmp: &Path,
+    expect: Option<&SegmentCheck>,
 ) -> Result<u64> {
     let mut reader = seal::open(
         ChannelReader {
@@ -142,8 +167,62 @@ fn open_into(
         .create_new(true)
         .open(tmp)
         .map_err(|e| local_io(format!("cannot create {}", tmp.display()), &e))?;
-    let total = seal::for_each_block(&mut reader, key, |block| write_all(&mut out, block, tmp))?;
+    let mut head = Vec::with_capacity(LONG_HEADER_LEN);
+    let total = seal::for_each_block(&mut reader, key, |block| {
+        if head.len() < LONG_HEADER_LEN {
+            let n = (LONG_HEADER_LEN - head.len()).min(block.len());
+            head.extend_from_slice(&block[..n]);
+            if head.len() == LONG_HEADER_LEN {
+                if let Some(check) = expect {
+                    check.verify(key, &head)?;
+                }
+            }
+        }
+        write_all(&mut out, block, tmp)
+    })?;
+    if let Some(check) = expect {
+        if head.len() < LONG_HEADER_LEN {
+            check.verify(key, &head)?;
+        }
+    }
     Ok(total)
+}
+
+/// What a fetched segment must be: of the repository's cluster and segment size, and the
+/// segment its name says.
+struct SegmentCheck {
+    wal: WalFile,
+    identity: crate::repository::Identity,
+}
+
+impl SegmentCheck {
+    /// Checks a segment's long page header (its first 40 bytes).
+    ///
+    /// # Errors
+    /// `Integrity` naming the object and what differs.
+    fn verify(&self, key: &str, head: &[u8]) -> Result<()> {
+        let bad = |why: String| {
+            Error::new(ErrorKind::Integrity, format!("{key}: {why}"))
+                .hint("do not use this object: the repository holds a segment of another cluster or another position under this name; restore it from a copy of the repository")
+        };
+        let h = LongPageHeader::parse(head).map_err(|e| bad(format!("not a WAL segment: {e}")))?;
+        if h.system_identifier.to_string() != self.identity.system_identifier {
+            return Err(bad(format!(
+                "the segment belongs to database system {}, the repository to {}",
+                h.system_identifier, self.identity.system_identifier
+            )));
+        }
+        if u64::from(h.segment_size) != self.identity.wal_segment_size {
+            return Err(bad(format!(
+                "the segment is of {}-byte segments, the repository of {}",
+                h.segment_size, self.identity.wal_segment_size
+            )));
+        }
+        if self.wal.segment_number(u64::from(h.segment_size)) != Some(h.segment_number()) {
+            return Err(bad("its first page belongs to another segment".into()));
+        }
+        Ok(())
+    }
 }
 
 fn write_all(out: &mut File, data: &[u8], tmp: &Path) -> Result<()> {

@@ -9,13 +9,20 @@ use zeroize::Zeroizing;
 use super::{Compression, SealError, MAX_NAME_LEN};
 use crate::keys::{KeyId, Keyring, MasterKey, KEY_ID_LEN};
 use crate::recipient::{Identity, Recipient};
+use crate::signer::{Signer, SIGNATURE_LEN};
 
 /// The first eight bytes of every sealed object.
 pub const MAGIC: [u8; 8] = *b"WALSEAL\x1a";
 /// The format version this module writes.
-pub const VERSION: u8 = 1;
-/// Bytes before the first key slot.
-pub const FIXED_LEN: usize = 12;
+pub const VERSION: u8 = 2;
+/// The first format version, still read (with `allow_legacy`).
+pub const VERSION_1: u8 = 1;
+/// Bytes before the first key slot in version 1.
+pub const FIXED_LEN_V1: usize = 12;
+/// Bytes before the first key slot in version 2 (the repository id follows the slot count).
+pub const FIXED_LEN: usize = 28;
+/// Length of a repository id.
+pub const REPOSITORY_ID_LEN: usize = 16;
 /// Length of a slot salt.
 pub const SALT_LEN: usize = 32;
 /// Length of a data key.
@@ -34,11 +41,15 @@ pub const MASTER_SLOT_BODY_LEN: usize = SALT_LEN + DEK_LEN + TAG_LEN;
 pub const X25519_SLOT_BODY_LEN: usize = 32 + DEK_LEN + TAG_LEN;
 /// Body length of a content-digest slot.
 pub const DIGEST_SLOT_BODY_LEN: usize = 32;
+/// Body length of a signature slot: payload SHA-256, Ed25519 signature.
+pub const SIGNATURE_SLOT_BODY_LEN: usize = 32 + SIGNATURE_LEN;
 
 const LABEL_WRAP: &[u8] = b"walseal/v1 wrap";
 const LABEL_X25519: &[u8] = b"walseal/v1 x25519";
 const LABEL_HEADER: &[u8] = b"walseal/v1 header";
 const LABEL_PAYLOAD: &[u8] = b"walseal/v1 payload";
+const LABEL_COMMITMENT: &[u8] = b"walseal/v2 commitment";
+const LABEL_SIGNATURE: &[u8] = b"walseal/v2 signature";
 
 /// Kinds of key slot. Unknown kinds are skipped when opening, so later versions may add some.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +60,8 @@ pub enum SlotKind {
     X25519 = 2,
     /// Not a key: a keyed digest of the content, for hosts that cannot open (push-only).
     ContentDigest = 3,
+    /// Not a key: a signer's Ed25519 signature of the object (version 2).
+    Signature = 4,
 }
 
 /// One key slot: which key can unwrap the data key, and the wrapped data key.
@@ -62,9 +75,17 @@ pub struct Slot {
     pub body: Vec<u8>,
 }
 
+/// A repository id: 16 random bytes made by `walseal init`, carried by every version-2 object
+/// (all zero for objects outside a repository, such as key exports).
+pub type RepositoryId = [u8; REPOSITORY_ID_LEN];
+
 /// A parsed header. `raw` is the exact header bytes up to (not including) the MAC.
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// Format version (1 or 2).
+    pub version: u8,
+    /// The repository the object was written for (version 2; zero in version 1).
+    pub repository: RepositoryId,
     /// Payload compression.
     pub compression: Compression,
     /// Payload chunk size is `1 << chunk_shift` bytes.
@@ -87,6 +108,85 @@ impl DataKey {
     fn mac_key(&self) -> hmac::Key {
         derive(&[], self.0.as_ref(), &[LABEL_HEADER], hmac::HMAC_SHA256)
     }
+
+    /// The commitment to this data key that signatures cover (`docs/FORMAT.md` §4).
+    fn commitment(&self) -> [u8; 32] {
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, &[]).extract(self.0.as_ref());
+        let mut out = [0u8; 32];
+        prk.expand(&[LABEL_COMMITMENT], Len32)
+            .and_then(|okm| okm.fill(&mut out))
+            .expect("HKDF-SHA256 can expand 32 bytes");
+        out
+    }
+}
+
+/// 32 bytes of HKDF output.
+struct Len32;
+
+impl hkdf::KeyType for Len32 {
+    fn len(&self) -> usize {
+        32
+    }
+}
+
+/// What a signature slot signs: `"walseal/v2 signature" ‖ repository id ‖ compression ‖
+/// chunk_shift ‖ commitment ‖ SHA-256(payload) ‖ name`.
+fn signed_message(
+    header: &Header,
+    dek: &DataKey,
+    payload_sha256: &[u8; 32],
+    name: &[u8],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(LABEL_SIGNATURE.len() + 82 + name.len());
+    m.extend_from_slice(LABEL_SIGNATURE);
+    m.extend_from_slice(&header.repository);
+    m.push(header.compression as u8);
+    m.push(header.chunk_shift);
+    m.extend_from_slice(&dek.commitment());
+    m.extend_from_slice(payload_sha256);
+    m.extend_from_slice(name);
+    m
+}
+
+/// A signature slot for an object whose header (other slots final) is `header` and whose
+/// payload hashes to `payload_sha256`.
+///
+/// # Errors
+/// As [`Signer::sign`] (never in practice).
+pub(crate) fn signature_slot(
+    signer: &Signer,
+    header: &Header,
+    dek: &DataKey,
+    payload_sha256: &[u8; 32],
+    name: &[u8],
+) -> Result<Slot, SealError> {
+    let sig = signer
+        .sign(&signed_message(header, dek, payload_sha256, name))
+        .map_err(|_| SealError::Malformed("the signer could not sign"))?;
+    let mut body = Vec::with_capacity(SIGNATURE_SLOT_BODY_LEN);
+    body.extend_from_slice(payload_sha256);
+    body.extend_from_slice(&sig);
+    Ok(Slot {
+        kind: SlotKind::Signature as u8,
+        key_id: signer.public().id(),
+        body,
+    })
+}
+
+/// A placeholder signature slot of the right length (filled in when the payload is known).
+pub(crate) fn placeholder_signature_slot(signer: &Signer) -> Slot {
+    Slot {
+        kind: SlotKind::Signature as u8,
+        key_id: signer.public().id(),
+        body: vec![0u8; SIGNATURE_SLOT_BODY_LEN],
+    }
+}
+
+/// A header unlocked by [`Header::unlock`]: the data key, and the payload SHA-256 a trusted
+/// signature vouches for (the reader compares it with the payload at the end).
+pub(crate) struct Unlocked {
+    pub(crate) dek: DataKey,
+    pub(crate) payload_sha256: Option<[u8; 32]>,
 }
 
 /// HKDF-SHA256(salt, ikm) expanded with `info` into a key of type `T`.
@@ -283,10 +383,11 @@ pub(crate) fn digest_slot(recipient: &Recipient, digest: &[u8; 32]) -> Slot {
 }
 
 impl Header {
-    /// A new header for `slots`, MACed under `dek` together with `name`.
+    /// A new version-2 header for `slots` and `repository`, MACed under `dek` with `name`.
     pub(crate) fn new(
         compression: Compression,
         chunk_shift: u8,
+        repository: RepositoryId,
         slots: Vec<Slot>,
         dek: &DataKey,
         name: &[u8],
@@ -297,6 +398,7 @@ impl Header {
         raw.push(compression as u8);
         raw.push(chunk_shift);
         raw.push(u8::try_from(slots.len()).expect("slot count is bounded by MAX_SLOTS"));
+        raw.extend_from_slice(&repository);
         for slot in &slots {
             raw.push(slot.kind);
             raw.extend_from_slice(&slot.key_id.0);
@@ -306,6 +408,8 @@ impl Header {
         }
         let mac = compute_mac(dek, &raw, name);
         Header {
+            version: VERSION,
+            repository,
             compression,
             chunk_shift,
             slots,
@@ -337,11 +441,12 @@ impl Header {
         false
     }
 
-    /// The key ids named by the header's key slots (not digest slots), in order.
+    /// The key ids named by the header's key slots (master-key and X25519 slots; slots of
+    /// unknown kinds may be keys too, but this walseal cannot use them), in order.
     pub fn key_ids(&self) -> Vec<KeyId> {
         self.slots
             .iter()
-            .filter(|s| s.kind != SlotKind::ContentDigest as u8)
+            .filter(|s| s.kind == SlotKind::Master as u8 || s.kind == SlotKind::X25519 as u8)
             .map(|s| s.key_id)
             .collect()
     }
@@ -368,13 +473,14 @@ impl Header {
     /// # Errors
     /// `BadMagic`, `UnsupportedVersion`, `Malformed`, `Truncated` or `Io`.
     pub fn read<R: Read>(r: &mut R) -> Result<Self, SealError> {
-        let mut raw = vec![0u8; FIXED_LEN];
+        let mut raw = vec![0u8; FIXED_LEN_V1];
         read_exact(r, &mut raw)?;
         if raw[..8] != MAGIC {
             return Err(SealError::BadMagic);
         }
-        if raw[8] != VERSION {
-            return Err(SealError::UnsupportedVersion(raw[8]));
+        let version = raw[8];
+        if version != VERSION && version != VERSION_1 {
+            return Err(SealError::UnsupportedVersion(version));
         }
         let compression = match raw[9] {
             0 => Compression::None,
@@ -389,40 +495,20 @@ impl Header {
         if count == 0 || count > MAX_SLOTS {
             return Err(SealError::Malformed("key slot count out of range"));
         }
+        let mut repository = [0u8; REPOSITORY_ID_LEN];
+        if version == VERSION {
+            read_exact(r, &mut repository)?;
+            raw.extend_from_slice(&repository);
+        }
         let mut slots = Vec::with_capacity(count);
         for _ in 0..count {
-            let mut fixed = [0u8; 1 + KEY_ID_LEN + 2];
-            read_exact(r, &mut fixed)?;
-            raw.extend_from_slice(&fixed);
-            let mut key_id = [0u8; KEY_ID_LEN];
-            key_id.copy_from_slice(&fixed[1..=KEY_ID_LEN]);
-            let len = usize::from(u16::from_be_bytes([fixed[17], fixed[18]]));
-            if len > 4096 {
-                return Err(SealError::Malformed("key slot body too long"));
-            }
-            let expected = match fixed[0] {
-                k if k == SlotKind::Master as u8 => Some(MASTER_SLOT_BODY_LEN),
-                k if k == SlotKind::X25519 as u8 => Some(X25519_SLOT_BODY_LEN),
-                k if k == SlotKind::ContentDigest as u8 => Some(DIGEST_SLOT_BODY_LEN),
-                _ => None,
-            };
-            if expected.is_some_and(|e| e != len) {
-                return Err(SealError::Malformed(
-                    "a key slot has the wrong length for its kind",
-                ));
-            }
-            let mut body = vec![0u8; len];
-            read_exact(r, &mut body)?;
-            raw.extend_from_slice(&body);
-            slots.push(Slot {
-                kind: fixed[0],
-                key_id: KeyId(key_id),
-                body,
-            });
+            slots.push(read_slot(r, &mut raw, version)?);
         }
         let mut mac = [0u8; MAC_LEN];
         read_exact(r, &mut mac)?;
         Ok(Header {
+            version,
+            repository,
             compression,
             chunk_shift,
             slots,
@@ -431,30 +517,44 @@ impl Header {
         })
     }
 
-    /// Finds a slot for a key in `keyring`, unwraps the data key and verifies the header MAC.
+    /// Finds a slot for a key in `keyring`, unwraps the data key, verifies the header MAC and
+    /// applies the keyring's policy: the repository id must be the keyring's (version 2), a
+    /// version-1 object opens only with `allow_legacy`, and an object opened with an identity
+    /// (sealed to a recipient) must carry a valid signature of a trusted signer.
     ///
     /// # Errors
     /// `UnknownKey` if no slot names a key we hold; `SlotAuth` or `HeaderAuth` if the object
-    /// was modified or is opened under another name.
-    pub(crate) fn unlock(&self, keyring: &Keyring, name: &[u8]) -> Result<DataKey, SealError> {
+    /// was modified or is opened under another name; `Legacy`, `WrongRepository`,
+    /// `Unsigned`, `UntrustedSigner` or `BadSignature` when the policy refuses it.
+    pub(crate) fn unlock(&self, keyring: &Keyring, name: &[u8]) -> Result<Unlocked, SealError> {
         if name.len() > MAX_NAME_LEN {
             return Err(SealError::NameTooLong);
         }
-        let mut dek = None;
+        if self.version == VERSION_1 && !keyring.allow_legacy() {
+            return Err(SealError::Legacy);
+        }
+        if let Some(expected) = keyring.repository() {
+            if self.version == VERSION && self.repository != expected {
+                return Err(SealError::WrongRepository(crate::keys::hex_encode(
+                    &self.repository,
+                )));
+            }
+        }
+        let mut found = None;
         for slot in &self.slots {
             if slot.kind == SlotKind::Master as u8 {
                 if let Some(master) = keyring.get(&slot.key_id) {
-                    dek = Some(unwrap_master_slot(master, slot, name)?);
+                    found = Some((unwrap_master_slot(master, slot, name)?, false));
                     break;
                 }
             } else if slot.kind == SlotKind::X25519 as u8 {
                 if let Some(identity) = keyring.identity(&slot.key_id) {
-                    dek = Some(unwrap_x25519_slot(identity, slot, name)?);
+                    found = Some((unwrap_x25519_slot(identity, slot, name)?, true));
                     break;
                 }
             }
         }
-        let Some(dek) = dek else {
+        let Some((dek, by_identity)) = found else {
             if !keyring.can_open() {
                 return Err(SealError::PushOnly);
             }
@@ -462,7 +562,52 @@ impl Header {
             return Err(SealError::UnknownKey(ids.join(", ")));
         };
         self.verify_mac(&dek, name)?;
-        Ok(dek)
+        // A master key is secret, so its MAC proves the sender; a recipient is public, so
+        // only a signature does. Version 1 predates signatures (allowed above, or refused).
+        let payload_sha256 = if by_identity && self.version == VERSION {
+            Some(self.verify_signature(keyring, &dek, name)?)
+        } else {
+            None
+        };
+        Ok(Unlocked {
+            dek,
+            payload_sha256,
+        })
+    }
+
+    /// Checks the signature slots: one of a trusted signer must verify. Returns the payload
+    /// SHA-256 it vouches for.
+    ///
+    /// # Errors
+    /// `Unsigned`, `UntrustedSigner` or `BadSignature`.
+    pub(crate) fn verify_signature(
+        &self,
+        keyring: &Keyring,
+        dek: &DataKey,
+        name: &[u8],
+    ) -> Result<[u8; 32], SealError> {
+        let sigs: Vec<&Slot> = self
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Signature as u8)
+            .collect();
+        if sigs.is_empty() {
+            return Err(SealError::Unsigned);
+        }
+        let Some((slot, signer)) = sigs
+            .iter()
+            .find_map(|s| keyring.trusted_signer(&s.key_id).map(|p| (*s, p)))
+        else {
+            let ids: Vec<String> = sigs.iter().map(|s| s.key_id.to_string()).collect();
+            return Err(SealError::UntrustedSigner(ids.join(", ")));
+        };
+        let (sha, sig) = slot.body.split_at(32);
+        let mut payload_sha256 = [0u8; 32];
+        payload_sha256.copy_from_slice(sha);
+        if !signer.verify(&signed_message(self, dek, &payload_sha256, name), sig) {
+            return Err(SealError::BadSignature(slot.key_id));
+        }
+        Ok(payload_sha256)
     }
 
     /// Verifies the header MAC under `dek`.
@@ -475,6 +620,39 @@ impl Header {
         input.extend_from_slice(name);
         hmac::verify(&dek.mac_key(), &input, &self.mac).map_err(|_| SealError::HeaderAuth)
     }
+}
+
+/// Reads one key slot, appending its bytes to `raw`.
+fn read_slot<R: Read>(r: &mut R, raw: &mut Vec<u8>, version: u8) -> Result<Slot, SealError> {
+    let mut fixed = [0u8; 1 + KEY_ID_LEN + 2];
+    read_exact(r, &mut fixed)?;
+    raw.extend_from_slice(&fixed);
+    let mut key_id = [0u8; KEY_ID_LEN];
+    key_id.copy_from_slice(&fixed[1..=KEY_ID_LEN]);
+    let len = usize::from(u16::from_be_bytes([fixed[17], fixed[18]]));
+    if len > 4096 {
+        return Err(SealError::Malformed("key slot body too long"));
+    }
+    let expected = match fixed[0] {
+        k if k == SlotKind::Master as u8 => Some(MASTER_SLOT_BODY_LEN),
+        k if k == SlotKind::X25519 as u8 => Some(X25519_SLOT_BODY_LEN),
+        k if k == SlotKind::ContentDigest as u8 => Some(DIGEST_SLOT_BODY_LEN),
+        k if k == SlotKind::Signature as u8 && version == VERSION => Some(SIGNATURE_SLOT_BODY_LEN),
+        _ => None,
+    };
+    if expected.is_some_and(|e| e != len) {
+        return Err(SealError::Malformed(
+            "a key slot has the wrong length for its kind",
+        ));
+    }
+    let mut body = vec![0u8; len];
+    read_exact(r, &mut body)?;
+    raw.extend_from_slice(&body);
+    Ok(Slot {
+        kind: fixed[0],
+        key_id: KeyId(key_id),
+        body,
+    })
 }
 
 fn compute_mac(dek: &DataKey, raw: &[u8], name: &[u8]) -> [u8; MAC_LEN] {

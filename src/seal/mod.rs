@@ -12,7 +12,7 @@
 mod header;
 mod stream;
 
-pub use header::{Header, SlotKind, MAGIC, VERSION};
+pub use header::{Header, RepositoryId, SlotKind, MAGIC, REPOSITORY_ID_LEN, VERSION, VERSION_1};
 pub use stream::{open, open_with_key, seal, OpenReader, SealOptions, SealWriter, SealedKey};
 
 use crate::keys::KeyId;
@@ -59,6 +59,29 @@ pub enum SealError {
     /// The object ends early.
     #[error("the object is truncated")]
     Truncated,
+    /// A format-1 object (not bound to a repository, not signed) without `allow_legacy`.
+    #[error("it is in format version 1, which binds no repository and signs nothing; refused unless allow_legacy is set")]
+    Legacy,
+    /// The object was written for another repository.
+    #[error(
+        "it was written for repository {0}, not this one: it was copied from another repository"
+    )]
+    WrongRepository(String),
+    /// An object sealed to a recipient carries no signature.
+    #[error("it is sealed to a recipient but not signed: anyone with the (public) recipient could have written it")]
+    Unsigned,
+    /// Signed, but by no signer this host trusts.
+    #[error("it is signed by signer id {0}, which is not in trusted_signers")]
+    UntrustedSigner(String),
+    /// A trusted signer's signature does not verify.
+    #[error("its signature by signer id {0} does not verify: the object was forged or modified")]
+    BadSignature(KeyId),
+    /// The payload is not the one the signature vouches for.
+    #[error("its payload is not the one its signature covers: the object was modified")]
+    PayloadDigest,
+    /// Sealing to a recipient needs a signer.
+    #[error("sealing to a recipient needs a signer")]
+    NeedSigner,
     /// The lz4 frame inside the authenticated payload is invalid (should be impossible).
     #[error("decompression failed: {0}")]
     Decompress(String),
@@ -110,14 +133,10 @@ pub fn seal_to_vec<'k>(
     key: impl Into<crate::keys::Sealer<'k>>,
     name: &str,
     data: &[u8],
+    opts: &SealOptions,
 ) -> Result<Vec<u8>, SealError> {
     use std::io::Write;
-    let mut w = seal(
-        Vec::with_capacity(data.len() / 2 + 256),
-        key,
-        name,
-        &SealOptions::default(),
-    )?;
+    let mut w = seal(Vec::with_capacity(data.len() / 2 + 256), key, name, opts)?;
     w.write_all(data)?;
     Ok(w.finish()?)
 }
@@ -176,16 +195,21 @@ pub fn payload_digest(sealed: &[u8]) -> Result<String, SealError> {
     Ok(crate::keys::hex_encode(digest.as_ref()))
 }
 
-/// Rewraps a sealed object's data key under `to` (key rotation): returns the object with a new
-/// header holding a single slot for `to` (a master-key or an X25519 slot; a content-digest
-/// slot is kept only if it is for `to`) and the payload bytes unchanged, or `None` if the object is already
-/// sealed under `to` alone (and, if `digest` is given, already has a digest for it). `digest`
-/// (a recipient's content digest of the object, see [`crate::recipient::Recipient::content_digest`])
-/// adds or replaces the content-digest slot when `to` is a recipient. The payload is not re-encrypted: it is
-/// bound to the data key, which does not change (`docs/FORMAT.md` §4).
+/// Rewraps a sealed object's data key under `to` (key rotation, and conversion of format-1
+/// objects): returns the object with a new version-2 header for the keyring's repository,
+/// holding a single key slot for `to` (a master-key or an X25519 slot; a content-digest slot
+/// is kept only if it is for `to`), the signature slots it had (they cover the data key and
+/// the payload, which do not change), a signature by the keyring's signer if `to` is a
+/// recipient and the object had none, and the payload bytes unchanged; or `None` if the
+/// object is already in that form. `digest` (a recipient's content digest of the object, see
+/// [`crate::recipient::Recipient::content_digest`]) adds or replaces the content-digest slot
+/// when `to` is a recipient. The payload is not re-encrypted: it is bound to the data key
+/// (`docs/FORMAT.md` §4).
 ///
 /// # Errors
-/// As [`open`]'s header checks (unknown key, slot or header authentication).
+/// As [`open`]'s header checks; `NeedSigner` if `to` is a recipient, the object has no
+/// signature and the keyring no signer; `Malformed` if the keyring is not bound to a
+/// repository.
 pub fn rewrap(
     sealed: &[u8],
     keyring: &crate::keys::Keyring,
@@ -193,24 +217,35 @@ pub fn rewrap(
     name: &str,
     digest: Option<[u8; 32]>,
 ) -> Result<Option<Vec<u8>>, SealError> {
+    use crate::keys::Sealer;
     let mut cursor = sealed;
     let header = Header::read(&mut cursor)?;
+    let repository = keyring
+        .repository()
+        .ok_or(SealError::Malformed("rewrap needs the repository id"))?;
+    let signature = SlotKind::Signature as u8;
+    let signed = header.slots.iter().any(|s| s.kind == signature);
     let has_digest = header.content_digest(&to.id()).is_some();
-    if header.key_ids() == [to.id()] && (digest.is_none() || has_digest) {
+    let recipient = matches!(to, Sealer::Recipient(_));
+    if header.version == VERSION
+        && header.key_ids() == [to.id()]
+        && (digest.is_none() || has_digest)
+        && (!recipient || signed)
+    {
         return Ok(None);
     }
-    let dek = header.unlock(keyring, name.as_bytes())?;
+    let unlocked = header.unlock(keyring, name.as_bytes())?;
+    let dek = unlocked.dek;
     // A master-key slot's salt, or a recipient slot's ephemeral secret: wiped on drop.
     let mut salt = zeroize::Zeroizing::new([0u8; header::SALT_LEN]);
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), salt.as_mut())
         .map_err(|_| SealError::Io(std::io::Error::other("the system random generator failed")))?;
-    let slot = match to {
-        crate::keys::Sealer::Master(key) => header::master_slot(key, &salt, &dek, name.as_bytes()),
-        crate::keys::Sealer::Recipient(r) => header::x25519_slot(r, &salt, &dek, name.as_bytes())?,
-    };
-    let mut slots = vec![slot];
+    let mut slots = vec![match to {
+        Sealer::Master(key) => header::master_slot(key, &salt, &dek, name.as_bytes()),
+        Sealer::Recipient(r) => header::x25519_slot(r, &salt, &dek, name.as_bytes())?,
+    }];
     match (to, digest) {
-        (crate::keys::Sealer::Recipient(r), Some(d)) => slots.push(header::digest_slot(r, &d)),
+        (Sealer::Recipient(r), Some(d)) => slots.push(header::digest_slot(r, &d)),
         _ => slots.extend(
             header
                 .slots
@@ -219,15 +254,40 @@ pub fn rewrap(
                 .cloned(),
         ),
     }
-    let new = Header::new(
+    let payload = &sealed[header.len()..];
+    let mut new = Header::new(
         header.compression,
         header.chunk_shift,
+        repository,
+        slots.clone(),
+        &dek,
+        name.as_bytes(),
+    );
+    if header.version == VERSION && header.repository == repository {
+        slots.extend(header.slots.iter().filter(|s| s.kind == signature).cloned());
+    }
+    if recipient && !slots.iter().any(|s| s.kind == signature) {
+        let signer = keyring.signer().ok_or(SealError::NeedSigner)?;
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+        slots.push(header::signature_slot(
+            signer,
+            &new,
+            &dek,
+            &sha,
+            name.as_bytes(),
+        )?);
+    }
+    new = Header::new(
+        header.compression,
+        header.chunk_shift,
+        repository,
         slots,
         &dek,
         name.as_bytes(),
     );
     let mut out = new.to_bytes();
-    out.extend_from_slice(&sealed[header.len()..]);
+    out.extend_from_slice(payload);
     Ok(Some(out))
 }
 
@@ -250,6 +310,16 @@ impl SealError {
             },
             SealError::NameTooLong => Error::new(ErrorKind::Usage, format!("{object}: {self}")),
             SealError::PushOnly => crate::keys::push_only_error(&format!("opening {object}")),
+            SealError::Legacy => Error::new(ErrorKind::Integrity, format!("{object}: {self}"))
+                .hint("objects written before walseal 0.2 can be copied between repositories and, if sealed to a recipient, forged; set allow_legacy = true (WALSEAL_ALLOW_LEGACY=1) to read them, then run `walseal rekey` to convert them"),
+            SealError::WrongRepository(_) => Error::new(ErrorKind::Integrity, format!("{object}: {self}"))
+                .hint("do not use it; restore the object from a copy of this repository (several clusters sharing a key is fine: each repository only opens its own objects)"),
+            SealError::Unsigned | SealError::UntrustedSigner(_) | SealError::BadSignature(_) | SealError::PayloadDigest => {
+                Error::new(ErrorKind::Integrity, format!("{object}: {self}"))
+                    .hint("if the signer is yours, add its `wss1…` text to trusted_signers (WALSEAL_TRUSTED_SIGNERS); otherwise the object was forged: do not use it")
+            }
+            SealError::NeedSigner => Error::new(ErrorKind::Config, format!("{object}: {self}"))
+                .hint("give this host a signer: `walseal keygen --signer -o FILE`, then signer_file = FILE (WALSEAL_SIGNER_FILE), and add its `wss1…` text to trusted_signers on restore hosts"),
             other => Error::new(ErrorKind::Integrity, format!("{object}: {other}"))
                 .hint("the archived copy is damaged or was tampered with; do not use it: restore it from another copy of the repository"),
         }

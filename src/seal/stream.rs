@@ -9,13 +9,18 @@ use ring::aead::{Aad, LessSafeKey, Nonce};
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
+use std::sync::Arc;
+
+use ring::digest;
+
 use super::header::{
-    check_x25519_slot, digest_slot, master_slot, x25519_slot, DataKey, Header, DEK_LEN, SALT_LEN,
-    TAG_LEN,
+    check_x25519_slot, digest_slot, master_slot, placeholder_signature_slot, signature_slot,
+    x25519_slot, DataKey, Header, RepositoryId, DEK_LEN, SALT_LEN, TAG_LEN,
 };
-use super::{seal_error_from_io, Compression, SealError, MAX_NAME_LEN};
+use super::{seal_error_from_io, Compression, SealError, SlotKind, MAX_NAME_LEN};
 use crate::keys::{Keyring, Sealer};
 use crate::recipient::Recipient;
+use crate::signer::{Signer, SignerPublic};
 
 /// How to seal: compression and chunk size.
 #[derive(Debug, Clone)]
@@ -28,6 +33,12 @@ pub struct SealOptions {
     /// [`crate::recipient::Recipient::content_digest`] over the content. Ignored for master
     /// keys.
     pub content_digest: Option<[u8; 32]>,
+    /// The repository the object is written for (`walseal init` made its id); zero for
+    /// objects outside a repository (key exports).
+    pub repository: RepositoryId,
+    /// For a recipient: the signer that signs the object (push-only hosts must have one, or
+    /// readers refuse what they seal). Ignored for master keys.
+    pub signer: Option<Arc<Signer>>,
     /// Fixed data key and salt (the ephemeral secret for a recipient) instead of random
     /// ones: for test vectors only.
     #[doc(hidden)]
@@ -40,6 +51,8 @@ impl Default for SealOptions {
             compression: Compression::Lz4,
             chunk_shift: 16,
             content_digest: None,
+            repository: [0u8; 16],
+            signer: None,
             fixed_secrets: None,
         }
     }
@@ -60,6 +73,8 @@ struct ChunkSealer<W: Write> {
     buf: Vec<u8>,
     chunk: usize,
     counter: u64,
+    /// SHA-256 of the chunks written, when the object will be signed.
+    hash: Option<digest::Context>,
 }
 
 impl<W: Write> ChunkSealer<W> {
@@ -71,15 +86,23 @@ impl<W: Write> ChunkSealer<W> {
                 &mut self.buf,
             )
             .map_err(|_| io::Error::other("AES-256-GCM seal failed"))?;
+        if let Some(h) = &mut self.hash {
+            h.update(&self.buf);
+        }
         self.out.write_all(&self.buf)?;
         self.buf.clear();
         self.counter += 1;
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<W> {
+    fn finish(mut self) -> io::Result<(W, Option<[u8; 32]>)> {
         self.seal_chunk(true)?;
-        Ok(self.out)
+        let hash = self.hash.take().map(|h| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(h.finish().as_ref());
+            out
+        });
+        Ok((self.out, hash))
     }
 }
 
@@ -117,19 +140,22 @@ pub struct SealWriter<W: Write> {
     name: String,
     /// A recipient slot's ephemeral secret and recipient, for the self-check.
     ephemeral: Option<(Zeroizing<[u8; SALT_LEN]>, Recipient)>,
+    /// The signer whose signature slot is filled in at the end.
+    signer: Option<Arc<Signer>>,
 }
 
-/// Starts sealing an object called `name` to `to` (a master key or a recipient), writing the
-/// header to `out` at once.
+/// Starts sealing an object called `name` to `to` (a master key or a recipient) in memory,
+/// writing the header to `out` at once (it is rewritten at the end when the object gets a
+/// content digest or a signature, whose slots have fixed lengths).
 ///
 /// # Errors
 /// `NameTooLong`, `Malformed` (bad chunk size, unusable recipient) or `Io` from `out`.
-pub fn seal<'k, W: Write>(
-    mut out: W,
+pub fn seal<'k>(
+    mut out: Vec<u8>,
     to: impl Into<Sealer<'k>>,
     name: &str,
     opts: &SealOptions,
-) -> Result<SealWriter<W>, SealError> {
+) -> Result<SealWriter<Vec<u8>>, SealError> {
     if name.len() > MAX_NAME_LEN {
         return Err(SealError::NameTooLong);
     }
@@ -156,6 +182,10 @@ pub fn seal<'k, W: Write>(
         Sealer::Recipient(r) => Some((salt.clone(), *r)),
         Sealer::Master(_) => None,
     };
+    let signer = match to {
+        Sealer::Recipient(_) => opts.signer.clone(),
+        Sealer::Master(_) => None,
+    };
     let slots = match to {
         Sealer::Master(key) => vec![master_slot(key, &salt, &dek, name.as_bytes())],
         Sealer::Recipient(r) => {
@@ -163,12 +193,16 @@ pub fn seal<'k, W: Write>(
             if let Some(digest) = &opts.content_digest {
                 slots.push(digest_slot(r, digest));
             }
+            if let Some(s) = &signer {
+                slots.push(placeholder_signature_slot(s));
+            }
             slots
         }
     };
     let header = Header::new(
         opts.compression,
         opts.chunk_shift,
+        opts.repository,
         slots,
         &dek,
         name.as_bytes(),
@@ -183,6 +217,9 @@ pub fn seal<'k, W: Write>(
         buf: Vec::with_capacity(chunk + TAG_LEN),
         chunk,
         counter: 0,
+        hash: signer
+            .is_some()
+            .then(|| digest::Context::new(&digest::SHA256)),
     };
     let sink = match opts.compression {
         Compression::None => Sink::Plain(Box::new(sealer)),
@@ -199,36 +236,8 @@ pub fn seal<'k, W: Write>(
         header: header_copy,
         name: name.to_string(),
         ephemeral,
+        signer,
     })
-}
-
-impl<W: Write> SealWriter<W> {
-    /// Writes the final chunk and returns the underlying writer.
-    ///
-    /// # Errors
-    /// I/O errors from the underlying writer.
-    pub fn finish(self) -> io::Result<W> {
-        self.finish_with_key().map(|(w, _)| w)
-    }
-
-    /// As [`SealWriter::finish`], also returning the object's data key for
-    /// [`open_with_key`].
-    ///
-    /// # Errors
-    /// I/O errors from the underlying writer.
-    pub fn finish_with_key(self) -> io::Result<(W, SealedKey)> {
-        let out = match self.sink {
-            Sink::Plain(s) => (*s).finish()?,
-            Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish()?,
-        };
-        Ok((
-            out,
-            SealedKey {
-                dek: self.dek,
-                ephemeral: self.ephemeral,
-            },
-        ))
-    }
 }
 
 impl<W: Write> Write for SealWriter<W> {
@@ -246,37 +255,72 @@ impl<W: Write> Write for SealWriter<W> {
 }
 
 impl SealWriter<Vec<u8>> {
-    /// Finishes an in-memory object whose content digest (kind 0x03) is known only now, e.g.
-    /// computed on another thread while sealing: the object must have been started with a
-    /// placeholder digest in [`SealOptions::content_digest`]; its header is rebuilt with
-    /// `digest` (same length, new MAC) and rewritten in place.
+    /// Writes the final chunk (and the signature, if any) and returns the object.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn finish(self) -> io::Result<Vec<u8>> {
+        self.finish_with_key().map(|(w, _)| w)
+    }
+
+    /// As [`SealWriter::finish`], also returning the object's data key for
+    /// [`open_with_key`].
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn finish_with_key(self) -> io::Result<(Vec<u8>, SealedKey)> {
+        self.finish_inner(None)
+    }
+
+    /// Finishes an object whose content digest (kind 0x03) is known only now, e.g. computed
+    /// on another thread while sealing: the object must have been started with a placeholder
+    /// digest in [`SealOptions::content_digest`]; its header is rebuilt with `digest`.
     ///
     /// # Errors
     /// I/O errors; `InvalidInput` if the object has no digest slot to fill.
     pub fn finish_with_digest(self, digest: [u8; 32]) -> io::Result<(Vec<u8>, SealedKey)> {
-        let (header, name) = (self.header.clone(), self.name.clone());
-        let (mut out, key) = self.finish_with_key()?;
-        let kind = super::SlotKind::ContentDigest as u8;
-        if !header.slots.iter().any(|s| s.kind == kind) {
+        let kind = SlotKind::ContentDigest as u8;
+        if !self.header.slots.iter().any(|s| s.kind == kind) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "sealed without a content-digest slot to fill",
             ));
         }
-        let slots = header
-            .slots
-            .iter()
-            .map(|s| {
-                let mut s = s.clone();
-                if s.kind == kind {
-                    s.body = digest.to_vec();
+        self.finish_inner(Some(digest))
+    }
+
+    /// Seals the final chunk, then fills the digest and signature slots (same lengths as
+    /// their placeholders) and rewrites the header with its new MAC in place.
+    fn finish_inner(self, digest: Option<[u8; 32]>) -> io::Result<(Vec<u8>, SealedKey)> {
+        let (mut out, payload_sha256) = match self.sink {
+            Sink::Plain(s) => (*s).finish()?,
+            Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish()?,
+        };
+        let key = SealedKey {
+            dek: self.dek,
+            ephemeral: self.ephemeral,
+            signer: self.signer.as_ref().map(|s| *s.public()),
+        };
+        let (header, name) = (self.header, self.name);
+        if digest.is_none() && self.signer.is_none() {
+            return Ok((out, key));
+        }
+        let mut slots = Vec::with_capacity(header.slots.len());
+        for slot in &header.slots {
+            let mut slot = slot.clone();
+            match (slot.kind, digest, &self.signer, payload_sha256) {
+                (k, Some(d), _, _) if k == SlotKind::ContentDigest as u8 => slot.body = d.to_vec(),
+                (k, _, Some(signer), Some(sha)) if k == SlotKind::Signature as u8 => {
+                    slot = signature_slot(signer, &header, &key.dek, &sha, name.as_bytes())?;
                 }
-                s
-            })
-            .collect();
+                _ => {}
+            }
+            slots.push(slot);
+        }
         let rebuilt = Header::new(
             header.compression,
             header.chunk_shift,
+            header.repository,
             slots,
             &key.dek,
             name.as_bytes(),
@@ -304,6 +348,8 @@ pub struct ChunkOpener<R: Read> {
     carry: Option<u8>,
     counter: u64,
     done: bool,
+    /// SHA-256 of the chunks read, and the value a trusted signature vouches for.
+    hash: Option<(digest::Context, [u8; 32])>,
 }
 
 impl<R: Read> ChunkOpener<R> {
@@ -331,6 +377,9 @@ impl<R: Read> ChunkOpener<R> {
             return Err(SealError::Truncated);
         }
         let counter = self.counter;
+        if let Some((h, _)) = &mut self.hash {
+            h.update(&self.buf[..ct_len]);
+        }
         let plain = self
             .key
             .open_in_place(
@@ -342,6 +391,13 @@ impl<R: Read> ChunkOpener<R> {
         let len = plain.len();
         if last && len == 0 && counter > 0 {
             return Err(SealError::Malformed("empty final chunk after full chunks"));
+        }
+        if last {
+            if let Some((h, signed)) = self.hash.take() {
+                if h.finish().as_ref() != signed {
+                    return Err(SealError::PayloadDigest);
+                }
+            }
         }
         self.pt_start = 0;
         self.pt_end = len;
@@ -420,8 +476,14 @@ pub fn open<R: Read>(
     name: &str,
 ) -> Result<OpenReader<R>, SealError> {
     let header = Header::read(&mut src)?;
-    let dek = header.unlock(keyring, name.as_bytes())?;
-    Ok(open_payload(src, header, &dek, name))
+    let unlocked = header.unlock(keyring, name.as_bytes())?;
+    Ok(open_payload(
+        src,
+        header,
+        &unlocked.dek,
+        name,
+        unlocked.payload_sha256,
+    ))
 }
 
 /// The data key of an object this process just sealed ([`SealWriter::finish_with_key`]): lets
@@ -430,6 +492,7 @@ pub fn open<R: Read>(
 pub struct SealedKey {
     dek: DataKey,
     ephemeral: Option<(Zeroizing<[u8; SALT_LEN]>, Recipient)>,
+    signer: Option<SignerPublic>,
 }
 
 impl std::fmt::Debug for SealedKey {
@@ -459,10 +522,24 @@ pub fn open_with_key<R: Read>(
         check_x25519_slot(slot, secret, recipient, &key.dek, name.as_bytes())?;
     }
     header.verify_mac(&key.dek, name.as_bytes())?;
-    Ok(open_payload(src, header, &key.dek, name))
+    // And the signature must verify under the signer that made it.
+    let payload_sha256 = match &key.signer {
+        Some(signer) => {
+            let trust = Keyring::trusting(*signer);
+            Some(header.verify_signature(&trust, &key.dek, name.as_bytes())?)
+        }
+        None => None,
+    };
+    Ok(open_payload(src, header, &key.dek, name, payload_sha256))
 }
 
-fn open_payload<R: Read>(src: R, header: Header, dek: &DataKey, name: &str) -> OpenReader<R> {
+fn open_payload<R: Read>(
+    src: R,
+    header: Header,
+    dek: &DataKey,
+    name: &str,
+    payload_sha256: Option<[u8; 32]>,
+) -> OpenReader<R> {
     let chunk = header.chunk_size();
     let opener = ChunkOpener {
         src,
@@ -476,6 +553,7 @@ fn open_payload<R: Read>(src: R, header: Header, dek: &DataKey, name: &str) -> O
         carry: None,
         counter: 0,
         done: false,
+        hash: payload_sha256.map(|sha| (digest::Context::new(&digest::SHA256), sha)),
     };
     let source = match header.compression {
         Compression::None => Source::Plain(Box::new(opener)),

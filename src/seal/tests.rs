@@ -9,9 +9,29 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::keys::{hex_decode_into, hex_encode, Keyring, MasterKey, Sealer};
 use crate::recipient::Identity;
+use crate::signer::Signer;
 
 fn key(byte: u8) -> MasterKey {
     MasterKey::from_bytes(Zeroizing::new([byte; 32]))
+}
+
+fn test_signer() -> Signer {
+    Signer::from_seed(Zeroizing::new([0x5e; 32])).unwrap()
+}
+
+/// Options that sign recipient-sealed objects with [`test_signer`].
+fn signed() -> SealOptions {
+    SealOptions {
+        signer: Some(std::sync::Arc::new(test_signer())),
+        ..SealOptions::default()
+    }
+}
+
+/// A restore host: the identity, trusting [`test_signer`].
+fn idring(byte: u8) -> Keyring {
+    Keyring::with(vec![], vec![identity(byte)], None)
+        .unwrap()
+        .trust([*test_signer().public()])
 }
 
 fn seal_bytes(k: &MasterKey, name: &str, data: &[u8], opts: &SealOptions) -> Vec<u8> {
@@ -135,6 +155,13 @@ fn error_name(e: &SealError) -> &'static str {
         SealError::Decompress(_) => "decompress",
         SealError::NameTooLong => "name too long",
         SealError::PushOnly => "push-only",
+        SealError::Legacy => "legacy",
+        SealError::WrongRepository(_) => "wrong repository",
+        SealError::Unsigned => "unsigned",
+        SealError::UntrustedSigner(_) => "untrusted signer",
+        SealError::BadSignature(_) => "bad signature",
+        SealError::PayloadDigest => "payload digest",
+        SealError::NeedSigner => "need signer",
         SealError::Io(_) => "io",
     }
 }
@@ -149,6 +176,18 @@ fn identity_from_hex(s: &str) -> Identity {
     let mut k = Zeroizing::new([0u8; 32]);
     hex_decode_into(s, k.as_mut()).expect("vector identity");
     Identity::from_bytes(k)
+}
+
+fn repo_from_hex(s: &str) -> [u8; 16] {
+    let mut r = [0u8; 16];
+    hex_decode_into(s, &mut r).expect("vector repository");
+    r
+}
+
+fn signer_from_hex(s: &str) -> Signer {
+    let mut k = Zeroizing::new([0u8; 32]);
+    hex_decode_into(s, k.as_mut()).expect("vector signer");
+    Signer::from_seed(k).unwrap()
 }
 
 fn master_from_hex(s: &str) -> MasterKey {
@@ -206,8 +245,29 @@ fn test_vectors_reproduce_and_open() {
         let open_name = v.get("open_name").unwrap_or(name);
         let sealed = unhex(&v["sealed"]);
         let plaintext = unhex(&v["plaintext"]);
+        // Version-1 vectors are read with allow_legacy (unless the vector says not to);
+        // version-2 readers are bound to `open_repository` (default `repository`) and trust
+        // `trusted` (default: the signer's public key; `none`: nobody).
+        let legacy = sealed.get(8) == Some(&VERSION_1);
+        let allow = legacy && v.get("allow_legacy").map(String::as_str) != Some("no");
+        let mut ring = ring.allowing_legacy(allow);
+        if let Some(r) = v.get("open_repository").or(v.get("repository")) {
+            ring.bind(repo_from_hex(r));
+        }
+        let ring = match v.get("trusted").or(v.get("signer")).map(String::as_str) {
+            None | Some("none") => ring,
+            Some(seed) => ring.trust([*signer_from_hex(seed).public()]),
+        };
         let result = open_bytes(&ring, open_name, &sealed);
         match v["expect"].as_str() {
+            "ok" if legacy => {
+                assert_eq!(result.unwrap(), plaintext, "{file}");
+                // Without allow_legacy, the same object is refused; the writer makes only
+                // version 2, so version-1 vectors are for reading.
+                let strict = ring.allowing_legacy(false);
+                let err = open_bytes(&strict, open_name, &sealed).unwrap_err();
+                assert_eq!(error_name(&err), "legacy", "{file}");
+            }
             "ok" => {
                 assert_eq!(result.unwrap(), plaintext, "{file}");
                 let mut dek = [0u8; 32];
@@ -226,6 +286,10 @@ fn test_vectors_reproduce_and_open() {
                         d.copy_from_slice(&unhex(h));
                         d
                     }),
+                    repository: v.get("repository").map_or([0u8; 16], |r| repo_from_hex(r)),
+                    signer: v
+                        .get("signer")
+                        .map(|h| std::sync::Arc::new(signer_from_hex(h))),
                     fixed_secrets: Some((dek, salt)),
                 };
                 let to: Sealer<'_> = match (&identity, &master) {
@@ -269,6 +333,7 @@ fn write_test_vectors() {
     let dek: [u8; 32] = std::array::from_fn(|i| 0xd0 ^ i as u8);
     let salt: [u8; 32] = std::array::from_fn(|i| 0x50 ^ i as u8);
     let name = "wal/00000001/000000010000000000000003";
+    let repo: [u8; 16] = std::array::from_fn(|i| 0xa0 ^ i as u8);
     let write = |file: &str,
                  desc: &str,
                  extra: &[(&str, String)],
@@ -277,8 +342,9 @@ fn write_test_vectors() {
                  plain: &[u8],
                  sealed: &[u8],
                  expect: &str| {
+        let file = format!("v2_{file}");
         let mut t = format!("# walseal sealed-object test vector, see docs/FORMAT.md section 7\ndescription: {desc}\nmaster_key: {master_hex}\n");
-        t += &format!("name: {name}\ndata_key: {}\nsalt: {}\ncompression: {compression}\nchunk_shift: {shift}\n", hex_encode(&dek), hex_encode(&salt));
+        t += &format!("name: {name}\nrepository: {}\ndata_key: {}\nsalt: {}\ncompression: {compression}\nchunk_shift: {shift}\n", hex_encode(&repo), hex_encode(&dek), hex_encode(&salt));
         for (k, v) in extra {
             t += &format!("{k}: {v}\n");
         }
@@ -293,6 +359,8 @@ fn write_test_vectors() {
         compression: c,
         chunk_shift: shift,
         content_digest: None,
+        repository: repo,
+        signer: None,
         fixed_secrets: Some((dek, salt)),
     };
     let hello = b"hello, walseal".to_vec();
@@ -351,7 +419,7 @@ fn write_test_vectors() {
         &seal_bytes(&master, name, &wal, &opts(Compression::Lz4, 12)),
         "ok",
     );
-    let header_len = 12 + 19 + 80 + 32;
+    let header_len = 28 + 19 + 80 + 32;
     let flip = |s: &[u8], at: usize| {
         let mut b = s.to_vec();
         b[at] ^= 0x80;
@@ -374,7 +442,7 @@ fn write_test_vectors() {
         "none",
         12,
         &multi,
-        &flip(&s_multi, 12 + 19 + 3),
+        &flip(&s_multi, 28 + 19 + 3),
         "slot authentication",
     );
     write(
@@ -397,18 +465,45 @@ fn write_test_vectors() {
         &flip(&s_multi, 0),
         "bad magic",
     );
-    let mut v2 = s_multi.clone();
-    v2[8] = 2;
+    let mut v3 = s_multi.clone();
+    v3[8] = 3;
     write(
         "bad_version",
-        "format version 2",
+        "format version 3",
         &[],
         "none",
         12,
         &multi,
-        &v2,
+        &v3,
         "unsupported version",
     );
+    write(
+        "bad_other_repository",
+        "opened by a reader bound to another repository (an object copied between repositories sealed under one key)",
+        &[("open_repository", hex_encode(&[0x11u8; 16]))],
+        "none",
+        12,
+        &hello,
+        &s_hello,
+        "wrong repository",
+    );
+    let mut repo_flipped = s_hello.clone();
+    repo_flipped[12] ^= 0x01;
+    write(
+        "bad_repository_byte_flipped",
+        "one bit of the repository id flipped (the reader is bound to the original)",
+        &[],
+        "none",
+        12,
+        &hello,
+        &repo_flipped,
+        "wrong repository",
+    );
+    let v1 = std::fs::read_to_string(dir.join("ok_small_none")).unwrap();
+    let v1_sealed = parse_vector(&v1)["sealed"].clone();
+    let mut t = format!("# walseal sealed-object test vector, see docs/FORMAT.md section 7\ndescription: a version-1 object, read by a reader without allow_legacy\nmaster_key: {master_hex}\n");
+    t += &format!("name: {name}\ndata_key: {}\nsalt: {}\ncompression: none\nchunk_shift: 12\nallow_legacy: no\nplaintext: {}\nexpect: legacy\nsealed: {v1_sealed}\n", hex_encode(&dek), hex_encode(&salt), hex_encode(&hello));
+    std::fs::write(dir.join("v1_bad_legacy_refused"), t).unwrap();
     let chunk_ct = 4096 + 16;
     write(
         "bad_truncated_at_chunk_boundary",
@@ -504,14 +599,14 @@ fn recipient_sealed_objects_open_only_with_the_identity() {
     let digest = cd.finish();
     let opts = SealOptions {
         content_digest: Some(digest),
-        ..SealOptions::default()
+        ..signed()
     };
     let sealed = seal_to(Sealer::Recipient(alice.recipient()), name, &data, &opts);
     let header = Header::read(&mut &sealed[..]).unwrap();
     assert_eq!(header.key_ids(), vec![alice.recipient().id()]);
     assert_eq!(header.content_digest(&alice.recipient().id()), Some(digest));
 
-    let restore_host = Keyring::with(vec![], vec![identity(0x31)], None).unwrap();
+    let restore_host = idring(0x31);
     assert_eq!(open_bytes(&restore_host, name, &sealed).unwrap(), data);
     // The push-only host: seals, cannot open, and the error says so.
     let push_only = Keyring::with(vec![], vec![], Some(*alice.recipient())).unwrap();
@@ -547,10 +642,10 @@ fn recipient_sealed_objects_open_only_with_the_identity() {
 #[test]
 fn every_recipient_slot_and_digest_byte_is_authenticated() {
     let alice = identity(0x41);
-    let ring = Keyring::with(vec![], vec![identity(0x41)], None).unwrap();
+    let ring = idring(0x41);
     let opts = SealOptions {
         content_digest: Some([7u8; 32]),
-        ..SealOptions::default()
+        ..signed()
     };
     let sealed = seal_to(Sealer::Recipient(alice.recipient()), "n", b"data", &opts);
     let header_len = Header::read(&mut &sealed[..]).unwrap().len();
@@ -564,7 +659,7 @@ fn every_recipient_slot_and_digest_byte_is_authenticated() {
 #[test]
 fn sealed_key_opens_what_this_process_sealed() {
     let alice = identity(0x51);
-    let mut w = seal(Vec::new(), alice.recipient(), "n", &SealOptions::default()).unwrap();
+    let mut w = seal(Vec::new(), alice.recipient(), "n", &signed()).unwrap();
     w.write_all(b"payload").unwrap();
     let (sealed, k) = w.finish_with_key().unwrap();
     let mut out = Vec::new();
@@ -580,7 +675,10 @@ fn sealed_key_opens_what_this_process_sealed() {
 #[test]
 fn rewrap_moves_between_master_keys_and_recipients() {
     let alice = identity(0x61);
-    let both = Keyring::with(vec![key(1)], vec![identity(0x61)], None).unwrap();
+    let mut both = Keyring::with(vec![key(1)], vec![identity(0x61)], None)
+        .unwrap()
+        .with_signer(test_signer());
+    both.bind([0u8; 16]);
     let name = "backups/x/base.tar.00000";
     let data = sample(70_000);
     let sealed = seal_bytes(&key(1), name, &data, &SealOptions::default());
@@ -597,7 +695,7 @@ fn rewrap_moves_between_master_keys_and_recipients() {
         payload_digest(&to_recipient).unwrap(),
         payload_digest(&sealed).unwrap()
     );
-    let only_identity = Keyring::with(vec![], vec![identity(0x61)], None).unwrap();
+    let only_identity = idring(0x61);
     assert_eq!(
         open_bytes(&only_identity, name, &to_recipient).unwrap(),
         data
@@ -654,17 +752,29 @@ fn write_recipient_test_vectors() {
     let mut cd = id.recipient().content_digest();
     cd.update(&wal);
     let digest = cd.finish();
+    let repo: [u8; 16] = std::array::from_fn(|i| 0xa0 ^ i as u8);
+    let seed: [u8; 32] = std::array::from_fn(|i| 0x40 ^ i as u8);
+    let other_seed: [u8; 32] = std::array::from_fn(|i| 0x20 ^ i as u8);
+    let signer = std::sync::Arc::new(Signer::from_seed(Zeroizing::new(seed)).unwrap());
     let with_digest = SealOptions {
         compression: Compression::Lz4,
         chunk_shift: 16,
         content_digest: Some(digest),
+        repository: repo,
+        signer: Some(signer.clone()),
         fixed_secrets: Some((dek, eph)),
     };
     let plain = SealOptions {
         compression: Compression::None,
         chunk_shift: 12,
         content_digest: None,
+        repository: repo,
+        signer: Some(signer.clone()),
         fixed_secrets: Some((dek, eph)),
+    };
+    let unsigned = SealOptions {
+        signer: None,
+        ..plain.clone()
     };
     let s_wal = seal_to(Sealer::Recipient(id.recipient()), name, &wal, &with_digest);
     let s_hello = seal_to(Sealer::Recipient(id.recipient()), name, &hello, &plain);
@@ -676,9 +786,14 @@ fn write_recipient_test_vectors() {
                  plain: &[u8],
                  sealed: &[u8],
                  expect: &str| {
+        let file = format!("v2_{file}");
         let mut t = format!("# walseal sealed-object test vector, see docs/FORMAT.md section 7\ndescription: {desc}\nidentity: {}\nrecipient: {}\n", hex_encode(&secret), id.recipient());
+        if opts.signer.is_some() {
+            t += &format!("signer: {}\n", hex_encode(&seed));
+        }
         t += &format!(
-            "name: {name}\ndata_key: {}\nsalt: {}\ncompression: {}\nchunk_shift: {}\n",
+            "name: {name}\nrepository: {}\ndata_key: {}\nsalt: {}\ncompression: {}\nchunk_shift: {}\n",
+            hex_encode(&repo),
             hex_encode(&dek),
             hex_encode(&eph),
             if opts.compression == Compression::Lz4 {
@@ -738,7 +853,7 @@ fn write_recipient_test_vectors() {
         "unknown key",
     );
     let mut flipped = s_hello.clone();
-    flipped[12 + 19] ^= 0x01; // first byte of the ephemeral public key
+    flipped[28 + 19] ^= 0x01; // first byte of the ephemeral public key
     write(
         "x25519_bad_ephemeral_flipped",
         "one bit of the ephemeral public key flipped",
@@ -748,8 +863,9 @@ fn write_recipient_test_vectors() {
         &flipped,
         "slot authentication",
     );
+    let _ = header_len;
     let mut flipped = s_wal.clone();
-    flipped[header_len - 32 - 1] ^= 0x01; // last byte of the content digest
+    flipped[28 + 99 + 19 + 31] ^= 0x01; // last byte of the content digest
     write(
         "x25519_bad_digest_flipped",
         "one bit of the content digest flipped",
@@ -759,16 +875,88 @@ fn write_recipient_test_vectors() {
         &flipped,
         "header authentication",
     );
+    // Forgeries from the recipient alone (it is public): no signature, or another signer's.
+    let s_unsigned = seal_to(Sealer::Recipient(id.recipient()), name, &hello, &unsigned);
+    write(
+        "x25519_bad_unsigned",
+        "sealed to the recipient without a signature (what anyone holding the recipient can make)",
+        &[],
+        &unsigned,
+        &hello,
+        &s_unsigned,
+        "unsigned",
+    );
+    write(
+        "x25519_bad_untrusted_signer",
+        "signed by a signer the reader does not trust",
+        &[("trusted", hex_encode(&other_seed))],
+        &plain,
+        &hello,
+        &s_hello,
+        "untrusted signer",
+    );
+    // A real signature (of s_hello) replayed onto an object with another data key: the
+    // header MAC is recomputed (the forger knows its own data key), the signature no longer
+    // covers the data key.
+    let dek2: [u8; 32] = std::array::from_fn(|i| 0xc0 ^ i as u8);
+    let forged_opts = SealOptions {
+        fixed_secrets: Some((dek2, eph)),
+        ..unsigned.clone()
+    };
+    let forged = seal_to(
+        Sealer::Recipient(id.recipient()),
+        name,
+        &hello,
+        &forged_opts,
+    );
+    let honest = Header::read(&mut &s_hello[..]).unwrap();
+    let forged_header = Header::read(&mut &forged[..]).unwrap();
+    let mut slots = forged_header.slots.clone();
+    slots.extend(
+        honest
+            .slots
+            .iter()
+            .filter(|s| s.kind == SlotKind::Signature as u8)
+            .cloned(),
+    );
+    let key2 = super::header::DataKey(Zeroizing::new(dek2));
+    let mut replayed =
+        Header::new(Compression::None, 12, repo, slots, &key2, name.as_bytes()).to_bytes();
+    replayed.extend_from_slice(&forged[forged_header.len()..]);
+    write(
+        "x25519_bad_signature_replayed",
+        "a trusted signer's signature of another object (same name) spliced onto a forgery, header MAC recomputed",
+        &[],
+        &plain,
+        &hello,
+        &replayed,
+        "bad signature",
+    );
+    // The data key's holder (a restore host) re-encrypts other content under the same data
+    // key and keeps the signed header: the payload's SHA-256 no longer matches.
+    let other_text = b"HELLO, WALSEAL".to_vec();
+    let s_other = seal_to(Sealer::Recipient(id.recipient()), name, &other_text, &plain);
+    let mut swapped = s_hello[..honest.len()].to_vec();
+    swapped.extend_from_slice(&s_other[honest.len()..]);
+    write(
+        "x25519_bad_payload_swapped",
+        "the signed header of one object with the payload of another under the same data key",
+        &[],
+        &plain,
+        &hello,
+        &swapped,
+        "payload digest",
+    );
 }
 
 #[test]
 fn a_digest_filled_in_at_finish_authenticates_like_one_given_up_front() {
     let alice = identity(0x71);
-    let ring = Keyring::with(vec![], vec![identity(0x71)], None).unwrap();
+    let ring = idring(0x71);
     let data = sample(50_000);
     let placeholder = SealOptions {
         content_digest: Some([0u8; 32]),
-        ..SealOptions::default()
+        ..signed()
     };
     let mut w = seal(Vec::new(), alice.recipient(), "n", &placeholder).unwrap();
     w.write_all(&data).unwrap();

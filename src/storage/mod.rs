@@ -282,6 +282,78 @@ impl Storage {
             .map_err(|e| storage_error(&self.display, &format!("cannot replace {key}"), &e))
     }
 
+    /// Replaces an object only if it is still the version read before (`version`, from
+    /// [`Storage::get_versioned`]): an object removed or rewritten meanwhile (by `retain`, or
+    /// another writer) is left as it is and `false` returned. Conditional on backends that
+    /// support it (S3, GCS, Azure, memory); on a local directory, checked just before the
+    /// atomic rename (the local backend has no conditional replace).
+    ///
+    /// # Errors
+    /// `Storage` if the write fails.
+    pub async fn replace_if_unchanged(
+        &self,
+        key: &str,
+        data: Bytes,
+        version: &object_store::UpdateVersion,
+    ) -> Result<bool> {
+        let path = self.path(key);
+        let opts = PutOptions {
+            mode: PutMode::Update(version.clone()),
+            ..PutOptions::default()
+        };
+        let cannot = |e: &object_store::Error| {
+            storage_error(&self.display, &format!("cannot replace {key}"), e)
+        };
+        match self
+            .store
+            .put_opts(&path, PutPayload::from(data.clone()), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::Precondition { .. } | object_store::Error::NotFound { .. },
+            ) => Ok(false),
+            Err(object_store::Error::NotImplemented { .. }) => match self.store.head(&path).await {
+                Ok(meta) if meta.e_tag == version.e_tag && meta.version == version.version => {
+                    self.store
+                        .put_opts(&path, PutPayload::from(data), PutOptions::default())
+                        .await
+                        .map_err(|e| cannot(&e))?;
+                    Ok(true)
+                }
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(cannot(&e)),
+            },
+            Err(e) => Err(cannot(&e)),
+        }
+    }
+
+    /// Reads a whole (small) object and the version to replace it conditionally with;
+    /// `None` if it does not exist.
+    ///
+    /// # Errors
+    /// As [`Storage::get`].
+    pub async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, object_store::UpdateVersion)>> {
+        let cannot = |e: &object_store::Error| {
+            storage_error(&self.display, &format!("cannot read {key}"), e)
+        };
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => {
+                let version = object_store::UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                let bytes = r.bytes().await.map_err(|e| cannot(&e))?;
+                Ok(Some((bytes.to_vec(), version)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(cannot(&e)),
+        }
+    }
+
     /// Reads an object as a stream; `None` if it does not exist.
     ///
     /// # Errors
@@ -321,7 +393,9 @@ impl Storage {
         let Some(mut obj) = self.get(key).await? else {
             return Ok(None);
         };
-        let mut out = Vec::with_capacity(usize::try_from(obj.size).unwrap_or(0));
+        // The size comes from the storage: reserve no more than a part's worth up front.
+        let hint = usize::try_from(obj.size).unwrap_or(0).min(64 << 20);
+        let mut out = Vec::with_capacity(hint);
         while let Some(chunk) = obj.stream.next().await {
             out.extend_from_slice(&chunk?);
         }
@@ -435,6 +509,23 @@ impl Storage {
             .into_iter()
             .map(|o| (o.key, o.size))
             .collect())
+    }
+
+    /// Whether the repository location holds no object other than `except` (stops at the
+    /// first other object, so it is cheap on a full bucket).
+    ///
+    /// # Errors
+    /// `Storage` if listing fails.
+    pub async fn is_empty_except(&self, except: &str) -> Result<bool> {
+        let skip = self.path(except);
+        let mut stream = self.store.list(Some(&self.prefix));
+        while let Some(item) = stream.next().await {
+            let meta = item.map_err(|e| storage_error(&self.display, "cannot list", &e))?;
+            if meta.location != skip {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Lists keys, sizes and modification times under `prefix`, sorted by key.

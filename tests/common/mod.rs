@@ -417,6 +417,10 @@ impl RepoEnv {
             key_files: vec![],
             identity_files: vec![],
             recipient: None,
+            signer_file: None,
+            trusted_signers: vec![],
+            allow_legacy: false,
+            repository_id: None,
             allow_http: true,
             log_level: "warn".into(),
             audit_log: None,
@@ -529,7 +533,7 @@ impl Setup {
         chown_pg(dir.path());
         let config_file =
             matches!(backend, Backend::S3 { .. }).then(|| dir.path().join("walseal.toml"));
-        Setup {
+        let s = Setup {
             dir,
             bin,
             key,
@@ -537,7 +541,9 @@ impl Setup {
             config_arg,
             env_prefix,
             config_file,
-        }
+        };
+        run_ok(s.walseal_as_pg().arg("init"));
+        s
     }
 
     /// The `archive_command` setting that runs this setup's walseal.
