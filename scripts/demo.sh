@@ -93,6 +93,10 @@ as_pg "$BIN" keygen -o "$KEY" 2>&1 | indent
 note "walseal keygen wrote $KEY ($(stat -c '%A, owner %U' "$KEY"))."
 note "Whoever holds this file can read the archive; keep a copy of it somewhere other than the archive."
 
+say "The repository (walseal init: once, like pgBackRest's stanza-create)"
+walseal init 2>&1 | indent
+note "Every object written from now on is bound to this repository id; wal-push refuses a location that holds no repository."
+
 # A string that is easy to find in plaintext: in the rows of the table `important`, so in the
 # primary's data files, in its WAL, and (sealed) in the base backup and the archive.
 CANARY="walseal-demo-canary-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"

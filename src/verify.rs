@@ -73,6 +73,9 @@ pub struct Report {
     pub unknown_key_objects: Vec<Problem>,
     /// Backup records that do not match their parts.
     pub backup_problems: Vec<Problem>,
+    /// Objects in format 1 (bound to no repository, unsigned), read because allow_legacy is
+    /// set; `walseal rekey` converts them. Listed, not counted as problems.
+    pub legacy_objects: Vec<String>,
     /// Backups with parts but no record (interrupted).
     pub incomplete_backups: Vec<String>,
     /// Per backup: the window it can be restored to.
@@ -125,6 +128,7 @@ pub async fn verify(
         failed_objects: Vec::new(),
         unknown_key_objects: Vec::new(),
         backup_problems: Vec::new(),
+        legacy_objects: Vec::new(),
         incomplete_backups: listing.incomplete.clone(),
         windows: Vec::new(),
     };
@@ -134,7 +138,7 @@ pub async fn verify(
     let to_read: Vec<String> = objects
         .iter()
         .filter(|o| !o.key.starts_with("status/") || !quick)
-        .filter(|o| o.key != repository::PLAIN_IDENTITY_KEY)
+        .filter(|o| o.key != repository::PLAIN_IDENTITY_KEY && o.key != crate::repo::PLAIN_RECORD_KEY)
         .filter(|o| !quick || o.key.ends_with(".history"))
         .map(|o| o.key.clone())
         .collect();
@@ -166,6 +170,9 @@ pub async fn verify(
                         w.timeline,
                         parse_history(&String::from_utf8_lossy(&opened.history)),
                     );
+                }
+                if opened.legacy {
+                    report.legacy_objects.push(key.clone());
                 }
                 digests.insert(key, opened.sha256);
             }
@@ -242,6 +249,8 @@ pub async fn verify(
 struct Opened {
     sha256: String,
     history: Vec<u8>,
+    /// Format 1 (opened because allow_legacy is set).
+    legacy: bool,
 }
 
 /// Fetches and authenticates one object to its end, keeping only its SHA-256 (and the content
@@ -265,6 +274,7 @@ async fn open_object(
             Err(e) => return Ok(Err(e)),
         };
         let keep = key.ends_with(".history");
+        let legacy = reader.header().version == seal::VERSION_1;
         // A content digest (push-only hosts compare re-pushes with it) must match the content.
         let mut digest = reader
             .header()
@@ -300,7 +310,11 @@ async fn open_object(
                 )));
             }
         }
-        Ok(Ok(Opened { sha256, history }))
+        Ok(Ok(Opened {
+            sha256,
+            history,
+            legacy,
+        }))
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("verify task failed: {e}")))?

@@ -456,6 +456,15 @@ fn config_file_and_env_both_configure_the_repository() {
     let out = std::process::Command::new(walseal_bin())
         .arg("--config")
         .arg(&cfg)
+        .arg("init")
+        .env_remove("WALSEAL_REPO")
+        .env_remove("WALSEAL_KEY_FILE")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = std::process::Command::new(walseal_bin())
+        .arg("--config")
+        .arg(&cfg)
         .args(["wal-push", &format!("pg_wal/{name}")])
         .env_remove("WALSEAL_REPO")
         .env_remove("WALSEAL_KEY_FILE")
@@ -696,12 +705,15 @@ fn rekey_rotates_to_a_new_key_and_the_old_one_can_be_retired() {
             .unwrap();
         assert_eq!(code(&out), 0, "{}", stderr(&out));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(report["rewrapped"], 2, "segment 1 and walseal.id: {report}");
+        assert_eq!(
+            report["rewrapped"], 3,
+            "segment 1, walseal.id and walseal.repo: {report}"
+        );
         // Only the header changed: the payload is not re-encrypted.
         let after = block_on(storage.get_bytes(&format!("wal/00000001/{}", seg(1))))
             .unwrap()
             .unwrap();
-        let header = 12 + 19 + 80 + 32;
+        let header = 28 + 19 + 80 + 32; // format 2: the repository id follows the slot count
         assert_eq!(after.len(), before.len());
         assert!(after[header..] == before[header..] && after[..header] != before[..header]);
         // Running it again finds nothing to do.

@@ -704,8 +704,19 @@ fn verify_recomputes_content_digests() {
     let bad = "000000010000000000000002";
     let r = walseal::recipient::Recipient::parse(&recipient).unwrap();
     let key = format!("wal/00000001/{bad}");
+    let plain = block_on(repo.storage().get_bytes("walseal.repo.json"))
+        .unwrap()
+        .unwrap();
+    let record: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+    let mut repository = [0u8; 16];
+    walseal::keys::hex_decode_into(record["repository_id"].as_str().unwrap(), &mut repository)
+        .unwrap();
     let opts = walseal::seal::SealOptions {
         content_digest: Some([7u8; 32]),
+        repository,
+        signer: Some(std::sync::Arc::new(
+            walseal::signer::load_signer_file(&test_signer().0).unwrap(),
+        )),
         ..Default::default()
     };
     let mut w = walseal::seal::seal(Vec::new(), &r, &key, &opts).unwrap();
