@@ -57,6 +57,9 @@ pub struct RestoreOptions {
     pub config_file: Option<PathBuf>,
     /// Write large files with O_DIRECT (see `tar::extract`).
     pub direct_io: bool,
+    /// Flush the restored files to stable storage before reporting success (see
+    /// [`Root::sync`]); `restore --no-sync` turns it off, for tests.
+    pub sync: bool,
 }
 
 #[derive(Deserialize)]
@@ -256,7 +259,7 @@ fn mapped<'a>(map: &HashMap<&'a str, &'a str>, location: &'a str) -> &'a str {
 
 /// Downloads, checks and writes everything into the (empty) destinations: each archive is
 /// extracted beneath its destination's handle, its files checked against the manifest (see
-/// [`tar::extract`]).
+/// [`tar::extract`]), then everything is flushed to disk unless `opts.sync` is off.
 async fn fill(
     cfg: &Config,
     opts: &RestoreOptions,
@@ -275,6 +278,7 @@ async fn fill(
             Some((oid, PathBuf::from(mapped(map, &a.location))))
         })
         .collect();
+    let mut roots = Vec::new();
     for archive in record.archives.iter().filter(|a| a.name.ends_with(".tar")) {
         let (dest, prefix, links) = match archive.tablespace_oid {
             Some(oid) => (
@@ -284,14 +288,16 @@ async fn fill(
             ),
             None => (opts.pgdata.clone(), String::new(), links.clone()),
         };
+        let root = Root::open(&dest)?;
         let job = Extraction {
-            root: Root::open(&dest)?,
+            root: root.try_clone()?,
             prefix,
             links,
             listing,
             direct_io: opts.direct_io,
         };
         listing = extract_archive(storage, keyring, archive, job).await?;
+        roots.push(root);
     }
     let missing = listing.unwritten().count();
     if let Some(first) = listing.unwritten().next() {
@@ -306,6 +312,12 @@ async fn fill(
     }
     write_file(&opts.pgdata.join("backup_manifest"), &manifest_bytes)?;
     write_recovery(cfg, opts)?;
+    if opts.sync {
+        // After the files written above: syncfs covers them too (PGDATA's file system).
+        for root in &roots {
+            root.sync()?;
+        }
+    }
     Ok(())
 }
 
