@@ -334,6 +334,11 @@ pub struct RestoreArgs {
     /// files: a restore writes the whole cluster once and reads none of it back).
     #[arg(long)]
     pub buffered: bool,
+    /// Do not wait for the restored files to reach the disk (by default walseal flushes them,
+    /// as pg_basebackup does, before it reports success). For tests: after a crash, a
+    /// cluster restored with --no-sync may be incomplete.
+    #[arg(long)]
+    pub no_sync: bool,
     /// Print the restored backup's record as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -141,6 +141,7 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
         tablespace_map: map,
         config_file: config_file.map(Path::to_path_buf),
         direct_io: !args.buffered,
+        sync: !args.no_sync,
     };
     let record = crate::block_on(base::restore(cfg, &opts))?;
     let as_root = std::fs::read_to_string("/proc/self/status")

@@ -5,7 +5,7 @@
 //! the current one is opened and extracted), checks every file against the backup manifest,
 //! writes `backup_manifest`, `recovery.signal` and the recovery settings.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::tar::{self, FileInfo};
+use super::tar::{self, FileInfo, Listing, Policy, Root};
 use crate::catalog::{self, Archive, BackupRecord};
 use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};
@@ -58,6 +58,9 @@ pub struct RestoreOptions {
     pub config_file: Option<PathBuf>,
     /// Write large files with O_DIRECT (see `tar::extract`).
     pub direct_io: bool,
+    /// Flush the restored files to stable storage before reporting success (see
+    /// [`Root::sync`]); `restore --no-sync` turns it off, for tests.
+    pub sync: bool,
 }
 
 #[derive(Deserialize)]
@@ -219,29 +222,15 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
         .iter()
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
-    for a in record
-        .archives
-        .iter()
-        .filter(|a| a.tablespace_oid.is_some())
-    {
-        let loc = map
-            .get(a.location.as_str())
-            .copied()
-            .unwrap_or(a.location.as_str());
-        ensure_empty_dir(Path::new(loc), "tablespace directory")?;
-    }
-
     let mut targets: Vec<PathBuf> = vec![opts.pgdata.clone()];
     for a in record
         .archives
         .iter()
         .filter(|a| a.tablespace_oid.is_some())
     {
-        targets.push(PathBuf::from(
-            map.get(a.location.as_str())
-                .copied()
-                .unwrap_or(a.location.as_str()),
-        ));
+        let loc = mapped(&map, &a.location);
+        ensure_empty_dir(Path::new(loc), "tablespace directory")?;
+        targets.push(PathBuf::from(loc));
     }
     // The destinations were empty: on failure, empty them again so nothing half-restored can
     // be started by mistake.
@@ -263,7 +252,14 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
     Ok(record)
 }
 
-/// Downloads, checks and writes everything into the (empty) destinations.
+/// Where tablespace location `location` goes: its `--tablespace-map` entry, or itself.
+fn mapped<'a>(map: &HashMap<&'a str, &'a str>, location: &'a str) -> &'a str {
+    map.get(location).copied().unwrap_or(location)
+}
+
+/// Downloads, checks and writes everything into the (empty) destinations: each archive is
+/// extracted beneath its destination's handle, its files checked against the manifest (see
+/// [`tar::extract`]), then everything is flushed to disk unless `opts.sync` is off.
 async fn fill(
     cfg: &Config,
     opts: &RestoreOptions,
@@ -272,7 +268,65 @@ async fn fill(
     record: &BackupRecord,
     map: &HashMap<&str, &str>,
 ) -> Result<()> {
-    let storage = storage.clone();
+    let (manifest_bytes, mut listing) = load_manifest(storage, keyring, record).await?;
+    // The tablespace links base.tar must hold, pointing where the record (and the map) say.
+    let links: BTreeMap<u32, PathBuf> = record
+        .archives
+        .iter()
+        .filter_map(|a| {
+            let oid = a.tablespace_oid?;
+            Some((oid, PathBuf::from(mapped(map, &a.location))))
+        })
+        .collect();
+    let mut roots = Vec::new();
+    for archive in record.archives.iter().filter(|a| a.name.ends_with(".tar")) {
+        let (dest, prefix, links) = match archive.tablespace_oid {
+            Some(oid) => (
+                PathBuf::from(mapped(map, &archive.location)),
+                format!("pg_tblspc/{oid}/"),
+                BTreeMap::new(),
+            ),
+            None => (opts.pgdata.clone(), String::new(), links.clone()),
+        };
+        let root = Root::open(&dest)?;
+        let job = Extraction {
+            root: root.try_clone()?,
+            prefix,
+            links,
+            listing,
+            direct_io: opts.direct_io,
+        };
+        listing = extract_archive(storage, keyring, archive, job).await?;
+        roots.push(root);
+    }
+    let missing = listing.unwritten().count();
+    if let Some(first) = listing.unwritten().next() {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "backup {}: {missing} files listed in the backup manifest were not in the backup (one is {:?})",
+                record.id,
+                String::from_utf8_lossy(first)
+            ),
+        ));
+    }
+    write_file(&opts.pgdata.join("backup_manifest"), &manifest_bytes)?;
+    write_recovery(cfg, opts)?;
+    if opts.sync {
+        // After the files written above: syncfs covers them too (PGDATA's file system).
+        for root in &roots {
+            root.sync()?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads and checks the backup manifest; returns its bytes and the files it lists.
+async fn load_manifest(
+    storage: &Storage,
+    keyring: &Keyring,
+    record: &BackupRecord,
+) -> Result<(Vec<u8>, Listing<ManifestFile>)> {
     let manifest_archive = record
         .archives
         .iter()
@@ -283,7 +337,7 @@ async fn fill(
                 format!("backup {} has no manifest", record.id),
             )
         })?;
-    let manifest_bytes = read_archive(&storage, keyring, manifest_archive).await?;
+    let manifest_bytes = read_archive(storage, keyring, manifest_archive).await?;
     let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
@@ -302,68 +356,44 @@ async fn fill(
             ));
         }
     }
-    let mut expected: HashMap<String, ManifestFile> = HashMap::new();
-    for f in manifest.files {
-        let path = match (&f.path, &f.encoded_path) {
-            (Some(p), _) => p.clone(),
+    Ok((manifest_bytes, listing(manifest.files, &record.id)?))
+}
+
+/// The manifest's files by path. PostgreSQL lists every regular file it sends, backup_label
+/// and tablespace_map included; directories and the pg_tblspc links it does not list.
+fn listing(files: Vec<ManifestFile>, backup: &str) -> Result<Listing<ManifestFile>> {
+    let bad = |what: String| {
+        Error::new(
+            ErrorKind::Integrity,
+            format!("backup {backup}: backup manifest {what}"),
+        )
+        .hint("the backup is damaged: restore another one")
+    };
+    let mut listing = Listing::default();
+    for mut f in files {
+        // The path moves into the key (a cluster may have millions of files).
+        let path = match (f.path.take(), f.encoded_path.take()) {
+            (Some(p), _) => p.into_bytes(),
             (None, Some(hex)) => {
                 let mut raw = vec![0u8; hex.len() / 2];
-                crate::keys::hex_decode_into(hex, &mut raw).ok_or_else(|| {
-                    Error::new(ErrorKind::Integrity, "bad Encoded-Path in manifest")
-                })?;
-                String::from_utf8_lossy(&raw).into_owned()
+                crate::keys::hex_decode_into(&hex, &mut raw)
+                    .ok_or_else(|| bad(format!("has a bad Encoded-Path {hex:?}")))?;
+                raw
             }
             _ => continue,
         };
-        expected.insert(path, f);
-    }
-
-    let mut seen = 0usize;
-    for archive in record.archives.iter().filter(|a| a.name.ends_with(".tar")) {
-        let (dest, prefix) = match archive.tablespace_oid {
-            Some(oid) => (
-                PathBuf::from(
-                    map.get(archive.location.as_str())
-                        .copied()
-                        .unwrap_or(&archive.location),
-                ),
-                format!("pg_tblspc/{oid}/"),
-            ),
-            None => (opts.pgdata.clone(), String::new()),
-        };
-        let files = extract_archive(
-            &storage,
-            keyring,
-            archive,
-            &dest,
-            &opts.tablespace_map,
-            opts.direct_io,
-        )
-        .await?;
-        for f in files {
-            let path = format!("{prefix}{}", f.path);
-            if let Some(m) = expected.get(&path) {
-                verify_file(&path, &f, m)?;
-                seen += 1;
-            }
+        let size = f.size;
+        let shown = String::from_utf8_lossy(&path).into_owned();
+        if !listing.insert(path, size, f) {
+            return Err(bad(format!("lists {shown:?} twice")));
         }
     }
-    if seen != expected.len() {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            format!(
-                "backup {}: {} files listed in the backup manifest were not in the backup",
-                record.id,
-                expected.len() - seen
-            ),
-        ));
-    }
-    write_file(&opts.pgdata.join("backup_manifest"), &manifest_bytes)?;
-    write_recovery(cfg, opts)?;
-    Ok(())
+    Ok(listing)
 }
 
-fn verify_file(path: &str, f: &FileInfo, m: &ManifestFile) -> Result<()> {
+/// Compares a restored file with its manifest entry (size and, for CRC32C manifests, the sum).
+fn verify_file(f: &FileInfo, m: &ManifestFile) -> Result<()> {
+    let path = &f.path;
     let bad = |what: &str| {
         Error::new(
             ErrorKind::Integrity,
@@ -519,15 +549,25 @@ async fn fetch_part(storage: &Storage, part: &catalog::Part) -> Result<Vec<u8>> 
     Ok(sealed)
 }
 
-/// Streams an archive's parts through the opener into the tar extractor; returns the files.
+/// What one archive's extraction needs, moved into its thread and back.
+struct Extraction {
+    root: Root,
+    /// The manifest's prefix for the archive's paths.
+    prefix: String,
+    /// The tablespace links the archive must hold (base.tar only).
+    links: BTreeMap<u32, PathBuf>,
+    listing: Listing<ManifestFile>,
+    direct_io: bool,
+}
+
+/// Streams an archive's parts through the opener into the tar extractor, checking each file
+/// against the manifest as it is written; returns the listing with the files marked.
 async fn extract_archive(
     storage: &Storage,
     keyring: &std::sync::Arc<Keyring>,
     archive: &Archive,
-    dest: &Path,
-    relocations: &[(String, String)],
-    direct_io: bool,
-) -> Result<Vec<FileInfo>> {
+    job: Extraction,
+) -> Result<Listing<ManifestFile>> {
     let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>, u64)>>(1);
     let feeder = {
         let storage = storage.clone();
@@ -556,34 +596,29 @@ async fn extract_archive(
     };
     let (btx, brx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(4);
     let opener = tokio::task::spawn_blocking(move || pump(parts, &btx));
-    let dest = dest.to_path_buf();
-    let relocations = relocations.to_vec();
     let name = archive.name.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let link = move |_: &str, target: &str| -> String {
-            relocations
-                .iter()
-                .find(|(old, _)| old == target)
-                .map_or_else(|| target.to_string(), |(_, new)| new.clone())
-        };
-        let mut files = Vec::new();
+        let mut job = job;
         let reader = BlockReader {
             rx: brx,
             cur: Vec::new(),
             pos: 0,
         };
+        let mut policy = Policy {
+            archive: &name,
+            prefix: job.prefix.as_bytes(),
+            listing: &mut job.listing,
+            links: &job.links,
+            direct_io: job.direct_io,
+        };
         tar::extract(
             reader,
-            &dest,
-            direct_io,
-            &link,
-            &mut |f| {
-                files.push(f);
-                Ok(())
-            },
+            &job.root,
+            &mut policy,
+            &mut |f, m| verify_file(&f, m),
             &|e| seal_error_from_io(e).into_error(&name),
         )?;
-        Ok(files)
+        Ok(job.listing)
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("restore task failed: {e}")))?;
