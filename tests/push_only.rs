@@ -295,6 +295,22 @@ fn pg15_push_only_host_archives_and_backs_up_identity_host_restores_pitr() {
             push_only_archive_setting(&s.bin, &s.repo, &recipient),
         ],
     );
+    // The database host creates the repository (Setup made one under its master key, which
+    // the restore host does not hold: start afresh, before PostgreSQL archives anything).
+    block_on(async {
+        let storage = s.repo.storage();
+        storage.delete("walseal.repo").await.unwrap();
+        storage.delete("walseal.repo.json").await.unwrap();
+    });
+    let out = s
+        .walseal_as_pg()
+        .env_remove("WALSEAL_KEY_FILE")
+        .env("WALSEAL_RECIPIENT", &recipient)
+        .env("WALSEAL_SIGNER_FILE", &test_signer().0)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     pg.start();
     // The database host: recipient only, no key file.
     let push_host = || {
