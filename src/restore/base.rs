@@ -210,6 +210,10 @@ fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
 pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord> {
     let repo = Repository::open(cfg, Access::Open, "restore").await?;
     let (keyring, storage) = (repo.keyring.clone(), repo.storage.clone());
+    // The restore_command written below pins this repository.
+    let mut pinned = cfg.clone();
+    pinned.repository_id = Some(crate::keys::hex_encode(&repo.id));
+    let cfg = &pinned;
     let listing = catalog::list(&storage, &keyring).await?;
     if opts.backup != "latest" && !listing.backups.iter().any(|b| b.id == opts.backup) {
         // Say whether it is incomplete or unknown.
@@ -458,6 +462,27 @@ pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<Strin
             "WALSEAL_IDENTITY_FILE={} ",
             shell_quote(&abs_list(&cfg.identity_files))
         );
+    }
+    // The reading policy travels too (none of it is secret): the trusted signers, whether
+    // format-1 objects are read, and the repository id, pinned so that the repository cannot
+    // be replaced under a running recovery.
+    let signers: Vec<&str> = cfg
+        .trusted_signers
+        .iter()
+        .flat_map(|l| l.split(|c: char| c == ',' || c == ':' || c.is_whitespace()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    if !signers.is_empty() {
+        keys_env += &format!(
+            "WALSEAL_TRUSTED_SIGNERS={} ",
+            shell_quote(&signers.join(","))
+        );
+    }
+    if cfg.allow_legacy {
+        keys_env += "WALSEAL_ALLOW_LEGACY=1 ";
+    }
+    if let Some(id) = &cfg.repository_id {
+        keys_env += &format!("WALSEAL_REPOSITORY_ID={} ", shell_quote(id));
     }
     let mut cmd = String::new();
     if let Some(file) = config_file {
