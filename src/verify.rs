@@ -138,7 +138,9 @@ pub async fn verify(
     let to_read: Vec<String> = objects
         .iter()
         .filter(|o| !o.key.starts_with("status/") || !quick)
-        .filter(|o| o.key != repository::PLAIN_IDENTITY_KEY && o.key != crate::repo::PLAIN_RECORD_KEY)
+        .filter(|o| {
+            o.key != repository::PLAIN_IDENTITY_KEY && o.key != crate::repo::PLAIN_RECORD_KEY
+        })
         .filter(|o| !quick || o.key.ends_with(".history"))
         .map(|o| o.key.clone())
         .collect();

@@ -78,11 +78,7 @@ fn repo_id(repo: &RepoEnv) -> [u8; 16] {
 /// `want` in the message, leaving nothing there.
 fn fetch_refused(c: Command, name: &str, root: &Path, want: &str) {
     let _ = std::fs::create_dir_all(root.join("restore"));
-    let out = run(
-        c,
-        &["wal-fetch", name, &format!("restore/{name}")],
-        root,
-    );
+    let out = run(c, &["wal-fetch", name, &format!("restore/{name}")], root);
     assert_eq!(code(&out), 205, "{}", stderr(&out));
     assert!(stderr(&out).contains(want), "{}", stderr(&out));
     let left: Vec<_> = std::fs::read_dir(root.join("restore")).unwrap().collect();
@@ -199,18 +195,35 @@ fn objects_of_another_repository_and_segments_of_another_cluster_are_refused() {
         let key_file = root.join("master.key");
         keygen(&[], &key_file);
         let (a, b) = (make(root, "repo-a"), make(root, "repo-b"));
-        let with_key = |repo: &RepoEnv| walseal(repo, &[("WALSEAL_KEY_FILE", key_file.to_str().unwrap())]);
+        let with_key =
+            |repo: &RepoEnv| walseal(repo, &[("WALSEAL_KEY_FILE", key_file.to_str().unwrap())]);
         ok(&run(with_key(&a), &["init"], root));
         ok(&run(with_key(&b), &["init"], root));
         assert_ne!(repo_id(&a), repo_id(&b));
         // Cluster A archives segment 1; cluster B (same key: common) archives segments 1, 2.
         let n1 = "000000010000000000000001";
         let n2 = "000000010000000000000002";
-        std::fs::write(root.join("pg_wal").join(n1), synthetic_segment(n1, SYSID, SEG, None)).unwrap();
-        ok(&run(with_key(&a), &["wal-push", &format!("pg_wal/{n1}")], root));
+        std::fs::write(
+            root.join("pg_wal").join(n1),
+            synthetic_segment(n1, SYSID, SEG, None),
+        )
+        .unwrap();
+        ok(&run(
+            with_key(&a),
+            &["wal-push", &format!("pg_wal/{n1}")],
+            root,
+        ));
         for n in [n1, n2] {
-            std::fs::write(root.join("pg_wal").join(n), synthetic_segment(n, SYSID + 1, SEG, None)).unwrap();
-            ok(&run(with_key(&b), &["wal-push", &format!("pg_wal/{n}")], root));
+            std::fs::write(
+                root.join("pg_wal").join(n),
+                synthetic_segment(n, SYSID + 1, SEG, None),
+            )
+            .unwrap();
+            ok(&run(
+                with_key(&b),
+                &["wal-push", &format!("pg_wal/{n}")],
+                root,
+            ));
         }
         // Copy B's segment 2 into A under the same name: refused, nothing at %p.
         let key2 = format!("wal/00000001/{n2}");
@@ -259,20 +272,35 @@ fn a_location_without_a_repository_is_never_written() {
     let key_file = root.join("master.key");
     keygen(&[], &key_file);
     let n = "000000010000000000000001";
-    std::fs::write(root.join("pg_wal").join(n), synthetic_segment(n, SYSID, SEG, None)).unwrap();
+    std::fs::write(
+        root.join("pg_wal").join(n),
+        synthetic_segment(n, SYSID, SEG, None),
+    )
+    .unwrap();
     // An unmounted file system: the directory is not there.
     let missing: PathBuf = root.join("mnt/archive");
     let repo = RepoEnv::local(&missing);
     let key = [("WALSEAL_KEY_FILE", key_file.to_str().unwrap())];
-    let out = run(walseal(&repo, &key), &["wal-push", &format!("pg_wal/{n}")], root);
+    let out = run(
+        walseal(&repo, &key),
+        &["wal-push", &format!("pg_wal/{n}")],
+        root,
+    );
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     assert!(stderr(&out).contains("walseal init"), "{}", stderr(&out));
-    assert!(!missing.exists(), "wal-push created the repository directory");
+    assert!(
+        !missing.exists(),
+        "wal-push created the repository directory"
+    );
     let out = run(walseal(&repo, &key), &["wal-fetch", n, "fetched"], root);
     assert_eq!(code(&out), 212, "{}", stderr(&out));
     // The mount point exists but is empty (the file system is not mounted on it).
     std::fs::create_dir_all(&missing).unwrap();
-    for args in [&["wal-push", &format!("pg_wal/{n}")][..], &["status"][..], &["list"][..]] {
+    for args in [
+        &["wal-push", &format!("pg_wal/{n}")][..],
+        &["status"][..],
+        &["list"][..],
+    ] {
         let out = run(walseal(&repo, &key), args, root);
         assert_eq!(code(&out), 12, "{args:?}: {}", stderr(&out));
     }
@@ -285,7 +313,11 @@ fn a_location_without_a_repository_is_never_written() {
     // Once initialised, archiving works, and a second init is refused.
     let id = ok(&run(walseal(&repo, &key), &["init"], root));
     assert_eq!(id.trim().len(), 32);
-    ok(&run(walseal(&repo, &key), &["wal-push", &format!("pg_wal/{n}")], root));
+    ok(&run(
+        walseal(&repo, &key),
+        &["wal-push", &format!("pg_wal/{n}")],
+        root,
+    ));
     let out = run(walseal(&repo, &key), &["init"], root);
     assert_eq!(code(&out), 7, "{}", stderr(&out));
 }
@@ -322,7 +354,11 @@ fn legacy_objects_open_only_when_allowed_and_rekey_converts_them() {
     let mk = walseal::keys::MasterKey::from_bytes(zeroize::Zeroizing::new(secret));
     std::fs::write(
         &v1_key,
-        format!("walseal-key: 1\nid: {}\nsecret: {}\n", mk.id(), field("master_key")),
+        format!(
+            "walseal-key: 1\nid: {}\nsecret: {}\n",
+            mk.id(),
+            field("master_key")
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&v1_key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
@@ -338,13 +374,24 @@ fn legacy_objects_open_only_when_allowed_and_rekey_converts_them() {
     );
     assert_eq!(code(&out), 5, "{}", stderr(&out));
     assert!(stdout(&out).contains("allow_legacy"), "{}", stdout(&out));
-    let legacy = [("WALSEAL_KEY_FILE", both.as_str()), ("WALSEAL_ALLOW_LEGACY", "1")];
+    let legacy = [
+        ("WALSEAL_KEY_FILE", both.as_str()),
+        ("WALSEAL_ALLOW_LEGACY", "1"),
+    ];
     let out = run(walseal(&repo, &legacy), &["verify", "--json"], root);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["legacy_objects"][0], name.as_str(), "{report}");
     ok(&run(walseal(&repo, &legacy), &["rekey"], root));
     // Converted: it opens without allow_legacy now, and verify lists nothing legacy.
-    let out = run(walseal(&repo, &[("WALSEAL_KEY_FILE", &both)]), &["verify", "--json"], root);
+    let out = run(
+        walseal(&repo, &[("WALSEAL_KEY_FILE", &both)]),
+        &["verify", "--json"],
+        root,
+    );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["legacy_objects"].as_array().unwrap().len(), 0, "{report}");
+    assert_eq!(
+        report["legacy_objects"].as_array().unwrap().len(),
+        0,
+        "{report}"
+    );
 }
