@@ -395,3 +395,163 @@ fn legacy_objects_open_only_when_allowed_and_rekey_converts_them() {
         "{report}"
     );
 }
+
+/// A ustar header for `name` (`kind`: b'0' file, b'5' dir, b'2' symlink, b'1' hard link).
+fn tar_member(name: &str, kind: u8, link: &str, body: &[u8], mode: &str) -> Vec<u8> {
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..108].copy_from_slice(format!("{mode:0>7}\0").as_bytes());
+    h[108..116].copy_from_slice(b"0000000\0");
+    h[116..124].copy_from_slice(b"0000000\0");
+    h[124..136].copy_from_slice(format!("{:011o}\0", body.len()).as_bytes());
+    h[136..148].copy_from_slice(b"00000000000\0");
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h.extend_from_slice(body);
+    h.extend(std::iter::repeat_n(0u8, (512 - body.len() % 512) % 512));
+    h
+}
+
+/// Replaces the base.tar of backup `id` by `tar`, sealed and recorded as an attacker who
+/// holds the key (or a restore host's thief) would: the record is consistent, the tar hostile.
+fn forge_base_tar(s: &Setup, id: &str, tar: &[u8]) {
+    let storage = s.repo.storage();
+    let mk = walseal::keys::load_key_file(&s.key).unwrap();
+    let repository = repo_id(&s.repo);
+    let mut ring =
+        walseal::keys::Keyring::new(vec![walseal::keys::load_key_file(&s.key).unwrap()]).unwrap();
+    ring.bind(repository);
+    let record_key = format!("backups/{id}/backup.json");
+    let sealed = block_on(storage.get_bytes(&record_key)).unwrap().unwrap();
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&walseal::seal::open_to_vec(&ring, &record_key, &sealed).unwrap())
+            .unwrap();
+    let opts = walseal::seal::SealOptions {
+        repository,
+        ..Default::default()
+    };
+    let part_key = format!("backups/{id}/base.tar.00000");
+    let part = walseal::seal::seal_to_vec(&mk, &part_key, tar, &opts).unwrap();
+    let sha = walseal::seal::payload_digest(&part).unwrap();
+    let stored = part.len();
+    block_on(storage.replace(&part_key, part.into())).unwrap();
+    for a in record["archives"].as_array_mut().unwrap() {
+        if a["name"] == "base.tar" {
+            a["size"] = tar.len().into();
+            a["parts"] = serde_json::json!([{
+                "key": part_key, "size": tar.len(), "stored": stored, "sha256": sha
+            }]);
+        }
+    }
+    let json = serde_json::to_vec(&record).unwrap();
+    let sealed = walseal::seal::seal_to_vec(&mk, &record_key, &json, &opts).unwrap();
+    block_on(storage.replace(&record_key, sealed.into())).unwrap();
+}
+
+/// Every entry under `dir` with its mode and content (symlinks by target), for before/after.
+fn snapshot(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::mode(&m.permissions());
+            let what = if m.file_type().is_symlink() {
+                format!("-> {}", std::fs::read_link(&p).unwrap().display())
+            } else if m.is_dir() {
+                stack.push(p.clone());
+                "dir".to_string()
+            } else {
+                format!("{:?}", std::fs::read(&p).unwrap())
+            };
+            out.push(format!("{} {mode:o} {what}", p.display()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn pg15_restore_of_a_backup_with_a_hostile_tar_writes_nothing_outside_pgdata() {
+    let s = Setup::new(&Backend::Local);
+    let pg = s.primary(&pg_bin(), &[]);
+    pg.start();
+    let out = s.backup(&pg, &["--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = record["id"].as_str().unwrap().to_string();
+    pg.stop();
+    // A directory next to PGDATA with a file in it, owned by postgres like PGDATA would be.
+    let outside = s.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("sentinel"), b"keep").unwrap();
+    chown_pg(&outside);
+    let outside_text = outside.display().to_string();
+    let attacks: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "symlink, then a directory and a file through it",
+            [
+                tar_member("a", b'2', &outside_text, b"", "777"),
+                tar_member("a/", b'5', "", b"", "777"),
+                tar_member("a/cron", b'0', "", b"* * * * * evil\n", "644"),
+            ]
+            .concat(),
+        ),
+        (
+            "relative symlink escape",
+            [
+                tar_member("b", b'2', "../outside", b"", "777"),
+                tar_member("b/x", b'0', "", b"evil", "644"),
+            ]
+            .concat(),
+        ),
+        (
+            "absolute path",
+            tar_member(&format!("{outside_text}/abs"), b'0', "", b"evil", "644"),
+        ),
+        (
+            "dot-dot",
+            tar_member("../outside/dotdot", b'0', "", b"evil", "644"),
+        ),
+        (
+            "hard link to a file outside",
+            tar_member("h", b'1', &format!("{outside_text}/sentinel"), b"", "644"),
+        ),
+        (
+            "a file the manifest does not list",
+            tar_member("global/evil", b'0', "", b"evil", "644"),
+        ),
+    ];
+    let before = snapshot(&outside);
+    for (what, members) in attacks {
+        let mut tar = members;
+        tar.extend(vec![0u8; 1024]);
+        forge_base_tar(&s, &id, &tar);
+        let dest = s.dir.path().join("restored");
+        let out = s.restore(&dest, &[&id]);
+        assert_eq!(code(&out), 5, "{what}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("base.tar"),
+            "{what}: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            snapshot(&outside),
+            before,
+            "{what}: something changed outside PGDATA"
+        );
+        let left: Vec<_> = std::fs::read_dir(&dest)
+            .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{what}: PGDATA not emptied: {left:?}");
+    }
+}

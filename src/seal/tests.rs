@@ -972,3 +972,72 @@ fn a_digest_filled_in_at_finish_authenticates_like_one_given_up_front() {
     w.write_all(b"x").unwrap();
     assert!(w.finish_with_digest([9u8; 32]).is_err());
 }
+
+// ---- properties -----------------------------------------------------------------------------
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn options() -> impl Strategy<Value = (Compression, u8)> {
+        (
+            prop_oneof![Just(Compression::None), Just(Compression::Lz4)],
+            12u8..=14,
+        )
+    }
+
+    fn bound_ring(repo: [u8; 16]) -> Keyring {
+        let mut ring = Keyring::new(vec![key(1)])
+            .unwrap()
+            .with_signer(test_signer());
+        ring.bind(repo);
+        ring
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn seal_then_open_gives_the_content(
+            data in proptest::collection::vec(any::<u8>(), 0..40_000),
+            (compression, chunk_shift) in options(),
+            repo in any::<[u8; 16]>(),
+            name in "[a-z0-9/._]{1,64}",
+        ) {
+            let opts = SealOptions { compression, chunk_shift, repository: repo, ..SealOptions::default() };
+            let sealed = seal_bytes(&key(1), &name, &data, &opts);
+            prop_assert_eq!(open_bytes(&bound_ring(repo), &name, &sealed).unwrap(), data);
+        }
+
+        #[test]
+        fn any_change_truncation_or_extension_is_refused(
+            data in proptest::collection::vec(any::<u8>(), 0..12_000),
+            (compression, chunk_shift) in options(),
+            at in any::<prop::sample::Index>(),
+            flip in 1u8..=255,
+            cut in any::<prop::sample::Index>(),
+            extra in proptest::collection::vec(any::<u8>(), 1..64),
+            recipient in any::<bool>(),
+        ) {
+            let alice = identity(0x33);
+            let mut opts = SealOptions { compression, chunk_shift, repository: [7; 16], ..signed() };
+            let (sealed, ring) = if recipient {
+                opts.content_digest = Some([1; 32]);
+                let mut ring = idring(0x33);
+                ring.bind([7; 16]);
+                (seal_to(Sealer::Recipient(alice.recipient()), "n", &data, &opts), ring)
+            } else {
+                (seal_bytes(&key(1), "n", &data, &opts), bound_ring([7; 16]))
+            };
+            prop_assert!(open_bytes(&ring, "n", &sealed).is_ok());
+            let mut changed = sealed.clone();
+            changed[at.index(sealed.len())] ^= flip;
+            prop_assert!(open_bytes(&ring, "n", &changed).is_err());
+            let len = cut.index(sealed.len());
+            prop_assert!(open_bytes(&ring, "n", &sealed[..len]).is_err());
+            let mut longer = sealed.clone();
+            longer.extend_from_slice(&extra);
+            prop_assert!(open_bytes(&ring, "n", &longer).is_err());
+        }
+    }
+}
