@@ -102,7 +102,7 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
             Ok(PushOutcome::Stored)
         }
         PutOutcome::AlreadyExists => {
-            compare_with_archived(&storage, &keyring, &key, path, digest, sealed_len).await?;
+            compare_with_archived(storage, keyring, &key, path, digest, sealed_len).await?;
             tracing::info!("{} was already archived with identical content", wal.name);
             Ok(PushOutcome::AlreadyArchived)
         }

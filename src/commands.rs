@@ -233,7 +233,7 @@ pub fn verify(cfg: &Config, quick: bool, jobs: usize, json: bool) -> Result<()> 
     let repo = open(cfg, Access::Open, "verify")?;
     let (storage, keyring) = (&repo.storage, &repo.keyring);
     let report = crate::block_on(async {
-        let report = crate::verify::verify(&storage, keyring.clone(), quick, jobs).await?;
+        let report = crate::verify::verify(storage, keyring.clone(), quick, jobs).await?;
         // Remember the result for `walseal status` (sealed like everything else).
         let summary = serde_json::json!({
             "ok": report.ok,
