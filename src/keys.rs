@@ -251,6 +251,52 @@ pub(crate) fn read_secret_file(path: &Path, what: &str, fix: &str) -> Result<Zer
     Ok(text)
 }
 
+/// Loads a secret file of kind `what` (key, identity, signer) with `parse`, naming the
+/// setting to fix (`fix`) and the command that makes one (`made_by`) in errors.
+///
+/// # Errors
+/// As [`read_secret_file`]; `Config` if `parse` refuses the text.
+pub(crate) fn load_secret_file<T>(
+    path: &Path,
+    what: &str,
+    fix: &str,
+    made_by: &str,
+    parse: impl FnOnce(&str) -> std::result::Result<T, &'static str>,
+) -> Result<T> {
+    let text = read_secret_file(path, what, fix)?;
+    parse(&text).map_err(|why| {
+        Error::new(
+            ErrorKind::Config,
+            format!("{what} file {} is invalid: {why}", path.display()),
+        )
+        .hint(format!("use a file written by `{made_by}`"))
+    })
+}
+
+/// Decodes the text form of a public key, `prefix` ‖ 64 hex digits ‖ 8 hex digits of
+/// checksum; returns the key and the checksum bytes, or why it is not one.
+pub(crate) fn decode_public_text(
+    text: &str,
+    prefix: &str,
+) -> std::result::Result<([u8; 32], [u8; 4]), String> {
+    let text = text.trim();
+    if !text.is_ascii() {
+        return Err("it has characters other than letters and digits".into());
+    }
+    let hex = text
+        .strip_prefix(prefix)
+        .ok_or_else(|| format!("it does not start with `{prefix}`"))?;
+    if hex.len() != 72 {
+        return Err(format!("it has {} characters instead of 76", text.len()));
+    }
+    let mut public = [0u8; 32];
+    let mut check = [0u8; 4];
+    hex_decode_into(&hex[..64], &mut public)
+        .and_then(|()| hex_decode_into(&hex[64..], &mut check))
+        .ok_or_else(|| format!("it is not hex after `{prefix}`"))?;
+    Ok((public, check))
+}
+
 /// Fsyncs the directory holding `path`, so a new file's name is durable.
 ///
 /// # Errors
@@ -274,18 +320,13 @@ pub(crate) fn sync_parent(path: &Path) -> Result<()> {
 /// # Errors
 /// `Config` for a missing, unreadable, too-open or malformed key file.
 pub fn load_key_file(path: &Path) -> Result<MasterKey> {
-    let text = read_secret_file(
+    load_secret_file(
         path,
         "key",
         "set WALSEAL_KEY_FILE (or key_file in the config) to a key made by `walseal keygen`, readable by this user",
-    )?;
-    MasterKey::from_file_text(&text).map_err(|why| {
-        Error::new(
-            ErrorKind::Config,
-            format!("key file {} is invalid: {why}", path.display()),
-        )
-        .hint("use a file written by `walseal keygen`")
-    })
+        "walseal keygen",
+        MasterKey::from_file_text,
+    )
 }
 
 /// What new objects are sealed to: a master key (symmetric) or a recipient (public key).

@@ -16,7 +16,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{hex_decode_into, hex_encode, KeyId, KEY_ID_LEN};
+use crate::keys::{decode_public_text, hex_encode, KeyId, KEY_ID_LEN};
 
 const RECIPIENT_ID_LABEL: &[u8] = b"walseal/v1 recipient id";
 const DIGEST_LABEL: &[u8] = b"walseal/v1 content digest";
@@ -61,24 +61,7 @@ impl Recipient {
             Error::new(ErrorKind::Config, format!("the recipient is invalid: {why}"))
                 .hint("copy the whole `wsr1…` line that `walseal keygen --recipient` printed (also in the identity file's `recipient:` line)")
         };
-        let text = text.trim();
-        if !text.is_ascii() {
-            return Err(bad("it has characters other than letters and digits"));
-        }
-        let hex = text
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| bad("it does not start with `wsr1`"))?;
-        if hex.len() != 72 {
-            return Err(bad(&format!(
-                "it has {} characters instead of 76",
-                text.len()
-            )));
-        }
-        let mut public = [0u8; 32];
-        let mut check = [0u8; 4];
-        hex_decode_into(&hex[..64], &mut public)
-            .and_then(|()| hex_decode_into(&hex[64..], &mut check))
-            .ok_or_else(|| bad("it is not hex after `wsr1`"))?;
+        let (public, check) = decode_public_text(text, PREFIX).map_err(|why| bad(&why))?;
         let r = Recipient::from_bytes(public);
         if r.id.0[..4] != check {
             return Err(bad("its checksum does not match (a character was changed)"));
@@ -229,18 +212,13 @@ pub fn keygen(path: &Path) -> Result<Recipient> {
 /// # Errors
 /// `Config` for a missing, unreadable, too-open or malformed file.
 pub fn load_identity_file(path: &Path) -> Result<Identity> {
-    let text = crate::keys::read_secret_file(
+    crate::keys::load_secret_file(
         path,
         "identity",
         "set WALSEAL_IDENTITY_FILE (or identity_file in the config) to a file made by `walseal keygen --recipient`",
-    )?;
-    Identity::from_file_text(&text).map_err(|why| {
-        Error::new(
-            ErrorKind::Config,
-            format!("identity file {} is invalid: {why}", path.display()),
-        )
-        .hint("use a file written by `walseal keygen --recipient`")
-    })
+        "walseal keygen --recipient",
+        Identity::from_file_text,
+    )
 }
 
 #[cfg(test)]

@@ -259,15 +259,9 @@ pub async fn init(cfg: &Config) -> Result<InitReport> {
         )
         .hint("use an empty directory, bucket or prefix of its own"));
     }
-    let id = new_or_resumed_id(&storage).await?;
+    let (json, id) = plain_record(&storage).await?;
     keyring.bind(id);
-    let record = Record {
-        format_version: 2,
-        repository_id: hex_encode(&id),
-        created: crate::time::format_pg(crate::time::now()),
-    };
-    let json = serde_json::to_vec(&record)
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode record: {e}")))?;
+    // The sealed record holds the very bytes of the plain copy.
     let sealed = keyring.seal_to_vec(RECORD_KEY, &json)?;
     match storage.put_new(RECORD_KEY, sealed.into()).await? {
         PutOutcome::Created => {}
@@ -283,14 +277,14 @@ pub async fn init(cfg: &Config) -> Result<InitReport> {
     }
     Ok(InitReport {
         repo: storage.display().to_string(),
-        repository_id: record.repository_id,
+        repository_id: hex_encode(&id),
         adopted_v1,
     })
 }
 
 /// Writes the plain record first (so a crash leaves nothing a push-only host would half
-/// trust) with a new id, or takes the id of one an interrupted `init` left.
-async fn new_or_resumed_id(storage: &Storage) -> Result<RepositoryId> {
+/// trust) with a new id, or takes the one an interrupted `init` left; returns its bytes.
+async fn plain_record(storage: &Storage) -> Result<(Vec<u8>, RepositoryId)> {
     let mut id = [0u8; 16];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
         .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
@@ -301,14 +295,18 @@ async fn new_or_resumed_id(storage: &Storage) -> Result<RepositoryId> {
     };
     let json = serde_json::to_vec(&record)
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode record: {e}")))?;
-    match storage.put_new(PLAIN_RECORD_KEY, json.into()).await? {
-        PutOutcome::Created => Ok(id),
+    match storage
+        .put_new(PLAIN_RECORD_KEY, json.clone().into())
+        .await?
+    {
+        PutOutcome::Created => Ok((json, id)),
         PutOutcome::AlreadyExists => {
             let bytes = storage
                 .get_bytes(PLAIN_RECORD_KEY)
                 .await?
                 .unwrap_or_default();
-            Record::decode(PLAIN_RECORD_KEY, &bytes).map(|(_, id)| id)
+            let (_, id) = Record::decode(PLAIN_RECORD_KEY, &bytes)?;
+            Ok((bytes, id))
         }
     }
 }

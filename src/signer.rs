@@ -19,7 +19,7 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{hex_decode_into, hex_encode, KeyId, KEY_ID_LEN};
+use crate::keys::{decode_public_text, hex_encode, KeyId, KEY_ID_LEN};
 
 const SIGNER_ID_LABEL: &[u8] = b"walseal/v2 signer id";
 const PREFIX: &str = "wss1";
@@ -68,24 +68,7 @@ impl SignerPublic {
             Error::new(ErrorKind::Config, format!("the signer is invalid: {why}"))
                 .hint("copy the whole `wss1…` line that `walseal keygen --signer` printed (also in the signer file's `signer:` line)")
         };
-        let text = text.trim();
-        if !text.is_ascii() {
-            return Err(bad("it has characters other than letters and digits"));
-        }
-        let hex = text
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| bad("it does not start with `wss1`"))?;
-        if hex.len() != 72 {
-            return Err(bad(&format!(
-                "it has {} characters instead of 76",
-                text.len()
-            )));
-        }
-        let mut public = [0u8; 32];
-        let mut check = [0u8; 4];
-        hex_decode_into(&hex[..64], &mut public)
-            .and_then(|()| hex_decode_into(&hex[64..], &mut check))
-            .ok_or_else(|| bad("it is not hex after `wss1`"))?;
+        let (public, check) = decode_public_text(text, PREFIX).map_err(|why| bad(&why))?;
         let s = SignerPublic::from_bytes(public);
         if s.id.0[..4] != check {
             return Err(bad("its checksum does not match (a character was changed)"));
@@ -225,18 +208,13 @@ pub fn keygen(path: &Path) -> Result<SignerPublic> {
 /// # Errors
 /// `Config` for a missing, unreadable, too-open or malformed file.
 pub fn load_signer_file(path: &Path) -> Result<Signer> {
-    let text = crate::keys::read_secret_file(
+    crate::keys::load_secret_file(
         path,
         "signer",
         "set WALSEAL_SIGNER_FILE (or signer_file in the config) to a file made by `walseal keygen --signer`",
-    )?;
-    Signer::from_file_text(&text).map_err(|why| {
-        Error::new(
-            ErrorKind::Config,
-            format!("signer file {} is invalid: {why}", path.display()),
-        )
-        .hint("use a file written by `walseal keygen --signer`")
-    })
+        "walseal keygen --signer",
+        Signer::from_file_text,
+    )
 }
 
 #[cfg(test)]
