@@ -7,44 +7,28 @@
 //! buffers, are wiped on drop, and never appear in `Debug` or `Display`.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use ring::hmac;
 use ring::rand::{SecureRandom, SystemRandom};
 use zeroize::Zeroizing;
 
-use crate::error::{local_io, Error, ErrorKind, Result};
 use std::sync::Arc;
 
+use crate::error::{Error, ErrorKind, Result};
+pub use crate::secret::{hex_decode_into, hex_encode, KeyId, KEY_ID_LEN};
+pub(crate) use crate::secret::{load_secret_file, parse_secret_text, write_secret_file};
+
 use crate::recipient::{Identity, Recipient};
-use crate::seal::{RepositoryId, SealOptions};
 use crate::signer::{Signer, SignerPublic};
+
+/// A repository id (`docs/FORMAT.md` §1): 16 random bytes made by `walseal init`.
+pub type RepositoryId = [u8; 16];
 
 /// Length of a master key in bytes.
 pub const KEY_LEN: usize = 32;
-/// Length of a key id in bytes.
-pub const KEY_ID_LEN: usize = 16;
 const KEY_ID_LABEL: &[u8] = b"walseal/v1 key id";
 const FILE_TAG: &str = "walseal-key";
-
-/// The id of a master key: 16 bytes derived from the key, shown as 32 hex digits.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct KeyId(pub [u8; KEY_ID_LEN]);
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex_encode(&self.0))
-    }
-}
-
-impl fmt::Debug for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "KeyId({self})")
-    }
-}
 
 /// A 256-bit master key. Wiped from memory on drop; `Debug` shows only the id.
 pub struct MasterKey {
@@ -122,48 +106,6 @@ impl MasterKey {
     }
 }
 
-/// A parsed secret file (key file or identity file): its one named field and its secret.
-pub(crate) struct SecretText<'t> {
-    /// The named field (`id:` or `recipient:`), if present.
-    pub(crate) field: Option<&'t str>,
-    /// The 32-byte secret.
-    pub(crate) secret: Zeroizing<[u8; KEY_LEN]>,
-}
-
-/// Parses the `name: value` lines of a secret file: `tag: 1`, `field: ...` and `secret:` (64
-/// hex digits); `#` lines and blank lines are skipped, any other field is refused.
-pub(crate) fn parse_secret_text<'t>(
-    text: &'t str,
-    tag: &str,
-    field: &str,
-    not_ours: &'static str,
-) -> std::result::Result<SecretText<'t>, &'static str> {
-    let (mut version, mut named, mut secret_hex) = (None, None, None);
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (k, v) = line.split_once(':').ok_or("a line is not `name: value`")?;
-        match k.trim() {
-            k if k == tag => version = Some(v.trim()),
-            k if k == field => named = Some(v.trim()),
-            "secret" => secret_hex = Some(v.trim()),
-            _ => return Err("unknown field"),
-        }
-    }
-    if version != Some("1") {
-        return Err(not_ours);
-    }
-    let mut secret = Zeroizing::new([0u8; KEY_LEN]);
-    hex_decode_into(secret_hex.ok_or("missing `secret:` line")?, secret.as_mut())
-        .ok_or("`secret:` is not 64 hex digits")?;
-    Ok(SecretText {
-        field: named,
-        secret,
-    })
-}
-
 /// Writes a new random master key to `path` with mode 0600. Refuses to overwrite.
 ///
 /// # Errors
@@ -172,147 +114,6 @@ pub fn keygen(path: &Path) -> Result<KeyId> {
     let key = MasterKey::generate()?;
     write_secret_file(path, &key.to_file_text(), "key")?;
     Ok(key.id())
-}
-
-/// Writes a new secret file (a key or an identity: `what`) with mode 0600 and fsyncs it and
-/// its directory. Never overwrites.
-///
-/// # Errors
-/// `Conflict` if the file exists; `LocalIo` if it cannot be written.
-pub(crate) fn write_secret_file(path: &Path, text: &str, what: &str) -> Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                Error::new(
-                    ErrorKind::Conflict,
-                    format!("{} already exists; walseal keygen never overwrites a {what}", path.display()),
-                )
-                .hint(format!("choose another file name, or remove the old {what} only if nothing was sealed under it"))
-            } else {
-                local_io(format!("cannot create {what} file {}", path.display()), &e)
-            }
-        })?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| local_io(format!("cannot write {what} file {}", path.display()), &e))?;
-    sync_parent(path)
-}
-
-/// Reads a secret file (a key or an identity: `what`), refusing one that group or others can
-/// access or that is too large to be one; `fix` says where the file should come from.
-///
-/// # Errors
-/// `Config` for a missing, unreadable, too-open or too-large file.
-pub(crate) fn read_secret_file(path: &Path, what: &str, fix: &str) -> Result<Zeroizing<String>> {
-    let mut file = File::open(path).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot open {what} file {}: {e}", path.display()),
-        )
-        .hint(fix)
-    })?;
-    let meta = file.metadata().map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot stat {what} file {}: {e}", path.display()),
-        )
-    })?;
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "{what} file {} is accessible by group or others (mode {mode:04o}); refusing to use it",
-                path.display()
-            ),
-        )
-        .hint(format!("chmod 600 {}", path.display())));
-    }
-    if meta.len() > 4096 {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "{} is not a walseal {what} file (too large)",
-                path.display()
-            ),
-        ));
-    }
-    let mut text = Zeroizing::new(String::new());
-    file.read_to_string(&mut text).map_err(|e| {
-        Error::new(
-            ErrorKind::Config,
-            format!("cannot read {what} file {}: {e}", path.display()),
-        )
-    })?;
-    Ok(text)
-}
-
-/// Loads a secret file of kind `what` (key, identity, signer) with `parse`, naming the
-/// setting to fix (`fix`) and the command that makes one (`made_by`) in errors.
-///
-/// # Errors
-/// As [`read_secret_file`]; `Config` if `parse` refuses the text.
-pub(crate) fn load_secret_file<T>(
-    path: &Path,
-    what: &str,
-    fix: &str,
-    made_by: &str,
-    parse: impl FnOnce(&str) -> std::result::Result<T, &'static str>,
-) -> Result<T> {
-    let text = read_secret_file(path, what, fix)?;
-    parse(&text).map_err(|why| {
-        Error::new(
-            ErrorKind::Config,
-            format!("{what} file {} is invalid: {why}", path.display()),
-        )
-        .hint(format!("use a file written by `{made_by}`"))
-    })
-}
-
-/// Decodes the text form of a public key, `prefix` ‖ 64 hex digits ‖ 8 hex digits of
-/// checksum; returns the key and the checksum bytes, or why it is not one.
-pub(crate) fn decode_public_text(
-    text: &str,
-    prefix: &str,
-) -> std::result::Result<([u8; 32], [u8; 4]), String> {
-    let text = text.trim();
-    if !text.is_ascii() {
-        return Err("it has characters other than letters and digits".into());
-    }
-    let hex = text
-        .strip_prefix(prefix)
-        .ok_or_else(|| format!("it does not start with `{prefix}`"))?;
-    if hex.len() != 72 {
-        return Err(format!("it has {} characters instead of 76", text.len()));
-    }
-    let mut public = [0u8; 32];
-    let mut check = [0u8; 4];
-    hex_decode_into(&hex[..64], &mut public)
-        .and_then(|()| hex_decode_into(&hex[64..], &mut check))
-        .ok_or_else(|| format!("it is not hex after `{prefix}`"))?;
-    Ok((public, check))
-}
-
-/// Fsyncs the directory holding `path`, so a new file's name is durable.
-///
-/// # Errors
-/// `LocalIo`.
-pub(crate) fn sync_parent(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| local_io(format!("cannot sync directory {}", dir.display()), &e))?;
-    }
-    Ok(())
 }
 
 /// Loads a key file, refusing one that group or others can access.
@@ -473,36 +274,9 @@ impl Keyring {
             .find(|p| p.id() == *id)
     }
 
-    /// How new objects of this repository are sealed: its id, and the signer when sealing
-    /// to a recipient.
-    ///
-    /// # Errors
-    /// `Internal` if the keyring is not bound to a repository; `Config` if it seals to a
-    /// recipient without a signer.
-    pub fn seal_options(&self) -> Result<SealOptions> {
-        let repository = self.repository.ok_or_else(|| {
-            Error::new(
-                ErrorKind::Internal,
-                "sealing before the repository was opened",
-            )
-        })?;
-        if matches!(self.active(), Sealer::Recipient(_)) && self.signer.is_none() {
-            return Err(crate::seal::SealError::NeedSigner.into_error("sealing to the recipient"));
-        }
-        Ok(SealOptions {
-            repository,
-            signer: self.signer.clone(),
-            ..SealOptions::default()
-        })
-    }
-
-    /// Seals a small object of this repository with [`Keyring::seal_options`].
-    ///
-    /// # Errors
-    /// As [`Keyring::seal_options`] and sealing.
-    pub fn seal_to_vec(&self, name: &str, data: &[u8]) -> Result<Vec<u8>> {
-        crate::seal::seal_to_vec(self.active(), name, data, &self.seal_options()?)
-            .map_err(|e| e.into_error(name))
+    /// The signer, shared (for [`crate::seal::SealOptions`]).
+    pub(crate) fn signer_arc(&self) -> Option<Arc<Signer>> {
+        self.signer.clone()
     }
 
     /// Loads every key file in order; the first is active.
@@ -516,39 +290,6 @@ impl Keyring {
                 .map(|p| load_key_file(p))
                 .collect::<Result<Vec<_>>>()?,
         )
-    }
-
-    /// The keyring the configuration names: `--key-file`/`WALSEAL_KEY_FILE` (or `key_file`),
-    /// then every `[[keys]]` entry, in order; identities from `WALSEAL_IDENTITY_FILE` (or
-    /// `identity_file`); the recipient from `WALSEAL_RECIPIENT` (or `recipient`).
-    ///
-    /// # Errors
-    /// As the key sources; `Config` if no key is configured.
-    pub fn from_config(cfg: &crate::config::Config) -> Result<Self> {
-        let mut keys = Vec::new();
-        for p in &cfg.key_files {
-            keys.push(load_key_file(p)?);
-        }
-        for spec in &cfg.keys {
-            keys.push(crate::keysource::load(spec)?);
-        }
-        let mut identities = Vec::new();
-        for p in &cfg.identity_files {
-            identities.push(crate::recipient::load_identity_file(p)?);
-        }
-        let recipient = cfg.recipient.as_deref().map(Recipient::parse).transpose()?;
-        let mut trusted = Vec::new();
-        for list in &cfg.trusted_signers {
-            trusted.extend(SignerPublic::parse_list(list)?);
-        }
-        let mut keyring = Self::with(keys, identities, recipient)?
-            .trust(trusted)
-            .allowing_legacy(cfg.allow_legacy);
-        if let Some(path) = &cfg.signer_file {
-            keyring = keyring.with_signer(crate::signer::load_signer_file(path)?);
-        }
-        crate::audit::remember(&keyring);
-        Ok(keyring)
     }
 
     /// What new objects are sealed to.
@@ -643,41 +384,10 @@ pub fn no_key_error() -> Error {
         .hint("create one with `walseal keygen -o FILE` and set WALSEAL_KEY_FILE=FILE (or key_file in the config); a push-only host sets WALSEAL_RECIPIENT instead")
 }
 
-/// Lower-case hex of `bytes`.
-pub fn hex_encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
-/// Decodes hex (either case) into `out`, which must match its length exactly.
-pub fn hex_decode_into(hex: &str, out: &mut [u8]) -> Option<()> {
-    let hex = hex.as_bytes();
-    if hex.len() != out.len() * 2 {
-        return None;
-    }
-    fn nibble(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    }
-    for (i, pair) in hex.chunks_exact(2).enumerate() {
-        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
-    }
-    Some(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     #[test]
     fn keygen_then_load_round_trips_and_refuses_overwrite() {

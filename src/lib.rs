@@ -23,6 +23,7 @@ pub mod repository;
 pub mod restore;
 pub mod retain;
 pub mod seal;
+pub mod secret;
 pub mod signer;
 pub mod status;
 pub mod storage;

@@ -16,7 +16,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{decode_public_text, hex_encode, KeyId, KEY_ID_LEN};
+use crate::secret::{decode_public_text, hex_encode, KeyId, KEY_ID_LEN};
 
 const RECIPIENT_ID_LABEL: &[u8] = b"walseal/v1 recipient id";
 const DIGEST_LABEL: &[u8] = b"walseal/v1 content digest";
@@ -182,7 +182,7 @@ impl Identity {
     }
 
     pub(crate) fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
-        let parsed = crate::keys::parse_secret_text(
+        let parsed = crate::secret::parse_secret_text(
             text,
             FILE_TAG,
             "recipient",
@@ -203,7 +203,7 @@ impl Identity {
 /// `Conflict` if the file exists; `LocalIo` if it cannot be written.
 pub fn keygen(path: &Path) -> Result<Recipient> {
     let identity = Identity::generate()?;
-    crate::keys::write_secret_file(path, &identity.to_file_text(), "identity")?;
+    crate::secret::write_secret_file(path, &identity.to_file_text(), "identity")?;
     Ok(identity.recipient)
 }
 
@@ -212,7 +212,7 @@ pub fn keygen(path: &Path) -> Result<Recipient> {
 /// # Errors
 /// `Config` for a missing, unreadable, too-open or malformed file.
 pub fn load_identity_file(path: &Path) -> Result<Identity> {
-    crate::keys::load_secret_file(
+    crate::secret::load_secret_file(
         path,
         "identity",
         "set WALSEAL_IDENTITY_FILE (or identity_file in the config) to a file made by `walseal keygen --recipient`",

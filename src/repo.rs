@@ -139,6 +139,48 @@ impl Repository {
     }
 }
 
+/// Loading keys from the configuration lives here, above `keys`: key sources (files,
+/// environment, commands, passphrases), identities, signers and the audit log's MAC key are
+/// all the repository layer's business, and `keys` imports none of them.
+impl Keyring {
+    /// The keyring the configuration names: `--key-file`/`WALSEAL_KEY_FILE` (or `key_file`),
+    /// then every `[[keys]]` entry, in order; identities from `WALSEAL_IDENTITY_FILE` (or
+    /// `identity_file`); the recipient from `WALSEAL_RECIPIENT` (or `recipient`).
+    ///
+    /// # Errors
+    /// As the key sources; `Config` if no key is configured.
+    pub fn from_config(cfg: &Config) -> Result<Self> {
+        let mut keys = Vec::new();
+        for p in &cfg.key_files {
+            keys.push(crate::keys::load_key_file(p)?);
+        }
+        for spec in &cfg.keys {
+            keys.push(crate::keysource::load(spec)?);
+        }
+        let mut identities = Vec::new();
+        for p in &cfg.identity_files {
+            identities.push(crate::recipient::load_identity_file(p)?);
+        }
+        let recipient = cfg
+            .recipient
+            .as_deref()
+            .map(crate::recipient::Recipient::parse)
+            .transpose()?;
+        let mut trusted = Vec::new();
+        for list in &cfg.trusted_signers {
+            trusted.extend(crate::signer::SignerPublic::parse_list(list)?);
+        }
+        let mut keyring = Keyring::with(keys, identities, recipient)?
+            .trust(trusted)
+            .allowing_legacy(cfg.allow_legacy);
+        if let Some(path) = &cfg.signer_file {
+            keyring = keyring.with_signer(crate::signer::load_signer_file(path)?);
+        }
+        crate::audit::remember(&keyring);
+        Ok(keyring)
+    }
+}
+
 /// A missing local repository directory is "no repository", with the same fix.
 fn no_location(e: Error) -> Error {
     if e.kind() == ErrorKind::Config && e.message().contains("repository directory") {

@@ -19,7 +19,7 @@ use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use zeroize::Zeroizing;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{decode_public_text, hex_encode, KeyId, KEY_ID_LEN};
+use crate::secret::{decode_public_text, hex_encode, KeyId, KEY_ID_LEN};
 
 const SIGNER_ID_LABEL: &[u8] = b"walseal/v2 signer id";
 const PREFIX: &str = "wss1";
@@ -178,7 +178,7 @@ impl Signer {
     }
 
     pub(crate) fn from_file_text(text: &str) -> std::result::Result<Self, &'static str> {
-        let parsed = crate::keys::parse_secret_text(
+        let parsed = crate::secret::parse_secret_text(
             text,
             FILE_TAG,
             "signer",
@@ -199,7 +199,7 @@ impl Signer {
 /// `Conflict` if the file exists; `LocalIo` if it cannot be written.
 pub fn keygen(path: &Path) -> Result<SignerPublic> {
     let signer = Signer::generate()?;
-    crate::keys::write_secret_file(path, &signer.to_file_text(), "signer")?;
+    crate::secret::write_secret_file(path, &signer.to_file_text(), "signer")?;
     Ok(signer.public)
 }
 
@@ -208,7 +208,7 @@ pub fn keygen(path: &Path) -> Result<SignerPublic> {
 /// # Errors
 /// `Config` for a missing, unreadable, too-open or malformed file.
 pub fn load_signer_file(path: &Path) -> Result<Signer> {
-    crate::keys::load_secret_file(
+    crate::secret::load_secret_file(
         path,
         "signer",
         "set WALSEAL_SIGNER_FILE (or signer_file in the config) to a file made by `walseal keygen --signer`",

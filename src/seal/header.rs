@@ -77,7 +77,7 @@ pub struct Slot {
 
 /// A repository id: 16 random bytes made by `walseal init`, carried by every version-2 object
 /// (all zero for objects outside a repository, such as key exports).
-pub type RepositoryId = [u8; REPOSITORY_ID_LEN];
+pub use crate::keys::RepositoryId;
 
 /// A parsed header. `raw` is the exact header bytes up to (not including) the MAC.
 #[derive(Debug, Clone)]

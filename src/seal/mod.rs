@@ -291,6 +291,42 @@ pub fn rewrap(
     Ok(Some(out))
 }
 
+/// Sealing with a keyring's repository binding and signer. (Here, not in `keys`: the format
+/// builds on keys, not the other way round.)
+impl crate::keys::Keyring {
+    /// How new objects of this repository are sealed: its id, and the signer when sealing
+    /// to a recipient.
+    ///
+    /// # Errors
+    /// `Internal` if the keyring is not bound to a repository; `Config` if it seals to a
+    /// recipient without a signer.
+    pub fn seal_options(&self) -> crate::error::Result<SealOptions> {
+        let repository = self.repository().ok_or_else(|| {
+            crate::error::Error::new(
+                crate::error::ErrorKind::Internal,
+                "sealing before the repository was opened",
+            )
+        })?;
+        if matches!(self.active(), crate::keys::Sealer::Recipient(_)) && self.signer().is_none() {
+            return Err(SealError::NeedSigner.into_error("sealing to the recipient"));
+        }
+        Ok(SealOptions {
+            repository,
+            signer: self.signer_arc(),
+            ..SealOptions::default()
+        })
+    }
+
+    /// Seals a small object of this repository with [`Keyring::seal_options`].
+    ///
+    /// # Errors
+    /// As [`Keyring::seal_options`] and sealing.
+    pub fn seal_to_vec(&self, name: &str, data: &[u8]) -> crate::error::Result<Vec<u8>> {
+        seal_to_vec(self.active(), name, data, &self.seal_options()?)
+            .map_err(|e| e.into_error(name))
+    }
+}
+
 impl SealError {
     /// Converts to the crate error for the object `object`, choosing kind and fix.
     pub fn into_error(self, object: &str) -> crate::error::Error {
