@@ -19,7 +19,7 @@ use crate::keys::Keyring;
 use crate::repository;
 use crate::seal::{self, seal_error_from_io, SealError};
 use crate::storage::{ObjectInfo, Storage};
-use crate::wal::{parse_history, segment_name, HistoryEntry, Lsn, WalFile, WalKind};
+use crate::wal::{parse_history, segment_name, HistoryEntry, Lsn, SegmentSize, WalFile, WalKind};
 
 /// Key of the sealed result of the last verify run (read by `status`).
 pub const LAST_VERIFY_KEY: &str = "status/verify.json";
@@ -111,7 +111,11 @@ pub async fn verify(
             ));
         }
     }
-    let seg_size = identity.as_ref().map_or(16 << 20, |i| i.wal_segment_size);
+    let seg_size = match &identity {
+        Some(i) => SegmentSize::new(i.wal_segment_size)
+            .map_err(|e| Error::new(ErrorKind::Integrity, e.to_string()))?,
+        None => SegmentSize::DEFAULT,
+    };
     let listing = catalog::list(storage, &keyring).await?;
     let mut report = Report {
         ok: true,
@@ -311,15 +315,16 @@ fn continuity(
     objects: &[ObjectInfo],
     backups: &[BackupRecord],
     histories: &BTreeMap<u32, Vec<HistoryEntry>>,
-    seg_size: u64,
+    size: SegmentSize,
     report: &mut Report,
 ) {
+    let seg_size = size.bytes();
     let mut segs: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
     let mut modified: HashMap<(u32, u64), f64> = HashMap::new();
     for o in objects {
         if let Some(w) = o.key.rsplit('/').next().and_then(WalFile::parse) {
             if w.kind == WalKind::Segment {
-                if let Some(n) = w.segment_number(seg_size) {
+                if let Some(n) = w.segment_in(size) {
                     segs.entry(w.timeline).or_default().insert(n);
                     modified.insert((w.timeline, n), o.modified);
                 }
@@ -389,7 +394,7 @@ fn continuity(
             if !have.is_some_and(|s| s.contains(&n)) {
                 report.missing_count += 1;
                 if report.missing_segments.len() < 1000 {
-                    report.missing_segments.push(segment_name(tl, n, seg_size));
+                    report.missing_segments.push(segment_name(tl, n, size));
                 }
             }
         }
@@ -407,7 +412,7 @@ fn continuity(
             backup: b.id.clone(),
             restorable: reached.is_some_and(|r| r >= stop),
             earliest: b.stop_time.clone(),
-            latest_segment: reached.map(|r| segment_name(b.timeline, r, seg_size)),
+            latest_segment: reached.map(|r| segment_name(b.timeline, r, size)),
             latest: reached
                 .and_then(|r| modified.get(&(b.timeline, r)))
                 .map(|t| crate::time::format_pg(*t)),

@@ -94,7 +94,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         &Identity {
             format_version: u32::from(seal::VERSION),
             system_identifier: ident.system_identifier.clone(),
-            wal_segment_size: seg_size,
+            wal_segment_size: seg_size.bytes(),
             pg_version: major,
         },
     )
@@ -196,7 +196,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         start_time: crate::time::format_pg(start_unix),
         stop_time: crate::time::format_pg(stop_unix),
         stop_unix,
-        wal_segment_size: seg_size,
+        wal_segment_size: seg_size.bytes(),
         size: archives.iter().map(|a| a.size).sum(),
         stored: archives
             .iter()

@@ -8,7 +8,7 @@ use postgres_protocol::message::backend::Message;
 
 use super::conn::{Conn, Row};
 use crate::error::{Error, ErrorKind, Result};
-use crate::wal::Lsn;
+use crate::wal::{Lsn, SegmentSize};
 
 fn bad(what: &str) -> Error {
     Error::new(
@@ -58,18 +58,19 @@ pub async fn identify_system(conn: &mut Conn) -> Result<SystemId> {
     })
 }
 
-/// `SHOW wal_segment_size` in bytes ("16MB" → 16777216).
+/// `SHOW wal_segment_size` ("16MB" → 16 MiB), checked to be a size PostgreSQL allows.
 ///
 /// # Errors
-/// `Database` for errors or an unknown unit.
-pub async fn wal_segment_size(conn: &mut Conn) -> Result<u64> {
+/// `Database` for errors, an unknown unit or an impossible size.
+pub async fn wal_segment_size(conn: &mut Conn) -> Result<SegmentSize> {
     let rows = conn.query("SHOW wal_segment_size").await?;
     let text = rows
         .first()
         .map(|r| cell(r, 0, "SHOW wal_segment_size"))
         .transpose()?
         .unwrap_or_default();
-    parse_guc_size(text).ok_or_else(|| bad("SHOW wal_segment_size"))
+    let bytes = parse_guc_size(text).ok_or_else(|| bad("SHOW wal_segment_size"))?;
+    SegmentSize::new(bytes).map_err(|e| bad(&format!("SHOW wal_segment_size: {e}")))
 }
 
 /// Parses a size GUC as shown by SHOW (`16MB`, `1GB`, `8192kB`).
