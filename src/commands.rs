@@ -281,13 +281,19 @@ fn print_verify(r: &crate::verify::Report) {
             w.latest_segment.as_deref().unwrap_or("none")
         );
     }
-    for s in &r.missing_segments {
-        println!("MISSING   {s}");
+    let mut listed = 0u64;
+    for g in &r.missing_ranges {
+        listed += g.count;
+        if g.count == 1 {
+            println!("MISSING   {}", g.first);
+        } else {
+            println!("MISSING   segments {} to {} ({})", g.first, g.last, g.count);
+        }
     }
-    if r.missing_count as usize > r.missing_segments.len() {
+    if r.missing_count > listed {
         println!(
-            "MISSING   ... {} more",
-            r.missing_count as usize - r.missing_segments.len()
+            "MISSING   ... {} more segments in further ranges",
+            r.missing_count - listed
         );
     }
     for p in &r.failed_objects {
