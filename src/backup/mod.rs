@@ -139,7 +139,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     .await?;
     let start = protocol::read_position(&mut conn).await?;
     let tablespaces = protocol::read_tablespaces(&mut conn).await?;
-    let total_hint: u64 = tablespaces.iter().filter_map(|t| t.size_kb).sum::<u64>() * 1024;
+    let total_hint = total_hint(&tablespaces);
     protocol::expect_copy_out(&mut conn).await?;
 
     let (feed_tx, feed_rx) = mpsc::channel::<Feed>(64);
@@ -245,6 +245,15 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         started.elapsed().as_secs_f64()
     );
     Ok(record)
+}
+
+/// The backup's size as the server estimates it (for the progress bar), in bytes.
+fn total_hint(tablespaces: &[protocol::Tablespace]) -> u64 {
+    tablespaces
+        .iter()
+        .filter_map(|t| t.size_kb)
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(1024)
 }
 
 /// Reads the COPY stream and feeds the sealing thread until CopyDone.
@@ -540,4 +549,20 @@ pub fn parse_size(s: &str) -> Result<u64> {
         }
     };
     Ok(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_s_size_estimate_does_not_overflow() {
+        let ts = |kb: u64| protocol::Tablespace {
+            oid: None,
+            location: None,
+            size_kb: Some(kb),
+        };
+        assert_eq!(total_hint(&[ts(u64::MAX / 2), ts(u64::MAX / 2)]), u64::MAX);
+        assert_eq!(total_hint(&[ts(1), ts(2)]), 3072);
+    }
 }
