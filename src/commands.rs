@@ -23,13 +23,6 @@ fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
 
 /// `walseal backup`.
 pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
-    let part_size = backup::parse_size(&args.part_size)?;
-    if part_size < 1 << 20 {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            "--part-size must be at least 1MiB",
-        ));
-    }
     let progress = match args.progress.as_str() {
         "always" => true,
         "never" => false,
@@ -38,7 +31,7 @@ pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
     let opts = BackupOptions {
         conninfo: args.pg.clone(),
         fast: args.fast,
-        part_size,
+        part_size: args.part_size,
         wal_timeout: Duration::from_secs(args.wal_timeout),
         progress,
     };

@@ -522,7 +522,8 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// Parses `64MiB`, `64M`, `1GiB`, `1048576`.
+/// Parses `64MiB`, `64M`, `1GiB`, `1048576` (without overflowing: a size beyond `u64` is an
+/// error).
 ///
 /// # Errors
 /// `Usage` for anything else.
@@ -548,7 +549,8 @@ pub fn parse_size(s: &str) -> Result<u64> {
             ))
         }
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| Error::new(ErrorKind::Usage, format!("size {s:?} is too large")))
 }
 
 #[cfg(test)]
@@ -564,5 +566,13 @@ mod tests {
         };
         assert_eq!(total_hint(&[ts(u64::MAX / 2), ts(u64::MAX / 2)]), u64::MAX);
         assert_eq!(total_hint(&[ts(1), ts(2)]), 3072);
+    }
+
+    #[test]
+    fn part_sizes_do_not_overflow() {
+        assert!(parse_size("17179869184GiB").is_err());
+        assert!(parse_size("18446744073709551615k").is_err());
+        assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
     }
 }
