@@ -369,15 +369,16 @@ mod tests {
 pub struct Lsn(pub u64);
 
 impl Lsn {
-    /// Parses `hi/lo` in hex.
+    /// Parses `hi/lo`: one to eight hex digits each (no sign, no spaces inside).
     pub fn parse(s: &str) -> Option<Lsn> {
         let (hi, lo) = s.trim().split_once('/')?;
-        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
-            return None;
-        }
-        Some(Lsn(
-            (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?
-        ))
+        let hex = |p: &str| -> Option<u64> {
+            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            u64::from_str_radix(p, 16).ok()
+        };
+        Some(Lsn((hex(hi)? << 32) | hex(lo)?))
     }
 
     /// The name of the segment that holds the byte just before this location (the segment a
@@ -440,6 +441,28 @@ mod lsn_tests {
             "000000020000000000000002"
         );
         assert!(Lsn::parse("zz").is_none());
+    }
+
+    #[test]
+    fn lsn_parse_is_strict_and_never_panics() {
+        for bad in [
+            "+1/1",
+            "1/+1",
+            "-1/1",
+            "1/ 1",
+            "1//1",
+            "é/1",
+            "1/é",
+            "1é/1",
+            "123456789/1",
+            "/",
+            "1/",
+            "0x1/1",
+        ] {
+            assert!(Lsn::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(Lsn::parse("FFFFFFFF/FFFFFFFF"), Some(Lsn(u64::MAX)));
+        assert_eq!(Lsn::parse(" 0/1 \n"), Some(Lsn(1)));
     }
 }
 
