@@ -78,7 +78,8 @@ pub struct BackupRecord {
     pub stop_time: String,
     /// Stop time as Unix seconds (for comparisons).
     pub stop_unix: f64,
-    /// WAL segment size.
+    /// WAL segment size (refused at decode unless PostgreSQL allows it).
+    #[serde(deserialize_with = "crate::wal::deserialize_segment_size")]
     pub wal_segment_size: u64,
     /// Total bytes before compression and encryption.
     pub size: u64,
@@ -109,12 +110,25 @@ pub async fn load_record(storage: &Storage, keyring: &Keyring, id: &str) -> Resu
             .hint("run `walseal list` to see the complete backups"));
     };
     let plain = seal::open_to_vec(keyring, &key, &sealed).map_err(|e| e.into_error(&key))?;
-    serde_json::from_slice(&plain).map_err(|e| {
+    decode_record(&key, &plain)
+}
+
+/// Decodes and checks a backup record's plaintext (`key` names it in errors).
+///
+/// # Errors
+/// `Integrity` if it is not a backup record walseal could have written.
+pub fn decode_record(key: &str, bytes: &[u8]) -> Result<BackupRecord> {
+    let bad = |why: String| {
         Error::new(
             ErrorKind::Integrity,
-            format!("{key}: unreadable backup record: {e}"),
+            format!("{key}: unreadable backup record: {why}"),
         )
-    })
+    };
+    let record: BackupRecord = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    if record.timeline == 0 || record.stop_timeline == 0 {
+        return Err(bad("timeline 0 does not exist".into()));
+    }
+    Ok(record)
 }
 
 /// What the repository holds.
@@ -207,4 +221,27 @@ pub async fn list(storage: &Storage, keyring: &Keyring) -> Result<Listing> {
         wal,
         newest_segment,
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A record as `walseal backup` writes it, with `wal_segment_size` and `timeline` given.
+    pub(crate) fn record_json(size: u64, timeline: u32) -> String {
+        format!(
+            r#"{{"format_version":1,"id":"20261128T081500Z","label":"walseal 20261128T081500Z","system_identifier":"7301234567890123456","pg_version":"17.2","timeline":{timeline},"start_lsn":"0/2000028","stop_lsn":"0/2000138","stop_timeline":{timeline},"start_time":"2026-11-28 08:15:00.000000+00","stop_time":"2026-11-28 08:15:02.000000+00","stop_unix":1795853702.0,"wal_segment_size":{size},"size":1000,"stored":900,"archives":[{{"name":"base.tar","tablespace_oid":null,"location":"","size":1000,"parts":[{{"key":"backups/20261128T081500Z/base.tar.00000","size":1000,"stored":900,"sha256":"00"}}]}}]}}"#
+        )
+    }
+
+    #[test]
+    fn records_with_impossible_values_are_refused_at_decode() {
+        let key = record_key("20261128T081500Z");
+        for (size, tl) in [(0u64, 1u32), (3 << 20, 1), (2 << 30, 1), (16 << 20, 0)] {
+            let e = decode_record(&key, record_json(size, tl).as_bytes()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Integrity, "{size} {tl}");
+        }
+        let r = decode_record(&key, record_json(16 << 20, 1).as_bytes()).unwrap();
+        assert_eq!((r.wal_segment_size, r.timeline), (16 << 20, 1));
+    }
 }

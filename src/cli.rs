@@ -288,9 +288,10 @@ pub struct BackupArgs {
     /// Request an immediate checkpoint instead of a spread one (PostgreSQL's default).
     #[arg(long)]
     pub fast: bool,
-    /// Plaintext bytes per sealed part (KiB, MiB, GiB). Memory use is about three parts.
-    #[arg(long, default_value = "32MiB", value_name = "SIZE")]
-    pub part_size: String,
+    /// Plaintext bytes per sealed part (KiB, MiB, GiB), 1MiB to 1GiB. Memory use is about
+    /// three parts.
+    #[arg(long, default_value = "32MiB", value_name = "SIZE", value_parser = part_size)]
+    pub part_size: u64,
     /// Seconds to wait for the WAL the backup needs to reach the archive.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub wal_timeout: u64,
@@ -384,6 +385,22 @@ pub enum AuditAction {
     Seal,
 }
 
+/// The smallest `--part-size`.
+pub const MIN_PART_SIZE: u64 = 1 << 20;
+/// The largest `--part-size` (a backup holds about three parts in memory).
+pub const MAX_PART_SIZE: u64 = 1 << 30;
+
+/// Parses and bounds `--part-size`.
+fn part_size(s: &str) -> Result<u64, String> {
+    let n = crate::backup::parse_size(s)
+        .map_err(|e| format!("{}; a part size is 1MiB to 1GiB", e.message()))?;
+    if (MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) {
+        Ok(n)
+    } else {
+        Err("a part size is 1MiB to 1GiB".into())
+    }
+}
+
 impl Command {
     /// The subcommand's name as typed.
     pub fn name(&self) -> &'static str {
@@ -402,6 +419,29 @@ impl Command {
             Command::Audit { .. } => "audit",
             Command::Key { .. } => "key",
             Command::Status { .. } => "status",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_sizes_outside_1mib_to_1gib_are_usage_errors() {
+        for bad in ["2GiB", "512KiB", "17179869184GiB", "0", "x"] {
+            let e = Cli::try_parse_from(["walseal", "backup", "--part-size", bad]).unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(e.to_string().contains("--part-size"), "{e}");
+        }
+        for (good, bytes) in [("1MiB", 1 << 20), ("32MiB", 32 << 20), ("1GiB", 1 << 30)] {
+            match Cli::try_parse_from(["walseal", "backup", "--part-size", good]) {
+                Ok(Cli {
+                    command: Command::Backup(b),
+                    ..
+                }) => assert_eq!(b.part_size, bytes),
+                _ => panic!("{good} refused"),
+            }
         }
     }
 }

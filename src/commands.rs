@@ -47,13 +47,6 @@ fn json_out<T: serde::Serialize>(v: &T) -> Result<()> {
 
 /// `walseal backup`.
 pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
-    let part_size = backup::parse_size(&args.part_size)?;
-    if part_size < 1 << 20 {
-        return Err(Error::new(
-            ErrorKind::Usage,
-            "--part-size must be at least 1MiB",
-        ));
-    }
     let progress = match args.progress.as_str() {
         "always" => true,
         "never" => false,
@@ -62,7 +55,7 @@ pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
     let opts = BackupOptions {
         conninfo: args.pg.clone(),
         fast: args.fast,
-        part_size,
+        part_size: args.part_size,
         wal_timeout: Duration::from_secs(args.wal_timeout),
         progress,
     };
@@ -308,13 +301,19 @@ fn print_verify(r: &crate::verify::Report) {
             w.latest_segment.as_deref().unwrap_or("none")
         );
     }
-    for s in &r.missing_segments {
-        println!("MISSING   {s}");
+    let mut listed = 0u64;
+    for g in &r.missing_ranges {
+        listed += g.count;
+        if g.count == 1 {
+            println!("MISSING   {}", g.first);
+        } else {
+            println!("MISSING   segments {} to {} ({})", g.first, g.last, g.count);
+        }
     }
-    if r.missing_count as usize > r.missing_segments.len() {
+    if r.missing_count > listed {
         println!(
-            "MISSING   ... {} more",
-            r.missing_count as usize - r.missing_segments.len()
+            "MISSING   ... {} more segments in further ranges",
+            r.missing_count - listed
         );
     }
     for p in &r.failed_objects {

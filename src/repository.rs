@@ -28,7 +28,8 @@ pub struct Identity {
     pub format_version: u32,
     /// PostgreSQL database system identifier (decimal string: it does not fit a JSON number).
     pub system_identifier: String,
-    /// WAL segment size in bytes.
+    /// WAL segment size in bytes (refused at decode unless PostgreSQL allows it).
+    #[serde(deserialize_with = "crate::wal::deserialize_segment_size")]
     pub wal_segment_size: u64,
     /// PostgreSQL major version, from the WAL page magic, if known.
     pub pg_version: Option<u32>,
@@ -59,7 +60,11 @@ async fn load_sealed(
     parse(IDENTITY_KEY, &plain).map(|id| Ok(Some(id)))
 }
 
-fn parse(key: &str, bytes: &[u8]) -> Result<Identity> {
+/// Decodes an identity record (sealed plaintext or the plain copy; `key` names it in errors).
+///
+/// # Errors
+/// `Integrity` if it is not an identity record walseal could have written.
+pub fn parse(key: &str, bytes: &[u8]) -> Result<Identity> {
     serde_json::from_slice(bytes).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
@@ -194,4 +199,24 @@ pub async fn ensure(
         .hint("use a separate repository for a cluster with another wal_segment_size"));
     }
     Ok(current)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_segment_size_postgres_does_not_allow_is_refused_at_decode() {
+        let record = |size: u64| {
+            format!(
+                r#"{{"format_version":1,"system_identifier":"7","wal_segment_size":{size},"pg_version":17}}"#
+            )
+        };
+        for size in [0u64, 1000, 3 << 20, 2 << 30, u64::MAX] {
+            let e = parse(PLAIN_IDENTITY_KEY, record(size).as_bytes()).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Integrity, "{size}");
+        }
+        let id = parse(PLAIN_IDENTITY_KEY, record(16 << 20).as_bytes()).unwrap();
+        assert_eq!(id.wal_segment_size, 16 << 20);
+    }
 }

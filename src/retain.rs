@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Keyring;
 use crate::repository;
 use crate::storage::Storage;
-use crate::wal::{WalFile, WalKind};
+use crate::wal::{SegmentSize, WalFile, WalKind};
 
 /// Retention policy.
 #[derive(Debug, Clone, Copy, Default)]
@@ -149,15 +149,17 @@ pub async fn retain(
         let seg_size = repository::load(storage, keyring)
             .await?
             .map_or(oldest.wal_segment_size, |i| i.wal_segment_size);
-        let min_seg = oldest.start_lsn.0 / seg_size;
+        let seg_size = SegmentSize::new(seg_size)
+            .map_err(|e| Error::new(ErrorKind::Integrity, e.to_string()))?;
+        let min_seg = seg_size.segment_of(oldest.start_lsn);
         let mut wal: Vec<(u64, String)> = objects
             .iter()
             .filter_map(|o| {
                 let w = o.key.rsplit('/').next().and_then(WalFile::parse)?;
                 let segno = match w.kind {
                     WalKind::History => return None,
-                    WalKind::Segment | WalKind::Partial => w.segment_number(seg_size)?,
-                    WalKind::Backup => WalFile::parse(&w.name[..24])?.segment_number(seg_size)?,
+                    WalKind::Segment | WalKind::Partial => w.segment_in(seg_size)?,
+                    WalKind::Backup => WalFile::parse(w.name.get(..24)?)?.segment_in(seg_size)?,
                 };
                 (segno < min_seg).then(|| (segno, o.key.clone()))
             })

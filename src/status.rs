@@ -8,12 +8,12 @@ use serde::Serialize;
 use crate::backup::conn::Conn;
 use crate::backup::conninfo;
 use crate::catalog;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Keyring;
 use crate::seal;
 use crate::storage::Storage;
 use crate::verify::LAST_VERIFY_KEY;
-use crate::wal::WalFile;
+use crate::wal::{SegmentSize, WalFile};
 
 /// The status snapshot.
 #[derive(Debug, Clone, Serialize)]
@@ -89,7 +89,11 @@ pub async fn status(
         })
         .max_by(|a, b| a.0.cmp(&b.0));
     let identity = crate::repository::load_any(storage, keyring).await?;
-    let seg_size = identity.map_or(16 << 20, |i| i.wal_segment_size);
+    let seg_size = match identity {
+        Some(i) => SegmentSize::new(i.wal_segment_size)
+            .map_err(|e| Error::new(ErrorKind::Integrity, e.to_string()))?,
+        None => SegmentSize::DEFAULT,
+    };
     let mut last_verify_ok = None;
     let mut last_verify_age_seconds = None;
     if push_only {
@@ -127,11 +131,12 @@ pub async fn status(
             let (c, n) = (WalFile::parse(cur), WalFile::parse(new));
             if let (Some(c), Some(n)) = (c, n) {
                 if c.timeline == n.timeline {
-                    archive_lag_segments =
-                        match (c.segment_number(seg_size), n.segment_number(seg_size)) {
-                            (Some(a), Some(b)) => Some((a as i64 - b as i64 - 1).max(0)),
-                            _ => None,
-                        };
+                    archive_lag_segments = match (c.segment_in(seg_size), n.segment_in(seg_size)) {
+                        (Some(a), Some(b)) => {
+                            i64::try_from(a.saturating_sub(b).saturating_sub(1)).ok()
+                        }
+                        _ => None,
+                    };
                 }
             }
         }

@@ -67,11 +67,15 @@ pub fn format_id(t: f64) -> String {
     format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}Z")
 }
 
-/// Parses `YYYY-MM-DD[ T]HH:MM[:SS[.frac]][Z|UTC|GMT|±HH[:MM]]`; no zone means UTC.
+/// Parses `YYYY-MM-DD[ T]HH:MM[:SS[.frac]][Z|UTC|GMT|±HH[:MM]]`; no zone means UTC. Works on
+/// ASCII only (anything else is `None`), so no input can make it slice inside a character.
 pub fn parse(text: &str) -> Option<f64> {
     let s = text.trim();
+    if !s.is_ascii() {
+        return None;
+    }
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { digits(s.get(r)?) };
     if b.len() < 16
         || b[4] != b'-'
         || b[7] != b'-'
@@ -87,36 +91,20 @@ pub fn parse(text: &str) -> Option<f64> {
         num(11..13)?,
         num(14..16)?,
     );
-    let mut rest = &s[16..];
+    let mut rest = s.get(16..)?;
     let mut sec = 0.0;
     if let Some(r) = rest.strip_prefix(':') {
         let end = r
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(r.len());
-        sec = r[..end].parse::<f64>().ok()?;
-        rest = &r[end..];
-    }
-    let rest = rest.trim();
-    let offset = match rest {
-        "" | "Z" | "z" | "UTC" | "GMT" | "+00" | "+00:00" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let digits: String = rest[1..].chars().filter(|c| *c != ':').collect();
-            let (hh, mm) = match digits.len() {
-                2 => (digits.parse::<i64>().ok()?, 0),
-                4 => (
-                    digits[..2].parse::<i64>().ok()?,
-                    digits[2..].parse::<i64>().ok()?,
-                ),
-                _ => return None,
-            };
-            sign * (hh * 3600 + mm * 60)
+        let text = r.get(..end)?;
+        if !text.starts_with(|c: char| c.is_ascii_digit()) {
+            return None;
         }
-    };
+        sec = text.parse::<f64>().ok()?;
+        rest = r.get(end..)?;
+    }
+    let offset = zone_offset(rest.trim())?;
     if !(1..=12).contains(&mo)
         || !(1..=31).contains(&d)
         || h > 23
@@ -126,6 +114,38 @@ pub fn parse(text: &str) -> Option<f64> {
         return None;
     }
     Some((days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 - offset) as f64 + sec)
+}
+
+/// A string of ASCII digits as a number (no sign, no spaces).
+fn digits(s: &str) -> Option<i64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Seconds east of UTC for `Z`, `UTC`, `GMT`, `±HH`, `±HHMM` or `±HH:MM` (up to ±15:59, as
+/// PostgreSQL accepts); empty means UTC.
+fn zone_offset(zone: &str) -> Option<i64> {
+    if matches!(zone, "" | "Z" | "z" | "UTC" | "GMT") {
+        return Some(0);
+    }
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let rest = zone.get(1..)?;
+    let (hh, mm) = match (rest.len(), rest.as_bytes().get(2)) {
+        (2, _) => (digits(rest)?, 0),
+        (4, _) => (digits(rest.get(..2)?)?, digits(rest.get(2..)?)?),
+        (5, Some(b':')) => (digits(rest.get(..2)?)?, digits(rest.get(3..)?)?),
+        _ => return None,
+    };
+    if hh > 15 || mm > 59 {
+        return None;
+    }
+    Some(sign * (hh * 3600 + mm * 60))
 }
 
 #[cfg(test)]
@@ -143,5 +163,31 @@ mod tests {
         assert_eq!(parse("2000-02-29 00:00"), Some(951_782_400.0));
         assert!(parse("yesterday").is_none());
         assert!(parse("2026-13-01 00:00:00").is_none());
+    }
+
+    #[test]
+    fn never_panics_on_multibyte_text_and_refuses_odd_offsets() {
+        assert_eq!(parse("2026-11-28 08:15:00+1é1"), None);
+        assert_eq!(parse("2026-11-28 08:15:00+é1"), None);
+        let good = "2026-11-28 08:15:00.25+01:00";
+        for i in 0..=good.len() {
+            for c in ["é", "€", "𝄞"] {
+                let mut t = good.to_string();
+                t.insert_str(i, c);
+                assert_eq!(parse(&t), None, "{t}");
+            }
+        }
+        for bad in [
+            "2026-11-28 08:15:00+99:00",
+            "2026-11-28 08:15:00+01:75",
+            "2026-11-28 08:15:00+-1:00",
+            "2026-11-28 +8:15:00",
+        ] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            parse("2026-11-28 08:15:00+1400"),
+            parse("2026-11-27 18:15:00")
+        );
     }
 }

@@ -19,7 +19,7 @@ use crate::keys::Keyring;
 use crate::repository;
 use crate::seal::{self, seal_error_from_io, SealError};
 use crate::storage::{ObjectInfo, Storage};
-use crate::wal::{parse_history, segment_name, HistoryEntry, Lsn, WalFile, WalKind};
+use crate::wal::{parse_history, segment_name, HistoryEntry, Lsn, SegmentSize, WalFile, WalKind};
 
 /// Key of the sealed result of the last verify run (read by `status`).
 pub const LAST_VERIFY_KEY: &str = "status/verify.json";
@@ -31,6 +31,19 @@ pub struct Problem {
     pub object: String,
     /// What is wrong.
     pub reason: String,
+}
+
+/// A run of consecutive missing segments on one timeline (or a missing `.history` file).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Gap {
+    /// The timeline.
+    pub timeline: u32,
+    /// The first missing segment (or the `.history` file).
+    pub first: String,
+    /// The last missing segment of the run.
+    pub last: String,
+    /// How many segments are missing in the run.
+    pub count: u64,
 }
 
 /// The recoverable window of one backup.
@@ -65,6 +78,8 @@ pub struct Report {
     pub backups: u64,
     /// Missing WAL segments, by name (at most 1000 listed).
     pub missing_segments: Vec<String>,
+    /// Missing WAL as runs of consecutive segments (at most 1000 listed).
+    pub missing_ranges: Vec<Gap>,
     /// Number of missing segments.
     pub missing_count: u64,
     /// Objects that failed to authenticate or are malformed.
@@ -80,6 +95,29 @@ pub struct Report {
     pub incomplete_backups: Vec<String>,
     /// Per backup: the window it can be restored to.
     pub windows: Vec<Window>,
+}
+
+impl Report {
+    /// A report with nothing found yet.
+    fn empty(repository: &str, authenticated: bool) -> Report {
+        Report {
+            ok: true,
+            repository: repository.to_string(),
+            authenticated,
+            objects: 0,
+            bytes: 0,
+            backups: 0,
+            missing_segments: Vec::new(),
+            missing_ranges: Vec::new(),
+            missing_count: 0,
+            failed_objects: Vec::new(),
+            unknown_key_objects: Vec::new(),
+            backup_problems: Vec::new(),
+            legacy_objects: Vec::new(),
+            incomplete_backups: Vec::new(),
+            windows: Vec::new(),
+        }
+    }
 }
 
 /// Runs verify.
@@ -114,24 +152,17 @@ pub async fn verify(
             ));
         }
     }
-    let seg_size = identity.as_ref().map_or(16 << 20, |i| i.wal_segment_size);
-    let listing = catalog::list(storage, &keyring).await?;
-    let mut report = Report {
-        ok: true,
-        repository: storage.display().to_string(),
-        authenticated: !quick,
-        objects: objects.len() as u64,
-        bytes: objects.iter().map(|o| o.size).sum(),
-        backups: listing.backups.len() as u64,
-        missing_segments: Vec::new(),
-        missing_count: 0,
-        failed_objects: Vec::new(),
-        unknown_key_objects: Vec::new(),
-        backup_problems: Vec::new(),
-        legacy_objects: Vec::new(),
-        incomplete_backups: listing.incomplete.clone(),
-        windows: Vec::new(),
+    let seg_size = match &identity {
+        Some(i) => SegmentSize::new(i.wal_segment_size)
+            .map_err(|e| Error::new(ErrorKind::Integrity, e.to_string()))?,
+        None => SegmentSize::DEFAULT,
     };
+    let listing = catalog::list(storage, &keyring).await?;
+    let mut report = Report::empty(storage.display(), !quick);
+    report.objects = objects.len() as u64;
+    report.bytes = objects.iter().map(|o| o.size).sum();
+    report.backups = listing.backups.len() as u64;
+    report.incomplete_backups.clone_from(&listing.incomplete);
 
     // Authenticate every object (or, with --quick, only the history files we need).
     let by_key: HashMap<&str, &ObjectInfo> = objects.iter().map(|o| (o.key.as_str(), o)).collect();
@@ -322,111 +353,318 @@ async fn open_object(
     .map_err(|e| Error::new(ErrorKind::Internal, format!("verify task failed: {e}")))?
 }
 
-/// Segment numbers per timeline, and WAL continuity checks.
-fn continuity(
-    objects: &[ObjectInfo],
-    backups: &[BackupRecord],
-    histories: &BTreeMap<u32, Vec<HistoryEntry>>,
-    seg_size: u64,
+/// At most this many missing segments (and ranges) are listed by name.
+const MAX_LISTED: usize = 1000;
+
+/// Checks one object key under `wal/` (`<timeline>/<file>`, the prefix removed) against the
+/// names PostgreSQL writes for `size`-byte segments: `Some((timeline, segment number))` for a
+/// full segment, `None` for the other kinds.
+///
+/// # Errors
+/// Why the name is not one walseal stores.
+pub fn listed_wal(key: &str, size: SegmentSize) -> std::result::Result<Option<(u32, u64)>, String> {
+    let (dir, name) = key
+        .split_once('/')
+        .ok_or_else(|| "not under a timeline directory".to_string())?;
+    let w = WalFile::parse(name).ok_or_else(|| "not a WAL file name".to_string())?;
+    if dir != format!("{:08X}", w.timeline) {
+        return Err(format!(
+            "a file of timeline {} stored under wal/{dir}/",
+            w.timeline
+        ));
+    }
+    let segment = match w.kind {
+        WalKind::History => return Ok(None),
+        WalKind::Segment | WalKind::Partial => w.segment_in(size),
+        WalKind::Backup => name
+            .get(..24)
+            .and_then(WalFile::parse)
+            .and_then(|s| s.segment_in(size)),
+    };
+    let n = segment.ok_or_else(|| {
+        format!(
+            "not a segment name a server with {}-byte segments writes",
+            size.bytes()
+        )
+    })?;
+    Ok((w.kind == WalKind::Segment).then_some((w.timeline, n)))
+}
+
+/// The runs of segment numbers in `first..=last` that are not in `present`, as inclusive
+/// ranges. Costs one step per present segment, whatever the distance between them.
+pub fn gaps(present: Option<&BTreeSet<u64>>, first: u64, last: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    if first > last {
+        return out;
+    }
+    let mut next = first;
+    for &n in present.into_iter().flat_map(|s| s.range(first..=last)) {
+        if n > next {
+            out.push((next, n - 1));
+        }
+        match n.checked_add(1) {
+            Some(m) => next = m,
+            None => return out,
+        }
+    }
+    if next <= last {
+        out.push((next, last));
+    }
+    out
+}
+
+/// The last segment of the unbroken run starting at `first`, if `first` is there.
+fn reached(present: Option<&BTreeSet<u64>>, first: u64) -> Option<u64> {
+    let mut last = None;
+    let mut expect = Some(first);
+    for &n in present.into_iter().flat_map(|s| s.range(first..)) {
+        if Some(n) != expect {
+            break;
+        }
+        last = Some(n);
+        expect = n.checked_add(1);
+    }
+    last
+}
+
+type Segments = (BTreeMap<u32, BTreeSet<u64>>, HashMap<(u32, u64), f64>);
+
+/// Segment numbers per timeline and when each was written; names walseal would not have
+/// stored are reported as problems and left out.
+fn archived_segments(objects: &[ObjectInfo], size: SegmentSize, report: &mut Report) -> Segments {
+    let mut segs: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
+    let mut modified = HashMap::new();
+    for o in objects {
+        let Some(rest) = o.key.strip_prefix("wal/") else {
+            continue;
+        };
+        match listed_wal(rest, size) {
+            Ok(Some((tl, n))) => {
+                segs.entry(tl).or_default().insert(n);
+                modified.insert((tl, n), o.modified);
+            }
+            Ok(None) => {}
+            Err(reason) => report.failed_objects.push(Problem {
+                object: o.key.clone(),
+                reason,
+            }),
+        }
+    }
+    (segs, modified)
+}
+
+/// Counts the segments missing from `first..=last` on `tl`, listing the first of them.
+fn report_gaps(
+    tl: u32,
+    present: Option<&BTreeSet<u64>>,
+    (first, last): (u64, u64),
+    size: SegmentSize,
     report: &mut Report,
 ) {
-    let mut segs: BTreeMap<u32, BTreeSet<u64>> = BTreeMap::new();
-    let mut modified: HashMap<(u32, u64), f64> = HashMap::new();
-    for o in objects {
-        if let Some(w) = o.key.rsplit('/').next().and_then(WalFile::parse) {
-            if w.kind == WalKind::Segment {
-                if let Some(n) = w.segment_number(seg_size) {
-                    segs.entry(w.timeline).or_default().insert(n);
-                    modified.insert((w.timeline, n), o.modified);
-                }
+    for (a, b) in gaps(present, first, last) {
+        let count = (b - a).saturating_add(1);
+        report.missing_count = report.missing_count.saturating_add(count);
+        if report.missing_ranges.len() < MAX_LISTED {
+            report.missing_ranges.push(Gap {
+                timeline: tl,
+                first: segment_name(tl, a, size),
+                last: segment_name(tl, b, size),
+                count,
+            });
+        }
+        let room = MAX_LISTED.saturating_sub(report.missing_segments.len()) as u64;
+        if room > 0 {
+            let end = b.min(a.saturating_add(room - 1));
+            for n in a..=end {
+                report.missing_segments.push(segment_name(tl, n, size));
             }
         }
     }
-    let Some(oldest) = backups.first() else {
-        return;
-    };
-    // Where each timeline must start: the oldest backup's start on its own timeline; a child
-    // timeline starts at its switch point. Where each must reach: the newest segment on it, and
-    // at least up to the segment before a child's switch point.
+}
+
+/// Where each timeline must start and reach: the oldest backup's start on its own timeline;
+/// a child timeline starts at its switch point; each reaches its newest segment, and a parent
+/// at least the segment before its child's switch point.
+fn required_ranges(
+    segs: &BTreeMap<u32, BTreeSet<u64>>,
+    oldest: &BackupRecord,
+    histories: &BTreeMap<u32, Vec<HistoryEntry>>,
+    size: SegmentSize,
+    report: &mut Report,
+) -> BTreeMap<u32, (u64, u64)> {
     let mut required: BTreeMap<u32, (u64, u64)> = BTreeMap::new();
-    let start_seg = oldest.start_lsn.0 / seg_size;
+    let start_seg = size.segment_of(oldest.start_lsn);
     let newest_tl = segs
         .keys()
         .copied()
         .max()
         .unwrap_or(oldest.timeline)
         .max(oldest.timeline);
-    for (&tl, set) in &segs {
-        if tl < oldest.timeline {
-            continue;
-        }
+    for (&tl, set) in segs.range(oldest.timeline..) {
         let first = if tl == oldest.timeline {
             start_seg
+        } else if let Some(e) = histories.get(&tl).and_then(|h| h.last()) {
+            size.segment_of(e.switch)
         } else {
-            match histories.get(&tl).and_then(|h| h.last()) {
-                Some(e) => e.switch.0 / seg_size,
-                None => {
-                    report.missing_segments.push(format!("{tl:08X}.history"));
-                    report.missing_count += 1;
-                    *set.iter().next().unwrap_or(&0)
-                }
-            }
+            let name = format!("{tl:08X}.history");
+            report.missing_count = report.missing_count.saturating_add(1);
+            report.missing_segments.push(name.clone());
+            report.missing_ranges.push(Gap {
+                timeline: tl,
+                first: name.clone(),
+                last: name,
+                count: 1,
+            });
+            set.first().copied().unwrap_or(0)
         };
-        let last = set.iter().next_back().copied().unwrap_or(first);
+        let last = set.last().copied().unwrap_or(first);
         required.insert(tl, (first, last));
     }
-    for (&child, entries) in histories {
-        if child > newest_tl {
-            continue;
-        }
-        if let Some(e) = entries.last() {
-            let need = (e.switch.0.saturating_sub(1)) / seg_size;
-            let parent_needs_to = if e.switch.0 % seg_size == 0 {
-                need
+    for (&child, entries) in histories.range(..=newest_tl) {
+        let Some(e) = entries.last() else { continue };
+        let parent_needs_to = if e.switch.0 % size.bytes() == 0 {
+            size.segment_of(Lsn(e.switch.0.saturating_sub(1)))
+        } else {
+            size.segment_of(e.switch).saturating_sub(1)
+        };
+        if e.parent >= oldest.timeline && e.parent != child {
+            let from = if e.parent == oldest.timeline {
+                start_seg
             } else {
-                (e.switch.0 / seg_size).saturating_sub(1)
+                parent_needs_to
             };
-            if e.parent >= oldest.timeline {
-                let entry = required.entry(e.parent).or_insert((
-                    if e.parent == oldest.timeline {
-                        start_seg
-                    } else {
-                        parent_needs_to
-                    },
-                    parent_needs_to,
-                ));
-                entry.1 = entry.1.max(parent_needs_to);
-            }
+            let entry = required.entry(e.parent).or_insert((from, parent_needs_to));
+            entry.1 = entry.1.max(parent_needs_to);
         }
     }
-    for (&tl, &(first, last)) in &required {
-        let have = segs.get(&tl);
-        for n in first..=last {
-            if !have.is_some_and(|s| s.contains(&n)) {
-                report.missing_count += 1;
-                if report.missing_segments.len() < 1000 {
-                    report.missing_segments.push(segment_name(tl, n, seg_size));
-                }
-            }
-        }
+    required
+}
+
+/// WAL continuity per timeline, and each backup's recoverable window.
+fn continuity(
+    objects: &[ObjectInfo],
+    backups: &[BackupRecord],
+    histories: &BTreeMap<u32, Vec<HistoryEntry>>,
+    size: SegmentSize,
+    report: &mut Report,
+) {
+    let (segs, modified) = archived_segments(objects, size, report);
+    let Some(oldest) = backups.first() else {
+        return;
+    };
+    for (tl, range) in required_ranges(&segs, oldest, histories, size, report) {
+        report_gaps(tl, segs.get(&tl), range, size, report);
     }
     for b in backups {
         let set = segs.get(&b.timeline);
-        let first = b.start_lsn.0 / seg_size;
-        let stop = Lsn(b.stop_lsn.0).0.saturating_sub(1) / seg_size;
-        let mut n = first;
-        while set.is_some_and(|s| s.contains(&n)) {
-            n += 1;
-        }
-        let reached = (n > first).then(|| n - 1);
+        let first = size.segment_of(b.start_lsn);
+        let stop = size.segment_of(Lsn(b.stop_lsn.0.saturating_sub(1)));
+        let reached = reached(set, first);
         report.windows.push(Window {
             backup: b.id.clone(),
             restorable: reached.is_some_and(|r| r >= stop),
             earliest: b.stop_time.clone(),
-            latest_segment: reached.map(|r| segment_name(b.timeline, r, seg_size)),
+            latest_segment: reached.map(|r| segment_name(b.timeline, r, size)),
             latest: reached
                 .and_then(|r| modified.get(&(b.timeline, r)))
                 .map(|t| crate::time::format_pg(*t)),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(key: &str) -> ObjectInfo {
+        ObjectInfo {
+            key: key.into(),
+            size: 0,
+            modified: 0.0,
+        }
+    }
+
+    #[test]
+    fn gaps_are_ranges() {
+        let set: BTreeSet<u64> = [2, 3, 7, 9].into();
+        assert_eq!(
+            gaps(Some(&set), 0, 10),
+            vec![(0, 1), (4, 6), (8, 8), (10, 10)]
+        );
+        assert_eq!(gaps(Some(&set), 2, 3), vec![]);
+        assert_eq!(gaps(Some(&set), 5, 4), vec![]);
+        assert_eq!(gaps(None, 0, u64::MAX), vec![(0, u64::MAX)]);
+        let top: BTreeSet<u64> = [u64::MAX].into();
+        assert_eq!(
+            gaps(Some(&top), u64::MAX - 2, u64::MAX),
+            vec![(u64::MAX - 2, u64::MAX - 1)]
+        );
+        assert_eq!(reached(Some(&set), 2), Some(3));
+        assert_eq!(reached(Some(&set), 4), None);
+        assert_eq!(reached(Some(&top), u64::MAX), Some(u64::MAX));
+    }
+
+    #[test]
+    fn far_and_bogus_segment_names_are_counted_not_walked() {
+        let record: BackupRecord =
+            serde_json::from_str(&crate::catalog::tests::record_json(16 << 20, 1)).unwrap();
+        let bogus = [
+            // Not names a 16 MiB server writes (low part above 0xFF).
+            "wal/0000FFFF/0000FFFF0000FFFF0000FFFF",
+            "wal/00000001/00000001FFFFFFFFFFFFFFFF",
+            // Under another timeline's directory.
+            "wal/00000002/000000010000000000000003",
+            "wal/00000001/not-a-wal-file",
+        ];
+        let mut objects = vec![
+            obj("wal/00000001/000000010000000000000002"),
+            obj("wal/00000001/000000010000000000000004"),
+            // The very last segment of the 64-bit WAL space.
+            obj("wal/00000001/00000001FFFFFFFF000000FF"),
+        ];
+        objects.extend(bogus.iter().map(|k| obj(k)));
+        let mut report = Report::empty("test", true);
+        let started = std::time::Instant::now();
+        continuity(
+            &objects,
+            &[record],
+            &BTreeMap::new(),
+            SegmentSize::DEFAULT,
+            &mut report,
+        );
+        assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+        let last = 0xFFFF_FFFFu64 * 256 + 0xFF;
+        // 3 is missing, and everything from 5 to the one before the last.
+        assert_eq!(report.missing_count, 1 + (last - 5));
+        assert_eq!(report.missing_segments.len(), 1000);
+        assert_eq!(report.missing_segments[0], "000000010000000000000003");
+        assert_eq!(report.missing_segments[1], "000000010000000000000005");
+        for b in bogus {
+            assert!(
+                report.failed_objects.iter().any(|p| p.object == b),
+                "{b} not reported: {:?}",
+                report.failed_objects
+            );
+        }
+        assert_eq!(
+            report.windows[0].latest_segment.as_deref(),
+            Some("000000010000000000000002")
+        );
+        let ranges: Vec<(&str, &str, u64)> = report
+            .missing_ranges
+            .iter()
+            .map(|g| (g.first.as_str(), g.last.as_str(), g.count))
+            .collect();
+        assert_eq!(
+            ranges,
+            vec![
+                ("000000010000000000000003", "000000010000000000000003", 1),
+                (
+                    "000000010000000000000005",
+                    "00000001FFFFFFFF000000FE",
+                    last - 5
+                ),
+            ]
+        );
     }
 }

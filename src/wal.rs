@@ -74,16 +74,90 @@ impl WalFile {
         format!("wal/{:08X}/{}", self.timeline, self.name)
     }
 
-    /// Segment number within the timeline (`log * segments_per_log + seg`) for segment kinds.
+    /// Segment number within the timeline (`log * segments_per_log + seg`) for segment kinds;
+    /// `None` for other kinds, for a size PostgreSQL does not allow, and for a name no server
+    /// of that segment size writes (the low part must be below the segments per 4 GiB).
     pub fn segment_number(&self, segment_size: u64) -> Option<u64> {
+        self.segment_in(SegmentSize::new(segment_size).ok()?)
+    }
+
+    /// [`WalFile::segment_number`] for a validated segment size.
+    pub fn segment_in(&self, size: SegmentSize) -> Option<u64> {
         if !matches!(self.kind, WalKind::Segment | WalKind::Partial) {
             return None;
         }
-        let log = u64::from_str_radix(&self.name[8..16], 16).ok()?;
-        let seg = u64::from_str_radix(&self.name[16..24], 16).ok()?;
-        let per_log = 0x1_0000_0000u64 / segment_size;
-        Some(log * per_log + seg)
+        let log = u64::from_str_radix(self.name.get(8..16)?, 16).ok()?;
+        let seg = u64::from_str_radix(self.name.get(16..24)?, 16).ok()?;
+        if seg >= size.per_log() {
+            return None;
+        }
+        log.checked_mul(size.per_log())?.checked_add(seg)
     }
+}
+
+/// A WAL segment size PostgreSQL allows: a power of two from 1 MiB to 1 GiB. Every size read
+/// from the repository or the server becomes one before any arithmetic uses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SegmentSize(u64);
+
+/// A segment size outside PostgreSQL's range (the value it had).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentSizeError(pub u64);
+
+impl fmt::Display for SegmentSizeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "WAL segment size {} is not a power of two between 1 MiB and 1 GiB",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SegmentSizeError {}
+
+impl SegmentSize {
+    /// PostgreSQL's default, 16 MiB.
+    pub const DEFAULT: SegmentSize = SegmentSize(16 << 20);
+
+    /// Validates a size in bytes.
+    ///
+    /// # Errors
+    /// [`SegmentSizeError`] unless `bytes` is a power of two in 1 MiB..=1 GiB.
+    pub fn new(bytes: u64) -> Result<Self, SegmentSizeError> {
+        if bytes.is_power_of_two() && (1 << 20..=1 << 30).contains(&bytes) {
+            Ok(SegmentSize(bytes))
+        } else {
+            Err(SegmentSizeError(bytes))
+        }
+    }
+
+    /// The size in bytes.
+    pub fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// Segments per 4 GiB of WAL (the `XXXXXXXX` "log" part of a name): 4 to 4096.
+    pub fn per_log(self) -> u64 {
+        (1u64 << 32) / self.0
+    }
+
+    /// The number of the segment holding byte `lsn`.
+    pub fn segment_of(self, lsn: Lsn) -> u64 {
+        lsn.0 / self.0
+    }
+}
+
+/// For `#[serde(deserialize_with)]` on a `wal_segment_size: u64` field of a record read from
+/// the repository: refuses a size PostgreSQL does not allow at decode time.
+///
+/// # Errors
+/// A serde error naming the bad size.
+pub fn deserialize_segment_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let bytes = <u64 as serde::Deserialize>::deserialize(d)?;
+    SegmentSize::new(bytes)
+        .map(SegmentSize::bytes)
+        .map_err(serde::de::Error::custom)
 }
 
 /// The fields of a segment's first-page (long) header we check.
@@ -154,7 +228,7 @@ impl LongPageHeader {
             segment_size: u32_at(32),
             block_size: u32_at(36),
         };
-        if !(h.segment_size.is_power_of_two() && (1 << 20..=1 << 30).contains(&h.segment_size)) {
+        if SegmentSize::new(u64::from(h.segment_size)).is_err() {
             return Err(PageError::Invalid(
                 "segment size is not a power of two between 1 MiB and 1 GiB",
             ));
@@ -178,9 +252,12 @@ impl LongPageHeader {
         }
     }
 
-    /// The segment number implied by `xlp_pageaddr`.
+    /// The segment number implied by `xlp_pageaddr` (`u64::MAX`, matching no name, for a
+    /// header whose segment size is 0: [`LongPageHeader::parse`] never returns one).
     pub fn segment_number(&self) -> u64 {
-        self.page_addr / u64::from(self.segment_size)
+        self.page_addr
+            .checked_div(u64::from(self.segment_size))
+            .unwrap_or(u64::MAX)
     }
 }
 
@@ -221,6 +298,54 @@ mod tests {
     }
 
     #[test]
+    fn segment_numbers_refuse_sizes_and_names_postgres_never_makes() {
+        let seg = WalFile::parse("000000010000000A000000FE").unwrap();
+        for bad in [0, 1, 4096, 3 << 20, 2 << 30, u64::MAX] {
+            assert_eq!(seg.segment_number(bad), None, "{bad}");
+        }
+        // With 16 MiB segments the low part stops at 0xFF; with 1 MiB at 0xFFF.
+        let high = WalFile::parse("000000010000000000000100").unwrap();
+        assert_eq!(high.segment_number(16 << 20), None);
+        assert_eq!(high.segment_number(1 << 20), Some(0x100));
+        let last = WalFile::parse("00000001FFFFFFFF00000FFF").unwrap();
+        assert_eq!(
+            last.segment_number(1 << 20),
+            Some(0xFFFF_FFFF * 4096 + 0xFFF)
+        );
+        assert_eq!(last.segment_number(1 << 30), None);
+    }
+
+    #[test]
+    fn segment_sizes_are_postgresql_s() {
+        for bad in [
+            0,
+            1,
+            (1 << 20) - 1,
+            3 << 20,
+            (1 << 30) + 1,
+            2 << 30,
+            u64::MAX,
+        ] {
+            assert_eq!(SegmentSize::new(bad), Err(SegmentSizeError(bad)));
+        }
+        for (bytes, per_log) in [(1u64 << 20, 4096), (16 << 20, 256), (1 << 30, 4)] {
+            let size = SegmentSize::new(bytes).unwrap();
+            assert_eq!((size.bytes(), size.per_log()), (bytes, per_log));
+        }
+        let gib = SegmentSize::new(1 << 30).unwrap();
+        assert_eq!(segment_name(3, 9, gib), "000000030000000200000001");
+        assert_eq!(gib.segment_of(Lsn(u64::MAX)), (1 << 34) - 1);
+        assert_eq!(
+            segment_name(
+                1,
+                SegmentSize::DEFAULT.segment_of(Lsn(u64::MAX)),
+                SegmentSize::DEFAULT
+            ),
+            "00000001FFFFFFFF000000FF"
+        );
+    }
+
+    #[test]
     fn long_page_header_fields() {
         let mut p = vec![0u8; 40];
         p[0..2].copy_from_slice(&0xD110u16.to_le_bytes());
@@ -244,24 +369,25 @@ mod tests {
 pub struct Lsn(pub u64);
 
 impl Lsn {
-    /// Parses `hi/lo` in hex.
+    /// Parses `hi/lo`: one to eight hex digits each (no sign, no spaces inside).
     pub fn parse(s: &str) -> Option<Lsn> {
         let (hi, lo) = s.trim().split_once('/')?;
-        if hi.is_empty() || lo.is_empty() || hi.len() > 8 || lo.len() > 8 {
-            return None;
-        }
-        Some(Lsn(
-            (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?
-        ))
+        let hex = |p: &str| -> Option<u64> {
+            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
+            u64::from_str_radix(p, 16).ok()
+        };
+        Some(Lsn((hex(hi)? << 32) | hex(lo)?))
     }
 
     /// The name of the segment that holds the byte just before this location (the segment a
     /// record ending here lives in), on `timeline`.
-    pub fn prev_segment_name(self, timeline: u32, segment_size: u64) -> String {
+    pub fn prev_segment_name(self, timeline: u32, size: SegmentSize) -> String {
         segment_name(
             timeline,
-            self.0.saturating_sub(1) / segment_size,
-            segment_size,
+            size.segment_of(Lsn(self.0.saturating_sub(1))),
+            size,
         )
     }
 }
@@ -286,8 +412,8 @@ impl<'de> serde::Deserialize<'de> for Lsn {
 }
 
 /// The file name of segment number `segno` on `timeline`.
-pub fn segment_name(timeline: u32, segno: u64, segment_size: u64) -> String {
-    let per_log = 0x1_0000_0000u64 / segment_size;
+pub fn segment_name(timeline: u32, segno: u64, size: SegmentSize) -> String {
+    let per_log = size.per_log();
     format!(
         "{timeline:08X}{:08X}{:08X}",
         segno / per_log,
@@ -304,14 +430,39 @@ mod lsn_tests {
         let l = Lsn::parse("1/2000028").unwrap();
         assert_eq!(l.0, 0x1_0200_0028);
         assert_eq!(l.to_string(), "1/2000028");
-        assert_eq!(l.prev_segment_name(1, 16 << 20), "000000010000000100000002");
+        assert_eq!(
+            l.prev_segment_name(1, SegmentSize::DEFAULT),
+            "000000010000000100000002"
+        );
         assert_eq!(
             Lsn::parse("0/3000000")
                 .unwrap()
-                .prev_segment_name(2, 16 << 20),
+                .prev_segment_name(2, SegmentSize::DEFAULT),
             "000000020000000000000002"
         );
         assert!(Lsn::parse("zz").is_none());
+    }
+
+    #[test]
+    fn lsn_parse_is_strict_and_never_panics() {
+        for bad in [
+            "+1/1",
+            "1/+1",
+            "-1/1",
+            "1/ 1",
+            "1//1",
+            "é/1",
+            "1/é",
+            "1é/1",
+            "123456789/1",
+            "/",
+            "1/",
+            "0x1/1",
+        ] {
+            assert!(Lsn::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(Lsn::parse("FFFFFFFF/FFFFFFFF"), Some(Lsn(u64::MAX)));
+        assert_eq!(Lsn::parse(" 0/1 \n"), Some(Lsn(1)));
     }
 }
 

@@ -517,6 +517,16 @@ fn bad_usage_has_documented_codes() {
     let out = run(&["wal-push", "/etc/passwd"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
     assert!(stderr(&out).contains("is not a WAL file name"));
+    // A part size out of range (or overflowing) is refused by the flag parser.
+    for size in ["2GiB", "18446744073709551615GiB", "512KiB"] {
+        let out = run(&["backup", "--part-size", size]);
+        assert_eq!(code(&out), 2, "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("--part-size") && stderr(&out).contains("1MiB to 1GiB"),
+            "{}",
+            stderr(&out)
+        );
+    }
     for cmd in ["keygen", "wal-push", "wal-fetch"] {
         let out = run(&[cmd, "--help"]);
         assert_eq!(code(&out), 0);

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use postgres_protocol::message::backend::{DataRowBody, ErrorFields, Message};
+use postgres_protocol::message::backend::{ErrorFields, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -37,6 +37,20 @@ fn protocol_error(what: &str, detail: impl std::fmt::Display) -> Error {
 
 /// One text row of a result.
 pub type Row = Vec<Option<String>>;
+
+/// The most rows a result set walseal reads may have (the longest, the tablespace list, has
+/// one per tablespace).
+pub const MAX_ROWS: usize = 10_000;
+/// The most ParameterStatus values kept (PostgreSQL reports about twenty).
+const MAX_PARAMS: usize = 256;
+/// The longest ParameterStatus name and value kept, together.
+const MAX_PARAM_BYTES: usize = 4096;
+/// The longest server error or notice text shown, in characters.
+const MAX_SERVER_TEXT: usize = 2000;
+
+fn truncated(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
 
 impl Conn {
     /// Connects and authenticates as a physical replication client.
@@ -124,7 +138,7 @@ impl Conn {
                 }
                 Message::ParameterStatus(body) => {
                     if let (Ok(k), Ok(v)) = (body.name(), body.value()) {
-                        self.server_params.insert(k.to_string(), v.to_string());
+                        self.remember_param(k, v);
                     }
                 }
                 other => return Ok(other),
@@ -132,9 +146,21 @@ impl Conn {
         }
     }
 
+    /// Keeps a ParameterStatus value, within bounds a server cannot push walseal beyond.
+    fn remember_param(&mut self, name: &str, value: &str) {
+        let fits = name.len() + value.len() <= MAX_PARAM_BYTES;
+        if fits && (self.server_params.len() < MAX_PARAMS || self.server_params.contains_key(name))
+        {
+            self.server_params
+                .insert(name.to_string(), value.to_string());
+        } else {
+            tracing::debug!("ignoring server parameter {:?}", truncated(name, 64));
+        }
+    }
+
     async fn next_raw(&mut self) -> Result<Message> {
         loop {
-            match Message::parse(&mut self.rbuf) {
+            match super::protocol::parse_message(&mut self.rbuf) {
                 Ok(Some(m)) => return Ok(m),
                 Ok(None) => {}
                 Err(e) => return Err(protocol_error(&self.what, e)),
@@ -282,9 +308,16 @@ impl Conn {
         loop {
             match self.next().await? {
                 Message::RowDescription(_) => {}
-                Message::DataRow(body) => {
-                    rows.push(text_row(&body).map_err(|e| protocol_error(&self.what, e))?)
+                Message::DataRow(_) if rows.len() == MAX_ROWS => {
+                    return Err(protocol_error(
+                        &self.what,
+                        format!("a result set of more than {MAX_ROWS} rows"),
+                    ))
                 }
+                Message::DataRow(body) => rows.push(
+                    super::protocol::decode_row(&body)
+                        .map_err(|e| protocol_error(&self.what, e))?,
+                ),
                 Message::CommandComplete(_) => return Ok(rows),
                 _ => {
                     return Err(protocol_error(
@@ -338,13 +371,6 @@ impl Conn {
     }
 }
 
-fn text_row(body: &DataRowBody) -> std::io::Result<Row> {
-    let buf = body.buffer();
-    body.ranges()
-        .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
-        .collect()
-}
-
 fn describe_fields(mut fields: ErrorFields<'_>) -> (String, String) {
     let (mut severity, mut message, mut code, mut detail, mut hint) = (
         String::new(),
@@ -373,7 +399,10 @@ fn describe_fields(mut fields: ErrorFields<'_>) -> (String, String) {
     if !hint.is_empty() {
         text += &format!(" [server hint: {hint}]");
     }
-    (text.replace('\n', " "), code)
+    (
+        truncated(&text, MAX_SERVER_TEXT).replace('\n', " "),
+        truncated(&code, 5),
+    )
 }
 
 fn server_error(what: &str, fields: ErrorFields<'_>) -> Error {
@@ -387,4 +416,79 @@ fn server_error(what: &str, fields: ErrorFields<'_>) -> Error {
         _ => "see the PostgreSQL server log for details",
     };
     db_error(format!("{what}: {text} (SQLSTATE {code})")).hint(hint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    /// A connection whose server says `bytes` and then nothing.
+    fn replaying(bytes: Vec<u8>) -> Conn {
+        Conn {
+            io: Box::new(std::io::Cursor::new(bytes)),
+            rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            server_params: HashMap::new(),
+            what: "test server".into(),
+        }
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn result_sets_have_a_bounded_number_of_rows() {
+        let mut row = 1u16.to_be_bytes().to_vec();
+        row.extend_from_slice(&1i32.to_be_bytes());
+        row.push(b'x');
+        let mut data = Vec::new();
+        for _ in 0..100_001 {
+            data.extend(frame(b'D', &row));
+        }
+        data.extend(frame(b'C', b"SELECT 100001\0"));
+        let e = run(replaying(data).read_result_set()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Database);
+        // A normal one.
+        let mut data = frame(b'D', &row);
+        data.extend(frame(b'C', b"SELECT 1\0"));
+        let rows = run(replaying(data).read_result_set()).unwrap();
+        assert_eq!(rows, vec![vec![Some("x".to_string())]]);
+    }
+
+    #[test]
+    fn server_parameters_kept_are_bounded() {
+        let mut data = Vec::new();
+        for i in 0..10_000 {
+            data.extend(frame(b'S', format!("p{i}\0value\0").as_bytes()));
+        }
+        let mut long = b"server_version\0".to_vec();
+        long.extend(std::iter::repeat_n(b'9', 1 << 20));
+        long.push(0);
+        data.extend(frame(b'S', &long));
+        data.extend(frame(b'Z', b"I"));
+        let mut conn = replaying(data);
+        run(conn.wait_ready()).unwrap();
+        assert!(
+            conn.server_params.len() <= 256,
+            "{}",
+            conn.server_params.len()
+        );
+        let kept: usize = conn
+            .server_params
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        assert!(kept <= 1 << 20, "{kept}");
+    }
 }

@@ -95,7 +95,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         &Identity {
             format_version: u32::from(seal::VERSION),
             system_identifier: ident.system_identifier.clone(),
-            wal_segment_size: seg_size,
+            wal_segment_size: seg_size.bytes(),
             pg_version: major,
         },
     )
@@ -140,7 +140,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     .await?;
     let start = protocol::read_position(&mut conn).await?;
     let tablespaces = protocol::read_tablespaces(&mut conn).await?;
-    let total_hint: u64 = tablespaces.iter().filter_map(|t| t.size_kb).sum::<u64>() * 1024;
+    let total_hint = total_hint(&tablespaces);
     protocol::expect_copy_out(&mut conn).await?;
 
     let (feed_tx, feed_rx) = mpsc::channel::<Feed>(64);
@@ -197,7 +197,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         start_time: crate::time::format_pg(start_unix),
         stop_time: crate::time::format_pg(stop_unix),
         stop_unix,
-        wal_segment_size: seg_size,
+        wal_segment_size: seg_size.bytes(),
         size: archives.iter().map(|a| a.size).sum(),
         stored: archives
             .iter()
@@ -245,6 +245,15 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         started.elapsed().as_secs_f64()
     );
     Ok(record)
+}
+
+/// The backup's size as the server estimates it (for the progress bar), in bytes.
+fn total_hint(tablespaces: &[protocol::Tablespace]) -> u64 {
+    tablespaces
+        .iter()
+        .filter_map(|t| t.size_kb)
+        .fold(0u64, u64::saturating_add)
+        .saturating_mul(1024)
 }
 
 /// Reads the COPY stream and feeds the sealing thread until CopyDone.
@@ -510,7 +519,8 @@ pub fn human(n: u64) -> String {
     }
 }
 
-/// Parses `64MiB`, `64M`, `1GiB`, `1048576`.
+/// Parses `64MiB`, `64M`, `1GiB`, `1048576` (without overflowing: a size beyond `u64` is an
+/// error).
 ///
 /// # Errors
 /// `Usage` for anything else.
@@ -536,5 +546,30 @@ pub fn parse_size(s: &str) -> Result<u64> {
             ))
         }
     };
-    Ok(n * mult)
+    n.checked_mul(mult)
+        .ok_or_else(|| Error::new(ErrorKind::Usage, format!("size {s:?} is too large")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_s_size_estimate_does_not_overflow() {
+        let ts = |kb: u64| protocol::Tablespace {
+            oid: None,
+            location: None,
+            size_kb: Some(kb),
+        };
+        assert_eq!(total_hint(&[ts(u64::MAX / 2), ts(u64::MAX / 2)]), u64::MAX);
+        assert_eq!(total_hint(&[ts(1), ts(2)]), 3072);
+    }
+
+    #[test]
+    fn part_sizes_do_not_overflow() {
+        assert!(parse_size("17179869184GiB").is_err());
+        assert!(parse_size("18446744073709551615k").is_err());
+        assert_eq!(parse_size("32MiB").unwrap(), 32 << 20);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+    }
 }

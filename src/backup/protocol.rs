@@ -3,12 +3,15 @@
 //! result sets, and the CopyData sub-messages (`n` new archive, `d` data, `p` progress,
 //! `m` manifest). See `../shared/notes/POSTGRES-PROTOCOL.md` §2–§3.
 
-use bytes::{Buf, Bytes};
-use postgres_protocol::message::backend::Message;
+use std::io;
+
+use bytes::{Buf, Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::message::backend::{DataRowBody, Message};
 
 use super::conn::{Conn, Row};
 use crate::error::{Error, ErrorKind, Result};
-use crate::wal::Lsn;
+use crate::wal::{Lsn, SegmentSize};
 
 fn bad(what: &str) -> Error {
     Error::new(
@@ -58,32 +61,95 @@ pub async fn identify_system(conn: &mut Conn) -> Result<SystemId> {
     })
 }
 
-/// `SHOW wal_segment_size` in bytes ("16MB" → 16777216).
+/// `SHOW wal_segment_size` ("16MB" → 16 MiB), checked to be a size PostgreSQL allows.
 ///
 /// # Errors
-/// `Database` for errors or an unknown unit.
-pub async fn wal_segment_size(conn: &mut Conn) -> Result<u64> {
+/// `Database` for errors, an unknown unit or an impossible size.
+pub async fn wal_segment_size(conn: &mut Conn) -> Result<SegmentSize> {
     let rows = conn.query("SHOW wal_segment_size").await?;
     let text = rows
         .first()
         .map(|r| cell(r, 0, "SHOW wal_segment_size"))
         .transpose()?
         .unwrap_or_default();
-    parse_guc_size(text).ok_or_else(|| bad("SHOW wal_segment_size"))
+    let bytes = parse_guc_size(text).ok_or_else(|| bad("SHOW wal_segment_size"))?;
+    SegmentSize::new(bytes).map_err(|e| bad(&format!("SHOW wal_segment_size: {e}")))
 }
 
-/// Parses a size GUC as shown by SHOW (`16MB`, `1GB`, `8192kB`).
+/// The largest backend message walseal accepts. PostgreSQL sends BASE_BACKUP's archives and
+/// manifest in CopyData chunks of at most 32 KiB (`SINK_BUFFER_LENGTH`), and every other reply
+/// walseal reads is a few hundred bytes: 64 MiB leaves room for any server, and bounds what a
+/// hostile one can make walseal hold.
+pub const MAX_MESSAGE_LEN: usize = 64 << 20;
+
+/// The most cells a row walseal reads may have (IDENTIFY_SYSTEM has 4, `check`'s query 6).
+pub const MAX_ROW_CELLS: usize = 64;
+
+/// The longest archive name accepted in an `n` sub-message (`<oid>.tar` is at most 14 bytes).
+const MAX_ARCHIVE_NAME: usize = 255;
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Parses the next backend message from `buf`; `Ok(None)` means "need more bytes". The
+/// length a message declares is checked before anything is reserved for it, and nothing is
+/// reserved: the caller's reads fill the buffer as the bytes arrive.
+///
+/// # Errors
+/// `InvalidData` for a malformed message or one longer than [`MAX_MESSAGE_LEN`].
+pub fn parse_message(buf: &mut BytesMut) -> io::Result<Option<Message>> {
+    let Some(&[_, a, b, c, d]) = buf.get(..5) else {
+        return Ok(None);
+    };
+    let len = usize::try_from(u32::from_be_bytes([a, b, c, d])).unwrap_or(usize::MAX);
+    if len < 4 {
+        return Err(invalid(format!("invalid message length {len}")));
+    }
+    if len > MAX_MESSAGE_LEN {
+        return Err(invalid(format!(
+            "the server announced a {len}-byte message; walseal accepts at most {MAX_MESSAGE_LEN}"
+        )));
+    }
+    if buf.len() <= len {
+        return Ok(None);
+    }
+    Message::parse(buf)
+}
+
+/// One DataRow as text cells.
+///
+/// # Errors
+/// `InvalidData` if the row's cells do not add up to its length, or it has more than
+/// [`MAX_ROW_CELLS`].
+pub fn decode_row(body: &DataRowBody) -> io::Result<Row> {
+    let buf = body.buffer();
+    let mut ranges = body.ranges();
+    let mut row = Row::new();
+    while let Some(r) = ranges.next()? {
+        if row.len() == MAX_ROW_CELLS {
+            return Err(invalid(format!(
+                "a row with more than {MAX_ROW_CELLS} cells"
+            )));
+        }
+        row.push(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned()));
+    }
+    Ok(row)
+}
+
+/// Parses a size GUC as shown by SHOW (`16MB`, `1GB`, `8192kB`); `None` for anything else,
+/// including a size beyond `u64`.
 pub fn parse_guc_size(s: &str) -> Option<u64> {
     let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let n: u64 = s[..split].parse().ok()?;
-    let mult = match &s[split..] {
+    let n: u64 = s.get(..split)?.parse().ok()?;
+    let mult = match s.get(split..)? {
         "B" => 1,
         "kB" => 1 << 10,
         "MB" => 1 << 20,
         "GB" => 1 << 30,
         _ => return None,
     };
-    Some(n * mult)
+    n.checked_mul(mult)
 }
 
 /// BASE_BACKUP options walseal sets.
@@ -222,7 +288,7 @@ pub fn decode_copy_data(mut data: Bytes) -> Result<CopyMessage> {
                 .next()
                 .map(|f| String::from_utf8_lossy(f).into_owned())
                 .unwrap_or_default();
-            if name.is_empty() || name.contains('/') {
+            if name.is_empty() || name.len() > MAX_ARCHIVE_NAME || name.contains('/') {
                 return Err(bad("archive name"));
             }
             Ok(CopyMessage::NewArchive { name, location })
@@ -275,6 +341,84 @@ mod tests {
         ));
         assert!(decode_copy_data(Bytes::from_static(b"x")).is_err());
         assert!(decode_copy_data(Bytes::from_static(b"n../x\0\0")).is_err());
+        let long = format!("n{}.tar\0\0", "1".repeat(300));
+        assert!(decode_copy_data(Bytes::from(long.into_bytes())).is_err());
+    }
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn declared_lengths_are_bounded_before_anything_is_reserved() {
+        let mut huge = BytesMut::from(&[b'd', 0xFF, 0xFF, 0xFF, 0xF0][..]);
+        assert!(parse_message(&mut huge).is_err());
+        assert!(huge.capacity() < 1 << 20, "{}", huge.capacity());
+        // Within the limit but not there yet: wait, without reserving what is announced.
+        let mut big = BytesMut::from(&[b'd', 0, 0x10, 0, 0, b'd'][..]);
+        assert!(parse_message(&mut big).unwrap().is_none());
+        assert!(big.capacity() < 1 << 20, "{}", big.capacity());
+        let mut short = BytesMut::from(&[b'd', 0, 0, 0, 3][..]);
+        assert!(parse_message(&mut short).is_err());
+    }
+
+    #[test]
+    fn messages_fed_one_byte_at_a_time() {
+        let mut stream = frame(b'd', b"dtar bytes");
+        stream.extend(frame(b'd', b"p\0\0\0\0\0\0\x04\xd2"));
+        stream.extend(frame(b'c', b""));
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for b in stream {
+            buf.extend_from_slice(&[b]);
+            while let Some(m) = parse_message(&mut buf).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got.len(), 3);
+        let mut copy = got.into_iter().filter_map(|m| match m {
+            Message::CopyData(b) => Some(decode_copy_data(b.into_bytes()).unwrap()),
+            Message::CopyDone => None,
+            _ => panic!("unexpected message"),
+        });
+        assert!(matches!(copy.next(), Some(CopyMessage::Data(d)) if &d[..] == b"tar bytes"));
+        assert!(matches!(copy.next(), Some(CopyMessage::Progress(1234))));
+    }
+
+    #[test]
+    fn rows_with_more_cells_than_any_reply_has_are_refused() {
+        let row = |cells: u16| {
+            let mut body = cells.to_be_bytes().to_vec();
+            for _ in 0..cells {
+                body.extend_from_slice(&(-1i32).to_be_bytes());
+            }
+            let mut buf = BytesMut::from(&frame(b'D', &body)[..]);
+            match parse_message(&mut buf).unwrap() {
+                Some(Message::DataRow(r)) => decode_row(&r),
+                _ => panic!("not a DataRow"),
+            }
+        };
+        assert!(row(1000).is_err());
+        assert_eq!(row(2).unwrap(), vec![None, None]);
+        let mut body = 1u16.to_be_bytes().to_vec();
+        body.extend_from_slice(&2i32.to_be_bytes());
+        body.extend_from_slice(b"ab");
+        let mut buf = BytesMut::from(&frame(b'D', &body)[..]);
+        let Some(Message::DataRow(r)) = parse_message(&mut buf).unwrap() else {
+            panic!("not a DataRow")
+        };
+        assert_eq!(decode_row(&r).unwrap(), vec![Some("ab".to_string())]);
+    }
+
+    #[test]
+    fn sizes_from_the_server_do_not_overflow() {
+        assert_eq!(parse_guc_size("18446744073709551615GB"), None);
+        assert_eq!(parse_guc_size("17179869184GB"), None);
+        assert_eq!(parse_guc_size("é"), None);
+        assert_eq!(parse_guc_size("16é"), None);
     }
 
     #[test]
