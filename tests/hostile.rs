@@ -555,3 +555,72 @@ fn pg15_restore_of_a_backup_with_a_hostile_tar_writes_nothing_outside_pgdata() {
         assert!(left.is_empty(), "{what}: PGDATA not emptied: {left:?}");
     }
 }
+
+#[test]
+fn absurd_segment_sizes_and_bogus_listing_names_are_reported_not_obeyed() {
+    for make in backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("pg_wal")).unwrap();
+        let key_file = root.join("master.key");
+        keygen(&[], &key_file);
+        let identity = root.join("identity");
+        let recipient = keygen(&["--recipient"], &identity);
+        let signer = root.join("signer");
+        keygen(&["--signer"], &signer);
+        let repo = make(root, "repo");
+        let with_key = || walseal(&repo, &[("WALSEAL_KEY_FILE", key_file.to_str().unwrap())]);
+        let push_only = || {
+            walseal(
+                &repo,
+                &[
+                    ("WALSEAL_RECIPIENT", recipient.as_str()),
+                    ("WALSEAL_SIGNER_FILE", signer.to_str().unwrap()),
+                ],
+            )
+        };
+        ok(&run(with_key(), &["init"], root));
+        let n = "000000010000000000000001";
+        std::fs::write(
+            root.join("pg_wal").join(n),
+            synthetic_segment(n, SYSID, SEG, None),
+        )
+        .unwrap();
+        ok(&run(
+            with_key(),
+            &["wal-push", &format!("pg_wal/{n}")],
+            root,
+        ));
+        let storage = repo.storage();
+        // An empty object under the last segment name of a far timeline: verify must not walk
+        // billions of segments to report the gap.
+        block_on(storage.put_new("wal/00000001/00000001FFFFFFFF000000FF", bytes::Bytes::new()))
+            .unwrap();
+        block_on(storage.put_new("wal/00000001/not-a-wal-name", bytes::Bytes::new())).unwrap();
+        let started = std::time::Instant::now();
+        let out = run(with_key(), &["verify", "--json"], root);
+        assert_eq!(code(&out), 5, "{}", stderr(&out));
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+        let text = stdout(&out);
+        assert!(text.contains("00000001FFFFFFFF000000FF"), "{text}");
+        assert!(text.contains("not-a-wal-name"), "{text}");
+        // The plain identity copy (unauthenticated, read by push-only hosts) says 0 and then
+        // 3 bytes per segment: refused with a message, never a division by zero.
+        for size in ["0", "3", "18446744073709551615"] {
+            let plain = format!(
+                "{{\"format_version\":1,\"system_identifier\":\"{SYSID}\",\"wal_segment_size\":{size},\"pg_version\":15}}"
+            );
+            block_on(storage.replace("walseal.id.json", plain.into())).unwrap();
+            for args in [&["status"][..], &["wal-push", &format!("pg_wal/{n}")][..]] {
+                let out = run(push_only(), args, root);
+                let c = code(&out);
+                assert!(
+                    c != 0 && c < 100,
+                    "{size} {args:?}: exit {c}: {}",
+                    stderr(&out)
+                );
+                assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+            }
+        }
+    }
+}
