@@ -104,8 +104,9 @@ fn verify_manifest_checksum(bytes: &[u8], stated: Option<&str>, backup: &str) ->
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct ManifestFile {
+/// One file a backup manifest lists.
+#[derive(Debug, Deserialize)]
+pub struct ManifestFile {
     #[serde(rename = "Path")]
     path: Option<String>,
     #[serde(rename = "Encoded-Path")]
@@ -342,25 +343,39 @@ async fn load_manifest(
             )
         })?;
     let manifest_bytes = read_archive(storage, keyring, manifest_archive).await?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+    let listing = decode_manifest(&manifest_bytes, &record.id, &record.system_identifier)?;
+    Ok((manifest_bytes, listing))
+}
+
+/// Decodes and checks a backup manifest (JSON, its own SHA-256 checksum, the system
+/// identifier of version-2 manifests against `system_identifier`, each path once); returns
+/// the files it lists. Pure: a fuzz target.
+///
+/// # Errors
+/// `Integrity` naming what is wrong.
+pub fn decode_manifest(
+    bytes: &[u8],
+    backup: &str,
+    system_identifier: &str,
+) -> Result<Listing<ManifestFile>> {
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
-            format!("backup {}: backup manifest is unreadable: {e}", record.id),
+            format!("backup {backup}: backup manifest is unreadable: {e}"),
         )
     })?;
-    verify_manifest_checksum(&manifest_bytes, manifest.checksum.as_deref(), &record.id)?;
+    verify_manifest_checksum(bytes, manifest.checksum.as_deref(), backup)?;
     if let Some(sysid) = manifest.system_identifier {
-        if sysid.to_string() != record.system_identifier {
+        if sysid.to_string() != system_identifier {
             return Err(Error::new(
                 ErrorKind::Integrity,
                 format!(
-                    "backup {}: its manifest names system {sysid}, its record {}",
-                    record.id, record.system_identifier
+                    "backup {backup}: its manifest names system {sysid}, its record {system_identifier}"
                 ),
             ));
         }
     }
-    Ok((manifest_bytes, listing(manifest.files, &record.id)?))
+    listing(manifest.files, backup)
 }
 
 /// The manifest's files by path. PostgreSQL lists every regular file it sends, backup_label
