@@ -11,6 +11,7 @@ use crate::backup::conn::Conn;
 use crate::backup::conninfo;
 use crate::config::Config;
 use crate::keys::Keyring;
+use crate::redact::{redact_command, redact_url};
 use crate::repository;
 use crate::seal;
 use crate::storage::{Create, PutOutcome, Storage};
@@ -59,7 +60,10 @@ fn from_error(item: &str, e: &crate::error::Error) -> Line {
 pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<Line> {
     let mut lines = Vec::new();
     match cfg.repo_url() {
-        Ok(url) => lines.push(ok("configuration", format!("repository {url}"))),
+        Ok(url) => lines.push(ok(
+            "configuration",
+            format!("repository {}", redact_url(url)),
+        )),
         Err(e) => {
             lines.push(from_error("configuration", &e));
             return lines;
@@ -225,7 +229,7 @@ fn settings_lines(row: &Settings, lines: &mut Vec<Line>) -> bool {
             "set archive_mode = on in postgresql.conf and restart",
         ));
     }
-    let cmd = redact_secrets(&row.archive_command);
+    let cmd = redact_command(&row.archive_command);
     if cmd.contains("walseal") && cmd.contains("wal-push") && cmd.contains("%p") {
         lines.push(ok("archive_command", cmd));
     } else {
@@ -241,7 +245,7 @@ fn settings_lines(row: &Settings, lines: &mut Vec<Line>) -> bool {
         if row.restore_command.is_empty() {
             "not set (only needed on a cluster being restored)".to_string()
         } else {
-            row.restore_command.clone()
+            redact_command(&row.restore_command)
         },
     ));
     archiving
@@ -364,24 +368,6 @@ async fn switch_and_wait(
     }
 }
 
-/// Masks the values of `NAME=value` words whose name suggests a secret (credentials placed
-/// inline in archive_command must not be echoed).
-fn redact_secrets(cmd: &str) -> String {
-    cmd.split(' ')
-        .map(|word| match word.split_once('=') {
-            Some((name, _))
-                if ["SECRET", "PASSWORD", "TOKEN", "PASSPHRASE", "CREDENTIAL"]
-                    .iter()
-                    .any(|s| name.to_ascii_uppercase().contains(s)) =>
-            {
-                format!("{name}=***")
-            }
-            _ => word.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -393,16 +379,5 @@ mod tests {
         assert!(super::server_settings(&[]).is_none());
         let row: Vec<Option<String>> = (0..6).map(|i| Some(i.to_string())).collect();
         assert!(super::server_settings(&[row]).is_some());
-    }
-
-    #[test]
-    fn inline_credentials_are_masked() {
-        let c = super::redact_secrets(
-            "AWS_SECRET_ACCESS_KEY=abc PGPASSWORD='x' WALSEAL_REPO=s3://b/p walseal wal-push %p",
-        );
-        assert_eq!(
-            c,
-            "AWS_SECRET_ACCESS_KEY=*** PGPASSWORD=*** WALSEAL_REPO=s3://b/p walseal wal-push %p"
-        );
     }
 }

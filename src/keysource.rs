@@ -16,8 +16,9 @@ use zeroize::Zeroizing;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{self, MasterKey};
 
-/// One `[[keys]]` entry of the config file: exactly one of `file`, `env`, `command`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One `[[keys]]` entry of the config file: exactly one of `file`, `env`, `command`. Its
+/// `Debug` masks the command (which may hold a token inline).
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     /// Expected key id (checked when given).
@@ -38,12 +39,32 @@ pub struct KeySpec {
     pub iterations: Option<u32>,
 }
 
+impl std::fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySpec")
+            .field("id", &self.id)
+            .field("file", &self.file)
+            .field("env", &self.env)
+            .field(
+                "command",
+                &self.command.as_ref().map(|_| crate::redact::MASK),
+            )
+            .field("timeout_secs", &self.timeout_secs)
+            .field("passphrase_env", &self.passphrase_env)
+            .field("salt", &self.salt)
+            .field("iterations", &self.iterations)
+            .finish()
+    }
+}
+
 impl KeySpec {
     fn describe(&self) -> String {
         match (&self.file, &self.env, &self.command, &self.passphrase_env) {
             (Some(f), None, None, None) => format!("key file {}", f.display()),
             (None, Some(v), None, None) => format!("environment variable {v}"),
-            (None, None, Some(c), None) => format!("key_command {c:?}"),
+            (None, None, Some(c), None) => {
+                format!("key_command {:?}", crate::redact::redact_command(c))
+            }
             (None, None, None, Some(v)) => format!("the passphrase in {v}"),
             _ => "a [[keys]] entry".to_string(),
         }
@@ -121,7 +142,7 @@ pub fn load(spec: &KeySpec) -> Result<MasterKey> {
 
 /// Runs `sh -c cmd` with a timeout and returns its standard output.
 fn run_command(cmd: &str, timeout: Duration) -> Result<Zeroizing<String>> {
-    let what = format!("key_command {cmd:?}");
+    let what = format!("key_command {:?}", crate::redact::redact_command(cmd));
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
