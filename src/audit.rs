@@ -145,15 +145,36 @@ fn try_append(path: &Path, op: &str, object: &str, bytes: u64, outcome: &str) ->
         .map_err(|e| local_io(format!("cannot write audit log {}", path.display()), &e))
 }
 
+/// The last non-blank line of the log (as `str::lines` gives it), read from the end: the
+/// window grows until the line starts inside it, and bytes are split before they are decoded,
+/// so a window starting inside a character does no harm.
 fn last_line(file: &mut std::fs::File) -> Option<String> {
     let len = file.metadata().ok()?.len();
-    let start = len.saturating_sub(8192);
-    file.seek(SeekFrom::Start(start)).ok()?;
-    let mut tail = String::new();
-    file.read_to_string(&mut tail).ok()?;
-    tail.lines()
-        .rfind(|l| !l.trim().is_empty())
-        .map(str::to_string)
+    let mut window = 8192u64;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start)).ok()?;
+        let mut tail = Vec::new();
+        (&mut *file).take(window).read_to_end(&mut tail).ok()?;
+        match tail.iter().rposition(|b| !b.is_ascii_whitespace()) {
+            None if start == 0 => return None,
+            None => {}
+            Some(last) => {
+                let line_start = tail[..last].iter().rposition(|&b| b == b'\n');
+                if line_start.is_some() || start == 0 {
+                    let from = line_start.map_or(0, |i| i + 1);
+                    let to = tail[last..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .map_or(tail.len(), |i| last + i);
+                    let line = tail.get(from..to)?;
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    return String::from_utf8(line.to_vec()).ok();
+                }
+            }
+        }
+        window = window.checked_mul(2)?;
+    }
 }
 
 /// Result of `walseal audit verify`.
@@ -222,6 +243,22 @@ fn keyring_key<'a>(keyring: &'a Keyring, id: &str) -> Option<&'a MasterKey> {
     keyring.get(&KeyId(raw))
 }
 
+/// The lines of `text` after the first `done` bytes (the mark of the last seal), if any.
+///
+/// The mark is a byte offset read from a file: one beyond the end (the log was replaced) seals
+/// the whole log, and one inside a line or a character seals from the start of that line (a
+/// line sealed twice is better than one never sealed). Never slices inside a character.
+fn pending(text: &str, done: usize) -> Option<&str> {
+    let done = if done > text.len() { 0 } else { done };
+    let start = text
+        .as_bytes()
+        .get(..done)?
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    text.get(start..).filter(|rest| !rest.is_empty())
+}
+
 /// Seals the lines appended since the last call into the repository as one object.
 ///
 /// # Errors
@@ -239,10 +276,9 @@ pub async fn seal_pending(
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(None);
     };
-    if text.len() <= done {
+    let Some(batch) = pending(&text, done) else {
         return Ok(None);
-    }
-    let batch = &text[done..];
+    };
     let key = format!(
         "audit/{}/{}-{}.jsonl",
         hostname(),
@@ -255,4 +291,36 @@ pub async fn seal_pending(
             .map_err(|e| local_io(format!("cannot write {}", mark.display()), &e))?;
     }
     Ok(Some(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_inside_a_character_or_line_seals_from_that_line() {
+        let text = "{\"a\":\"é\"}\n{\"b\":\"€\"}\n";
+        let second = text.find("{\"b").unwrap();
+        for done in 0..text.len() {
+            let batch = pending(text, done).unwrap();
+            let want = if done < second { text } else { &text[second..] };
+            assert_eq!(batch, want, "mark {done}");
+        }
+        assert_eq!(pending(text, text.len()), None);
+        // A mark beyond the end (the log was replaced): everything.
+        assert_eq!(pending(text, text.len() + 5), Some(text));
+    }
+
+    #[test]
+    fn the_last_line_is_found_when_the_tail_starts_inside_a_character() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let first = format!("a{}", "é".repeat(4500));
+        std::fs::write(&path, format!("{first}\n{{\"x\":1}}\n")).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        assert_eq!(last_line(&mut f).as_deref(), Some("{\"x\":1}"));
+        std::fs::write(&path, format!("{first}\n")).unwrap();
+        let mut f = std::fs::File::open(&path).unwrap();
+        assert_eq!(last_line(&mut f), Some(first));
+    }
 }

@@ -11,6 +11,7 @@ use crate::backup::conn::Conn;
 use crate::backup::conninfo;
 use crate::config::Config;
 use crate::keys::Keyring;
+use crate::redact::{redact_command, redact_url};
 use crate::repo::{Access, Repository};
 use crate::repository;
 use crate::seal;
@@ -60,7 +61,10 @@ fn from_error(item: &str, e: &crate::error::Error) -> Line {
 pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<Line> {
     let mut lines = Vec::new();
     match cfg.repo_url() {
-        Ok(url) => lines.push(ok("configuration", format!("repository {url}"))),
+        Ok(url) => lines.push(ok(
+            "configuration",
+            format!("repository {}", redact_url(url)),
+        )),
         Err(e) => {
             lines.push(from_error("configuration", &e));
             return lines;
@@ -134,12 +138,20 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
         .query("SELECT current_setting('wal_level'), current_setting('archive_mode'), current_setting('archive_command'), \
                 current_setting('restore_command'), (SELECT system_identifier::text FROM pg_control_system()), current_setting('server_version')")
         .await;
-    let row = match settings {
-        Ok(rows) if !rows.is_empty() => rows[0]
-            .iter()
-            .map(|c| c.clone().unwrap_or_default())
-            .collect::<Vec<_>>(),
-        Ok(_) => return lines,
+    let row = match settings.map(|rows| server_settings(&rows)) {
+        Ok(Some(row)) => row,
+        Ok(None) => {
+            lines.push(fail(
+                "PostgreSQL",
+                format!(
+                    "{} gave an unexpected answer to the settings query",
+                    params.describe()
+                ),
+                "connect to the PostgreSQL server itself (not a pooler or another service)",
+            ));
+            conn.close().await;
+            return lines;
+        }
         Err(e) => {
             lines.push(from_error("PostgreSQL", &e));
             return lines;
@@ -147,54 +159,19 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
     };
     lines.push(ok(
         "PostgreSQL",
-        format!("connected to {} (server {})", params.describe(), row[5]),
+        format!(
+            "connected to {} (server {})",
+            params.describe(),
+            row.server_version
+        ),
     ));
-    let mut archiving = true;
-    if row[0] == "replica" || row[0] == "logical" {
-        lines.push(ok("wal_level", row[0].clone()));
-    } else {
-        archiving = false;
-        lines.push(fail(
-            "wal_level",
-            format!("is {}", row[0]),
-            "set wal_level = replica in postgresql.conf and restart",
-        ));
-    }
-    if row[1] == "on" || row[1] == "always" {
-        lines.push(ok("archive_mode", row[1].clone()));
-    } else {
-        archiving = false;
-        lines.push(fail(
-            "archive_mode",
-            format!("is {}", row[1]),
-            "set archive_mode = on in postgresql.conf and restart",
-        ));
-    }
-    let cmd = &redact_secrets(&row[2]);
-    if cmd.contains("walseal") && cmd.contains("wal-push") && cmd.contains("%p") {
-        lines.push(ok("archive_command", cmd.clone()));
-    } else {
-        archiving = false;
-        lines.push(fail(
-            "archive_command",
-            format!("is {cmd:?}, which does not run walseal wal-push %p"),
-            "set archive_command = 'walseal --config /etc/walseal/walseal.toml wal-push %p' (see postgresql.conf.example) and reload",
-        ));
-    }
-    lines.push(ok(
-        "restore_command",
-        if row[3].is_empty() {
-            "not set (only needed on a cluster being restored)".to_string()
-        } else {
-            row[3].clone()
-        },
-    ));
+    let archiving = settings_lines(&row, &mut lines);
     match identity {
-        Ok(Some(id)) if id.system_identifier != row[4] => lines.push(fail(
+        Ok(Some(id)) if id.system_identifier != row.system_identifier => lines.push(fail(
             "repository identity",
             format!(
                 "the repository belongs to system {}, this cluster is {}",
-                id.system_identifier, row[4]
+                id.system_identifier, row.system_identifier
             ),
             "point this cluster at its own repository or prefix",
         )),
@@ -213,6 +190,75 @@ pub async fn check(cfg: &Config, conninfo: Option<&str>, wait: Duration) -> Vec<
     }
     conn.close().await;
     lines
+}
+
+/// The server settings `check` reads.
+struct Settings {
+    wal_level: String,
+    archive_mode: String,
+    archive_command: String,
+    restore_command: String,
+    system_identifier: String,
+    server_version: String,
+}
+
+/// The settings query's answer; `None` unless it has a row of (at least) six cells.
+fn server_settings(rows: &[crate::backup::conn::Row]) -> Option<Settings> {
+    let row = rows.first()?;
+    let cell = |i: usize| row.get(i).map(|c| c.clone().unwrap_or_default());
+    Some(Settings {
+        wal_level: cell(0)?,
+        archive_mode: cell(1)?,
+        archive_command: cell(2)?,
+        restore_command: cell(3)?,
+        system_identifier: cell(4)?,
+        server_version: cell(5)?,
+    })
+}
+
+/// The lines for the archiving settings; whether archiving can work.
+fn settings_lines(row: &Settings, lines: &mut Vec<Line>) -> bool {
+    let mut archiving = true;
+    if row.wal_level == "replica" || row.wal_level == "logical" {
+        lines.push(ok("wal_level", row.wal_level.clone()));
+    } else {
+        archiving = false;
+        lines.push(fail(
+            "wal_level",
+            format!("is {}", row.wal_level),
+            "set wal_level = replica in postgresql.conf and restart",
+        ));
+    }
+    if row.archive_mode == "on" || row.archive_mode == "always" {
+        lines.push(ok("archive_mode", row.archive_mode.clone()));
+    } else {
+        archiving = false;
+        lines.push(fail(
+            "archive_mode",
+            format!("is {}", row.archive_mode),
+            "set archive_mode = on in postgresql.conf and restart",
+        ));
+    }
+    let cmd = redact_command(&row.archive_command);
+    if cmd.contains("walseal") && cmd.contains("wal-push") && cmd.contains("%p") {
+        lines.push(ok("archive_command", cmd));
+    } else {
+        archiving = false;
+        lines.push(fail(
+            "archive_command",
+            format!("is {cmd:?}, which does not run walseal wal-push %p"),
+            "set archive_command = 'walseal --config /etc/walseal/walseal.toml wal-push %p' (see postgresql.conf.example) and reload",
+        ));
+    }
+    lines.push(ok(
+        "restore_command",
+        if row.restore_command.is_empty() {
+            "not set (only needed on a cluster being restored)".to_string()
+        } else {
+            redact_command(&row.restore_command)
+        },
+    ));
+    archiving
 }
 
 async fn probe(storage: &Storage, keyring: &Keyring) -> Line {
@@ -331,34 +377,16 @@ async fn switch_and_wait(
     }
 }
 
-/// Masks the values of `NAME=value` words whose name suggests a secret (credentials placed
-/// inline in archive_command must not be echoed).
-fn redact_secrets(cmd: &str) -> String {
-    cmd.split(' ')
-        .map(|word| match word.split_once('=') {
-            Some((name, _))
-                if ["SECRET", "PASSWORD", "TOKEN", "PASSPHRASE", "CREDENTIAL"]
-                    .iter()
-                    .any(|s| name.to_ascii_uppercase().contains(s)) =>
-            {
-                format!("{name}=***")
-            }
-            _ => word.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
-    fn inline_credentials_are_masked() {
-        let c = super::redact_secrets(
-            "AWS_SECRET_ACCESS_KEY=abc PGPASSWORD='x' WALSEAL_REPO=s3://b/p walseal wal-push %p",
-        );
-        assert_eq!(
-            c,
-            "AWS_SECRET_ACCESS_KEY=*** PGPASSWORD=*** WALSEAL_REPO=s3://b/p walseal wal-push %p"
-        );
+    fn short_rows_from_the_server_are_refused_not_indexed() {
+        for n in 0..6 {
+            let row: Vec<Option<String>> = (0..n).map(|i| Some(i.to_string())).collect();
+            assert!(super::server_settings(&[row]).is_none(), "{n} cells");
+        }
+        assert!(super::server_settings(&[]).is_none());
+        let row: Vec<Option<String>> = (0..6).map(|i| Some(i.to_string())).collect();
+        assert!(super::server_settings(&[row]).is_some());
     }
 }

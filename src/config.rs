@@ -4,6 +4,7 @@
 //! `VAR=value walseal ...` prefix inside the command, from `--config`, or both.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -12,8 +13,9 @@ use serde::Deserialize;
 use crate::cli::GlobalArgs;
 use crate::error::{Error, ErrorKind, Result};
 
-/// The config file, as written by the user.
-#[derive(Debug, Default, Deserialize)]
+/// The config file, as written by the user. Its `Debug` masks the `[storage]` values and the
+/// credentials in `repo`.
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Repository URL.
@@ -51,8 +53,9 @@ pub struct FileConfig {
     pub storage_timeout_secs: Option<u64>,
 }
 
-/// Resolved settings.
-#[derive(Debug, Clone)]
+/// Resolved settings. Its `Debug` masks the `[storage]` values (access keys, account keys,
+/// SAS tokens) and the credentials in `repo`: a configuration may be logged.
+#[derive(Clone)]
 pub struct Config {
     /// Repository URL, if configured.
     pub repo: Option<String>,
@@ -84,6 +87,57 @@ pub struct Config {
     pub storage_retries: usize,
     /// Total storage timeout per request.
     pub storage_timeout: Duration,
+}
+
+/// `[storage]` keys with their values masked.
+struct MaskedValues<'a>(&'a BTreeMap<String, String>);
+
+impl fmt::Debug for MaskedValues<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, crate::redact::MASK)))
+            .finish()
+    }
+}
+
+fn masked_repo(repo: &Option<String>) -> Option<String> {
+    repo.as_deref().map(crate::redact::redact_url)
+}
+
+impl fmt::Debug for FileConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileConfig")
+            .field("repo", &masked_repo(&self.repo))
+            .field("key_file", &self.key_file)
+            .field("identity_file", &self.identity_file)
+            .field("recipient", &self.recipient)
+            .field("allow_http", &self.allow_http)
+            .field("log_level", &self.log_level)
+            .field("audit_log", &self.audit_log)
+            .field("storage", &MaskedValues(&self.storage))
+            .field("keys", &self.keys)
+            .field("storage_retries", &self.storage_retries)
+            .field("storage_timeout_secs", &self.storage_timeout_secs)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("repo", &masked_repo(&self.repo))
+            .field("key_files", &self.key_files)
+            .field("identity_files", &self.identity_files)
+            .field("recipient", &self.recipient)
+            .field("allow_http", &self.allow_http)
+            .field("log_level", &self.log_level)
+            .field("audit_log", &self.audit_log)
+            .field("storage", &MaskedValues(&self.storage))
+            .field("keys", &self.keys)
+            .field("storage_retries", &self.storage_retries)
+            .field("storage_timeout", &self.storage_timeout)
+            .finish()
+    }
 }
 
 impl Config {
@@ -209,6 +263,30 @@ mod tests {
         let c = Config::resolve(&a).unwrap();
         assert_eq!(c.repo.as_deref(), Some("file:///b"));
         assert!(!c.allow_http);
+    }
+
+    #[test]
+    fn debug_output_hides_storage_credentials_and_url_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(
+            &path,
+            "repo = \"az://c/p?sv=2024&sig=SIGSECRET\"\n[storage]\naws_secret_access_key = \"AWSSECRET\"\nazure_storage_account_key = \"AZSECRET\"\n[[keys]]\ncommand = \"echo KEYSECRET\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&args(Some(path))).unwrap();
+        let text = format!("{c:?} {c:#?}");
+        for secret in ["SIGSECRET", "AWSSECRET", "AZSECRET", "KEYSECRET"] {
+            assert!(!text.contains(secret), "{secret} shown: {text}");
+        }
+        for key in [
+            "aws_secret_access_key",
+            "azure_storage_account_key",
+            "***",
+            "az://c/p",
+        ] {
+            assert!(text.contains(key), "{key} not shown: {text}");
+        }
     }
 
     #[test]

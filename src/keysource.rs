@@ -16,8 +16,9 @@ use zeroize::Zeroizing;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::{self, MasterKey};
 
-/// One `[[keys]]` entry of the config file: exactly one of `file`, `env`, `command`.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// One `[[keys]]` entry of the config file: exactly one of `file`, `env`, `command`. Its
+/// `Debug` masks the command (which may hold a token inline).
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySpec {
     /// Expected key id (checked when given).
@@ -38,12 +39,32 @@ pub struct KeySpec {
     pub iterations: Option<u32>,
 }
 
+impl std::fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySpec")
+            .field("id", &self.id)
+            .field("file", &self.file)
+            .field("env", &self.env)
+            .field(
+                "command",
+                &self.command.as_ref().map(|_| crate::redact::MASK),
+            )
+            .field("timeout_secs", &self.timeout_secs)
+            .field("passphrase_env", &self.passphrase_env)
+            .field("salt", &self.salt)
+            .field("iterations", &self.iterations)
+            .finish()
+    }
+}
+
 impl KeySpec {
     fn describe(&self) -> String {
         match (&self.file, &self.env, &self.command, &self.passphrase_env) {
             (Some(f), None, None, None) => format!("key file {}", f.display()),
             (None, Some(v), None, None) => format!("environment variable {v}"),
-            (None, None, Some(c), None) => format!("key_command {c:?}"),
+            (None, None, Some(c), None) => {
+                format!("key_command {:?}", crate::redact::redact_command(c))
+            }
             (None, None, None, Some(v)) => format!("the passphrase in {v}"),
             _ => "a [[keys]] entry".to_string(),
         }
@@ -121,7 +142,7 @@ pub fn load(spec: &KeySpec) -> Result<MasterKey> {
 
 /// Runs `sh -c cmd` with a timeout and returns its standard output.
 fn run_command(cmd: &str, timeout: Duration) -> Result<Zeroizing<String>> {
-    let what = format!("key_command {cmd:?}");
+    let what = format!("key_command {:?}", crate::redact::redact_command(cmd));
     let mut child = Command::new("sh")
         .arg("-c")
         .arg(cmd)
@@ -218,11 +239,7 @@ fn passphrase_key(spec: &KeySpec, what: &str) -> Result<MasterKey> {
     let mut salt = [0u8; 32];
     keys::hex_decode_into(salt_hex, &mut salt)
         .ok_or_else(|| config_error(format!("{what}: salt is not 64 hex digits")))?;
-    if iterations < 100_000 {
-        return Err(config_error(format!(
-            "{what}: {iterations} iterations are too few (at least 100000)"
-        )));
-    }
+    check_iterations(iterations, what)?;
     Ok(pbkdf2(
         passphrase.trim_end_matches(['\n', '\r']).as_bytes(),
         &salt,
@@ -230,7 +247,37 @@ fn passphrase_key(spec: &KeySpec, what: &str) -> Result<MasterKey> {
     ))
 }
 
-/// `walseal keygen --passphrase`: a new salt, an iteration count that costs about 0.5 s here,
+/// The fewest PBKDF2-HMAC-SHA256 iterations walseal generates (OWASP, 2023); calibration on a
+/// fast host may choose more, never fewer (docs/FORMAT.md §8).
+pub const MIN_NEW_ITERATIONS: u32 = 600_000;
+/// The most iterations calibration chooses.
+const MAX_NEW_ITERATIONS: u32 = 50_000_000;
+/// The fewest iterations accepted when reading an entry or an export: below is a mistake or an
+/// attack, not a file walseal wrote.
+pub const MIN_READ_ITERATIONS: u32 = 100_000;
+/// The most iterations accepted when reading: more would let a hostile file hang walseal.
+pub const MAX_READ_ITERATIONS: u32 = 100_000_000;
+
+/// Refuses a work factor read from a passphrase entry or an export outside
+/// [`MIN_READ_ITERATIONS`]..=[`MAX_READ_ITERATIONS`].
+fn check_iterations(iterations: u32, what: &str) -> Result<()> {
+    if iterations < MIN_READ_ITERATIONS {
+        return Err(config_error(format!(
+            "{what}: {iterations} iterations are too few (at least {MIN_READ_ITERATIONS})"
+        ))
+        .hint("use the entry or export walseal wrote; a lowered count makes the passphrase easy to guess"));
+    }
+    if iterations > MAX_READ_ITERATIONS {
+        return Err(config_error(format!(
+            "{what}: {iterations} iterations are too many (at most {MAX_READ_ITERATIONS})"
+        ))
+        .hint("use the entry or export walseal wrote"));
+    }
+    Ok(())
+}
+
+/// `walseal keygen --passphrase`: a new salt, an iteration count that costs about 0.5 s here
+/// (at least [`MIN_NEW_ITERATIONS`]),
 /// and the key's id, as a `[[keys]]` entry for the config file.
 ///
 /// # Errors
@@ -279,10 +326,14 @@ fn new_salt_and_iterations(passphrase: &str) -> Result<([u8; 32], u32)> {
     let start = Instant::now();
     let _ = pbkdf2(passphrase.as_bytes(), &salt, probe);
     let per = start.elapsed().as_secs_f64() / f64::from(probe);
-    Ok((
-        salt,
-        ((0.5 / per.max(1e-9)) as u32).clamp(100_000, 50_000_000),
-    ))
+    Ok((salt, calibrated(per)))
+}
+
+/// The iteration count for a new key or export, given the seconds one iteration takes here:
+/// about 0.5 s of work, but never fewer than [`MIN_NEW_ITERATIONS`] (a loaded host measures
+/// itself slow).
+fn calibrated(per_iteration: f64) -> u32 {
+    ((0.5 / per_iteration.max(1e-9)) as u32).clamp(MIN_NEW_ITERATIONS, MAX_NEW_ITERATIONS)
 }
 
 const EXPORT_TAG: &str = "walseal-key-export";
@@ -313,19 +364,21 @@ pub fn export(id: crate::keys::KeyId, file_text: &str, output: &Path) -> Result<
     write_new(output, text.as_bytes())
 }
 
-/// `walseal key import`: opens an export with its passphrase and writes the key file (0600).
-///
-/// # Errors
-/// `Key` for a wrong passphrase; `Config` for a malformed export; `Conflict` if `output` exists.
-pub fn import(input: &Path, output: &Path) -> Result<crate::keys::KeyId> {
-    let text = std::fs::read_to_string(input)
-        .map_err(|e| crate::error::local_io(format!("cannot read {}", input.display()), &e))?;
+/// The fields of a key export.
+struct Export {
+    salt: [u8; 32],
+    iterations: u32,
+    sealed: Vec<u8>,
+}
+
+/// Decodes an export's text (`what` names it in errors).
+fn parse_export(text: &str, what: &str) -> Result<Export> {
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{name}: ")))
             .map(str::trim)
     };
-    let bad = || config_error(format!("{} is not a walseal key export", input.display()));
+    let bad = || config_error(format!("{what} is not a walseal key export"));
     if field(EXPORT_TAG) != Some("1") {
         return Err(bad());
     }
@@ -334,9 +387,29 @@ pub fn import(input: &Path, output: &Path) -> Result<crate::keys::KeyId> {
     let iterations: u32 = field("iterations")
         .and_then(|i| i.parse().ok())
         .ok_or_else(bad)?;
+    check_iterations(iterations, what)?;
     let sealed_hex = field("sealed").ok_or_else(bad)?;
     let mut sealed = vec![0u8; sealed_hex.len() / 2];
     keys::hex_decode_into(sealed_hex, &mut sealed).ok_or_else(bad)?;
+    Ok(Export {
+        salt,
+        iterations,
+        sealed,
+    })
+}
+
+/// `walseal key import`: opens an export with its passphrase and writes the key file (0600).
+///
+/// # Errors
+/// `Key` for a wrong passphrase; `Config` for a malformed export; `Conflict` if `output` exists.
+pub fn import(input: &Path, output: &Path) -> Result<crate::keys::KeyId> {
+    let text = std::fs::read_to_string(input)
+        .map_err(|e| crate::error::local_io(format!("cannot read {}", input.display()), &e))?;
+    let Export {
+        salt,
+        iterations,
+        sealed,
+    } = parse_export(&text, &input.display().to_string())?;
     let passphrase = read_passphrase(false)?;
     let wrap = pbkdf2(passphrase.as_bytes(), &salt, iterations);
     // Exports from before format 2 are version 1; they are in no repository, so binding
@@ -387,4 +460,47 @@ fn write_new(path: &Path, data: &[u8]) -> Result<()> {
     f.write_all(data)
         .and_then(|()| f.sync_all())
         .map_err(|e| crate::error::local_io(format!("cannot write {}", path.display()), &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_work_factors_never_fall_below_the_floor() {
+        // A loaded host: 0.5 s buys only 50 000 iterations.
+        assert_eq!(calibrated(1e-5), 600_000);
+        assert_eq!(calibrated(0.5 / 2_000_000.0), 2_000_000);
+        assert!((600_000..=100_000_000).contains(&calibrated(1e-12)));
+        assert!((600_000..=100_000_000).contains(&calibrated(f64::NAN)));
+        assert_eq!(calibrated(10.0), 600_000);
+    }
+
+    #[test]
+    fn work_factors_read_are_bounded_both_ways() {
+        for bad in [0, 1, 99_999, 100_000_001, u32::MAX] {
+            let e = check_iterations(bad, "entry").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
+        }
+        for good in [100_000, 600_000, 100_000_000] {
+            check_iterations(good, "entry").unwrap();
+        }
+    }
+
+    #[test]
+    fn exports_with_a_weak_or_hostile_work_factor_are_refused() {
+        let text = |iterations: u64| {
+            format!(
+                "{EXPORT_TAG}: 1\nid: {}\nsalt: {}\niterations: {iterations}\nsealed: 00ff\n",
+                "0".repeat(32),
+                "ab".repeat(32)
+            )
+        };
+        for bad in [0, 1, 99_999, 100_000_001, 4_000_000_000] {
+            let e = parse_export(&text(bad), "export").err().unwrap();
+            assert_eq!(e.kind(), ErrorKind::Config, "{bad}");
+        }
+        let e = parse_export(&text(600_000), "export").ok().unwrap();
+        assert_eq!((e.iterations, e.sealed), (600_000, vec![0, 0xff]));
+    }
 }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod keys;
 pub mod keysource;
 pub mod recipient;
+pub mod redact;
 pub mod rekey;
 pub mod repo;
 pub mod repository;

@@ -447,7 +447,36 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
+/// Refuses a repository URL that carries credentials (user info, or a query string such as
+/// an Azure SAS token): restore_command is written to `postgresql.auto.conf`, which every
+/// later base backup of the restored cluster copies.
+fn refuse_credentials_in_url(repo: &str) -> Result<()> {
+    let carries = match url::Url::parse(repo) {
+        Ok(u) => !u.username().is_empty() || u.password().is_some() || u.query().is_some(),
+        Err(_) => repo.contains(['@', '?']),
+    };
+    if !carries {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Config,
+        format!(
+            "repository URL {} carries credentials (user info or a query string such as a SAS token), which restore_command would write into postgresql.auto.conf",
+            crate::redact::redact_url(repo)
+        ),
+    )
+    .hint("run walseal restore with --config FILE (or WALSEAL_CONFIG) holding the repository and its credentials: restore_command then names only that file"))
+}
+
 /// The restore_command walseal writes: this binary, with the configuration it was run with.
+/// Run with a config file, the command names that file (and the key and identity file paths)
+/// and nothing from inside it; run from the environment only, it repeats the repository URL
+/// and file paths, never a credential, passphrase or key: a URL carrying credentials is
+/// refused.
+///
+/// # Errors
+/// `Config` for a URL carrying credentials or no URL; `LocalIo` if the executable or the
+/// config file cannot be resolved.
 pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<String> {
     let exe =
         std::env::current_exe().map_err(|e| local_io("cannot find the walseal executable", &e))?;
@@ -511,6 +540,7 @@ pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<Strin
         );
     } else {
         let repo = cfg.repo_url()?;
+        refuse_credentials_in_url(repo)?;
         cmd += &format!("WALSEAL_REPO={} {keys_env}", shell_quote(repo));
         if cfg.allow_http {
             cmd += "WALSEAL_ALLOW_HTTP=1 ";
@@ -520,8 +550,17 @@ pub fn restore_command(cfg: &Config, config_file: Option<&Path>) -> Result<Strin
     Ok(cmd)
 }
 
+/// A string value for `postgresql.conf`: quotes doubled, and backslashes and line breaks
+/// escaped (PostgreSQL reads `\\`, `\n` and `\r` escapes in quoted values), so no value
+/// can end the line or change its meaning.
 fn conf_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    format!(
+        "'{}'",
+        s.replace('\\', "\\\\")
+            .replace('\'', "''")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+    )
 }
 
 fn write_recovery(cfg: &Config, opts: &RestoreOptions) -> Result<()> {
@@ -792,5 +831,83 @@ mod tests {
         assert!(verify_manifest_checksum(&edited, Some(&sum), "b").is_err());
         assert!(verify_manifest_checksum(&m[..m.len() - 1], Some(&sum), "b").is_err());
         assert!(verify_manifest_checksum(&m, None, "b").is_err());
+    }
+}
+
+#[cfg(test)]
+mod recovery_tests {
+    use super::*;
+
+    const PASSPHRASE_VAR: &str = "WALSEAL_TEST_RESTORE_COMMAND_PASSPHRASE";
+
+    fn cfg_with(repo: &str) -> Config {
+        std::env::set_var(PASSPHRASE_VAR, "PASSSECRET");
+        Config {
+            repo: Some(repo.into()),
+            key_files: vec![PathBuf::from("/etc/walseal/master.key")],
+            identity_files: vec![PathBuf::from("/etc/walseal/restore.id")],
+            recipient: None,
+            signer_file: None,
+            trusted_signers: vec![],
+            allow_legacy: false,
+            repository_id: None,
+            allow_http: false,
+            log_level: "warn".into(),
+            audit_log: None,
+            storage: [("aws_secret_access_key".to_string(), "AWSSECRET".to_string())].into(),
+            keys: vec![crate::keysource::KeySpec {
+                passphrase_env: Some(PASSPHRASE_VAR.into()),
+                salt: Some("ab".repeat(32)),
+                iterations: Some(600_000),
+                ..Default::default()
+            }],
+            storage_retries: 3,
+            storage_timeout: std::time::Duration::from_secs(60),
+        }
+    }
+
+    const SECRETS: [&str; 4] = ["SIGSECRET", "PWSECRET", "AWSSECRET", "PASSSECRET"];
+
+    #[test]
+    fn restore_command_carries_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("walseal.toml");
+        fs::write(&file, "").unwrap();
+        let sas = "az://c/p?sv=2024-01-01&sig=SIGSECRET";
+        // Run with --config: the line names the file, never what is in it.
+        let line = restore_command(&cfg_with(sas), Some(&file)).unwrap();
+        for s in SECRETS {
+            assert!(!line.contains(s), "{s} in {line}");
+        }
+        let abs = fs::canonicalize(&file).unwrap();
+        assert!(
+            line.contains(&format!("--config '{}'", abs.display())),
+            "{line}"
+        );
+        assert!(
+            line.ends_with(" wal-fetch %f %p") && !line.contains("WALSEAL_REPO"),
+            "{line}"
+        );
+        // From the environment only: a URL carrying credentials cannot be written.
+        for url in [sas, "s3://AKIA:PWSECRET@bucket/p", "s3://AKIA@bucket/p"] {
+            let e = restore_command(&cfg_with(url), None).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{url}");
+            assert!(e.hint_text().unwrap_or("").contains("--config"), "{e}");
+            for s in SECRETS {
+                assert!(!e.to_string().contains(s), "{s} in {e}");
+            }
+        }
+        let line = restore_command(&cfg_with("s3://bucket/p"), None).unwrap();
+        for s in SECRETS {
+            assert!(!line.contains(s), "{s} in {line}");
+        }
+        assert!(line.starts_with("WALSEAL_REPO='s3://bucket/p' WALSEAL_KEY_FILE='/etc/walseal/master.key' WALSEAL_IDENTITY_FILE='/etc/walseal/restore.id' "), "{line}");
+    }
+
+    #[test]
+    fn settings_are_quoted_for_postgresql_conf() {
+        assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(conf_quote("a\\b"), "'a\\\\b'");
+        assert_eq!(conf_quote("x\ny\rz"), "'x\\ny\\rz'");
     }
 }

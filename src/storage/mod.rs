@@ -95,8 +95,9 @@ impl Storage {
     /// endpoint; `Storage` if the backend cannot be set up.
     pub fn open(cfg: &Config, create: Create) -> Result<Self> {
         let url_text = cfg.repo_url()?;
+        let shown = crate::redact::redact_url(url_text);
         let url = url::Url::parse(url_text).map_err(|e| {
-            Error::new(ErrorKind::Config, format!("repository URL {url_text:?} is invalid: {e}"))
+            Error::new(ErrorKind::Config, format!("repository URL {shown:?} is invalid: {e}"))
                 .hint("use file:///abs/path, s3://bucket/prefix, gs://bucket/prefix or az://container/prefix")
         })?;
         let display = redact(&url);
@@ -115,14 +116,14 @@ impl Storage {
                 {
                     return Err(Error::new(
                         ErrorKind::Config,
-                        format!("repository URL {url_text} names a host"),
+                        format!("repository URL {shown} names a host"),
                     )
                     .hint("a local repository is file:///absolute/path (three slashes)"));
                 }
                 let dir = url.to_file_path().map_err(|()| {
                     Error::new(
                         ErrorKind::Config,
-                        format!("repository URL {url_text} is not an absolute path"),
+                        format!("repository URL {shown} is not an absolute path"),
                     )
                 })?;
                 if create == Create::Yes {
@@ -211,7 +212,7 @@ impl Storage {
             other => {
                 return Err(Error::new(
                     ErrorKind::Config,
-                    format!("unsupported repository scheme {other:?} in {url_text}"),
+                    format!("unsupported repository scheme {other:?} in {shown}"),
                 )
                 .hint("use file://, s3://, gs:// or az://"))
             }
