@@ -25,16 +25,27 @@ python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q p
 start_moto
 trap stop_moto EXIT
 
+# One cargo build at a time on a 2-core machine: builds take this lock (scripts/fuzz.sh too).
+LOCK=/tmp/walseal-cargo.lock
 log "cargo build --profile test-release --all-targets"
-cargo build --profile test-release --all-targets
+flock "$LOCK" cargo build --profile test-release --all-targets
 
 log "cargo test --profile test-release"
 out=$(mktemp /tmp/walseal-test-output.XXXXXX)
 set +e
-cargo test --profile test-release -- --test-threads=2 2>&1 | tee "$out"
+flock "$LOCK" cargo test --profile test-release -- --test-threads=2 2>&1 | tee "$out"
 status=${PIPESTATUS[0]}
 set -e
 log "cargo test exited with $status"
+# Every fuzz target briefly (8 s each, about a minute; the long runs are in docs/fuzzing.md).
+if rustup toolchain list 2>/dev/null | grep -q nightly; then
+    log "fuzz targets (scripts/fuzz.sh)"
+    if ! bash "$ROOT/scripts/fuzz.sh"; then
+        status=1
+    fi
+else
+    echo "SKIPPED: fuzz targets (no nightly toolchain)"
+fi
 # One closing line for the whole suite (CI reads it): the sums of every "test result:" line.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "total: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
