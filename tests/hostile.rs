@@ -323,6 +323,28 @@ fn a_location_without_a_repository_is_never_written() {
 }
 
 #[test]
+fn a_mistyped_bucket_prefix_is_no_repository() {
+    let Some((endpoint, bucket)) = s3_endpoint() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("pg_wal")).unwrap();
+    let key_file = root.join("master.key");
+    keygen(&[], &key_file);
+    let n = "000000010000000000000001";
+    std::fs::write(root.join("pg_wal").join(n), synthetic_segment(n, SYSID, SEG, None)).unwrap();
+    let repo = RepoEnv::s3(&endpoint, &bucket, &unique("typo"));
+    let key = [("WALSEAL_KEY_FILE", key_file.to_str().unwrap())];
+    let out = run(walseal(&repo, &key), &["wal-push", &format!("pg_wal/{n}")], root);
+    assert_eq!(code(&out), 12, "{}", stderr(&out));
+    let out = run(walseal(&repo, &key), &["wal-fetch", n, "fetched"], root);
+    assert_eq!(code(&out), 212, "{}", stderr(&out));
+    assert!(!root.join("fetched").exists());
+    assert!(block_on(repo.storage().list("")).unwrap().is_empty());
+}
+
+#[test]
 fn legacy_objects_open_only_when_allowed_and_rekey_converts_them() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -482,7 +504,14 @@ fn snapshot(dir: &Path) -> Vec<String> {
 
 #[test]
 fn pg15_restore_of_a_backup_with_a_hostile_tar_writes_nothing_outside_pgdata() {
-    let s = Setup::new(&Backend::Local);
+    hostile_tar_restore(Backend::Local);
+    if let Some((endpoint, bucket)) = s3_endpoint() {
+        hostile_tar_restore(Backend::S3 { endpoint, bucket });
+    }
+}
+
+fn hostile_tar_restore(backend: Backend) {
+    let s = Setup::new(&backend);
     let pg = s.primary(&pg_bin(), &[]);
     pg.start();
     let out = s.backup(&pg, &["--json"]);
