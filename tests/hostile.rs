@@ -333,10 +333,18 @@ fn a_mistyped_bucket_prefix_is_no_repository() {
     let key_file = root.join("master.key");
     keygen(&[], &key_file);
     let n = "000000010000000000000001";
-    std::fs::write(root.join("pg_wal").join(n), synthetic_segment(n, SYSID, SEG, None)).unwrap();
+    std::fs::write(
+        root.join("pg_wal").join(n),
+        synthetic_segment(n, SYSID, SEG, None),
+    )
+    .unwrap();
     let repo = RepoEnv::s3(&endpoint, &bucket, &unique("typo"));
     let key = [("WALSEAL_KEY_FILE", key_file.to_str().unwrap())];
-    let out = run(walseal(&repo, &key), &["wal-push", &format!("pg_wal/{n}")], root);
+    let out = run(
+        walseal(&repo, &key),
+        &["wal-push", &format!("pg_wal/{n}")],
+        root,
+    );
     assert_eq!(code(&out), 12, "{}", stderr(&out));
     let out = run(walseal(&repo, &key), &["wal-fetch", n, "fetched"], root);
     assert_eq!(code(&out), 212, "{}", stderr(&out));

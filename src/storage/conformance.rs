@@ -11,6 +11,55 @@ pub async fn run_all(s: &Storage) {
     put_new_never_overwrites(s).await;
     missing_objects(s).await;
     large_object_round_trips(s).await;
+    replace_if_unchanged_never_resurrects(s).await;
+    is_empty_except_sees_any_object(s).await;
+}
+
+/// A conditional replace (rekey's) writes only over the version it read: never over an
+/// object deleted meanwhile (a backup `retain` removed must not come back) or rewritten.
+pub async fn replace_if_unchanged_never_resurrects(s: &Storage) {
+    let key = "conformance/cond/object";
+    s.delete(key).await.expect("delete before test");
+    s.put_new(key, Bytes::from_static(b"v1"))
+        .await
+        .expect("put");
+    let (_, v1) = s.get_versioned(key).await.expect("get").expect("exists");
+    assert!(s
+        .replace_if_unchanged(key, Bytes::from_static(b"v2"), &v1)
+        .await
+        .expect("replace unchanged"));
+    assert_eq!(
+        s.get_bytes(key).await.expect("get").as_deref(),
+        Some(&b"v2"[..])
+    );
+    // v1 is stale now: a replace based on it changes nothing.
+    assert!(!s
+        .replace_if_unchanged(key, Bytes::from_static(b"v3"), &v1)
+        .await
+        .expect("replace stale"));
+    assert_eq!(
+        s.get_bytes(key).await.expect("get").as_deref(),
+        Some(&b"v2"[..])
+    );
+    let (_, v2) = s.get_versioned(key).await.expect("get").expect("exists");
+    s.delete(key).await.expect("delete");
+    assert!(!s
+        .replace_if_unchanged(key, Bytes::from_static(b"v4"), &v2)
+        .await
+        .expect("replace deleted"));
+    assert!(
+        s.get(key).await.expect("get").is_none(),
+        "a deleted object came back"
+    );
+}
+
+/// `init` refuses a location holding anything: `is_empty_except` must see any object.
+pub async fn is_empty_except_sees_any_object(s: &Storage) {
+    let key = "conformance/empty/x";
+    s.delete(key).await.expect("delete before test");
+    s.put_new(key, Bytes::from_static(b"x")).await.expect("put");
+    assert!(!s.is_empty_except("walseal.repo.json").await.expect("list"));
+    s.delete(key).await.expect("delete");
 }
 
 /// Write, read back, list under a prefix, delete.
