@@ -16,6 +16,9 @@ use crate::wal::{Lsn, WalFile, WalKind};
 
 /// Prefix of all backup objects.
 pub const BACKUPS: &str = "backups";
+/// Largest backup record walseal reads (a record lists every part: about 150 bytes each, so
+/// this covers backups of a million parts).
+pub const RECORD_MAX: u64 = 256 << 20;
 
 /// Key of a backup's record.
 pub fn record_key(id: &str) -> String {
@@ -96,7 +99,7 @@ pub struct BackupRecord {
 /// if it does not open.
 pub async fn load_record(storage: &Storage, keyring: &Keyring, id: &str) -> Result<BackupRecord> {
     let key = record_key(id);
-    let Some(sealed) = storage.get_bytes(&key).await? else {
+    let Some(sealed) = storage.get_bytes_max(&key, RECORD_MAX).await? else {
         let parts = storage.list(&format!("{BACKUPS}/{id}/")).await?;
         let msg = if parts.is_empty() {
             format!("no backup {id:?} in {}", storage.display())

@@ -120,10 +120,14 @@ async fn rekey_one(
             }
             _ => None,
         };
-        let Some(new) =
-            seal::rewrap(&sealed, &keyring, to, &k, digest).map_err(|e| e.into_error(&k))?
-        else {
-            return Ok(None);
+        let new = match seal::rewrap(&sealed, &keyring, to, &k, digest) {
+            Ok(Some(new)) => new,
+            Ok(None) => return Ok(None),
+            Err(seal::SealError::LegacyUnsigned) => {
+                tracing::warn!("{k}: a format-1 object sealed to a recipient: left as it is (nothing proves who wrote it)");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into_error(&k)),
         };
         // Authenticate the new object to its end before it replaces the old one.
         let mut reader = seal::open(&new[..], &keyring, &k).map_err(|e| e.into_error(&k))?;

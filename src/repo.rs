@@ -24,6 +24,9 @@ use crate::storage::{Create, PutOutcome, Storage};
 pub const RECORD_KEY: &str = "walseal.repo";
 /// Object key of its plain copy.
 pub const PLAIN_RECORD_KEY: &str = "walseal.repo.json";
+/// Largest repository or identity record (sealed or plain) walseal reads: it writes a few
+/// hundred bytes.
+pub const RECORD_MAX: u64 = 64 << 10;
 
 /// The repository record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,7 +197,7 @@ fn no_location(e: Error) -> Error {
 /// Reads the repository id: from the sealed record where this host can open it, else from the
 /// plain copy (which must agree with the sealed record's header).
 async fn read_id(storage: &Storage, keyring: &Keyring) -> Result<RepositoryId> {
-    let Some(sealed) = storage.get_bytes(RECORD_KEY).await? else {
+    let Some(sealed) = storage.get_bytes_max(RECORD_KEY, RECORD_MAX).await? else {
         return Err(missing(storage).await);
     };
     let mut cursor = &sealed[..];
@@ -214,8 +217,12 @@ async fn read_id(storage: &Storage, keyring: &Keyring) -> Result<RepositoryId> {
         // initialised under a master key): the plain copy, which must name the id the sealed
         // record's header carries. (Replacing both is replacing the repository: only a
         // pinned repository_id catches that, see docs/threat-model.md.)
-        Err(SealError::PushOnly | SealError::UnknownKey(_)) => {
-            let plain = storage.get_bytes(PLAIN_RECORD_KEY).await?.ok_or_else(|| {
+        // Not on a host with a master key: there the record must open (a planted record with
+        // a made-up key id must not send it to the unauthenticated copy).
+        Err(SealError::PushOnly | SealError::UnknownKey(_))
+            if plain_copy_allowed(keyring, &header) =>
+        {
+            let plain = storage.get_bytes_max(PLAIN_RECORD_KEY, RECORD_MAX).await?.ok_or_else(|| {
                 Error::new(
                     ErrorKind::NoRepository,
                     format!("{} has {RECORD_KEY} but not {PLAIN_RECORD_KEY}, which this push-only host needs", storage.display()),
@@ -234,6 +241,16 @@ async fn read_id(storage: &Storage, keyring: &Keyring) -> Result<RepositoryId> {
         }
         Err(e) => Err(e.into_error(RECORD_KEY)),
     }
+}
+
+/// Whether a host that cannot open the sealed record may take the id from the plain copy: a
+/// host without a master key (push-only, or an identity host of a repository initialised
+/// under a master key), or one that seals to a recipient the record is sealed to (it holds
+/// master keys of older objects only). A host with a master key is never sent to the copy
+/// by a planted record naming some other key.
+fn plain_copy_allowed(keyring: &Keyring, header: &seal::Header) -> bool {
+    keyring.first_master().is_none()
+        || (!keyring.opens_own() && header.key_ids().contains(&keyring.active().id()))
 }
 
 /// The error for a location without a repository record, naming the likely cause.
@@ -344,7 +361,7 @@ async fn plain_record(storage: &Storage) -> Result<(Vec<u8>, RepositoryId)> {
         PutOutcome::Created => Ok((json, id)),
         PutOutcome::AlreadyExists => {
             let bytes = storage
-                .get_bytes(PLAIN_RECORD_KEY)
+                .get_bytes_max(PLAIN_RECORD_KEY, RECORD_MAX)
                 .await?
                 .unwrap_or_default();
             let (_, id) = Record::decode(PLAIN_RECORD_KEY, &bytes)?;

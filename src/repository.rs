@@ -50,7 +50,10 @@ async fn load_sealed(
     storage: &Storage,
     keyring: &Keyring,
 ) -> Result<std::result::Result<Option<Identity>, seal::SealError>> {
-    let Some(sealed) = storage.get_bytes(IDENTITY_KEY).await? else {
+    let Some(sealed) = storage
+        .get_bytes_max(IDENTITY_KEY, crate::repo::RECORD_MAX)
+        .await?
+    else {
         return Ok(Ok(None));
     };
     let plain = match seal::open_to_vec(keyring, IDENTITY_KEY, &sealed) {
@@ -98,7 +101,10 @@ pub async fn load_any(storage: &Storage, keyring: &Keyring) -> Result<Option<Ide
 /// # Errors
 /// Storage errors; `Integrity` if it is not an identity record.
 pub async fn load_plain(storage: &Storage) -> Result<Option<Identity>> {
-    match storage.get_bytes(PLAIN_IDENTITY_KEY).await? {
+    match storage
+        .get_bytes_max(PLAIN_IDENTITY_KEY, crate::repo::RECORD_MAX)
+        .await?
+    {
         None => Ok(None),
         Some(bytes) => parse(PLAIN_IDENTITY_KEY, &bytes).map(Some),
     }

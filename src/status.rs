@@ -101,7 +101,10 @@ pub async fn status(
             .iter()
             .find(|o| o.key == LAST_VERIFY_KEY)
             .map(|o| (now - o.modified).max(0.0));
-    } else if let Some(sealed) = storage.get_bytes(LAST_VERIFY_KEY).await? {
+    } else if let Some(sealed) = storage
+        .get_bytes_max(LAST_VERIFY_KEY, crate::repo::RECORD_MAX)
+        .await?
+    {
         let plain = seal::open_to_vec(keyring, LAST_VERIFY_KEY, &sealed)
             .map_err(|e| e.into_error(LAST_VERIFY_KEY))?;
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&plain) {

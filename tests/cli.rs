@@ -646,7 +646,10 @@ fn passphrase_key_source() {
         "{entry}"
     );
     let cfg = f.root.join("pass.toml");
-    std::fs::write(&cfg, format!("repo = \"{}\"\n{entry}", f.repo.url)).unwrap();
+    // A repository of its own, created with the passphrase key (a host must open its
+    // repository's record with a key it holds).
+    let url = format!("file://{}", f.root.join("repo-pass").display());
+    std::fs::write(&cfg, format!("repo = \"{url}\"\n{entry}")).unwrap();
     let run = |pass: &str, args: &[&str]| {
         std::process::Command::new(walseal_bin())
             .arg("--config")
@@ -659,6 +662,8 @@ fn passphrase_key_source() {
             .output()
             .unwrap()
     };
+    let out = run(phrase, &["init"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = run(phrase, &["wal-push", &format!("pg_wal/{name}")]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let out = run(phrase, &["wal-fetch", name, "pg_wal/RECOVERYXLOG"]);

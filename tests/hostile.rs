@@ -169,6 +169,31 @@ fn forgeries_from_the_public_recipient_are_refused() {
         let forged = walseal::seal::seal_to_vec(&r, &key, &forged_data, &opts).unwrap();
         block_on(storage.replace(&key, forged.into())).unwrap();
         fetch_refused(restore(), names[1], root, "not in trusted_signers");
+        // A holder of a data key (a thief of a restore host) re-encrypts other content under
+        // the same data key and keeps the signed header: refused at the final chunk, before
+        // anything is renamed into %p.
+        let honest_signer =
+            std::sync::Arc::new(walseal::signer::load_signer_file(&signer).unwrap());
+        let fixed = walseal::seal::SealOptions {
+            repository: repo_id(&repo),
+            signer: Some(honest_signer),
+            compression: walseal::seal::Compression::None,
+            fixed_secrets: Some(([0x42; 32], [0x43; 32])),
+            ..Default::default()
+        };
+        let honest_data = synthetic_segment(names[1], SYSID, SEG, Some(b"honest"));
+        let a = walseal::seal::seal_to_vec(&r, &key, &honest_data, &fixed).unwrap();
+        let b = walseal::seal::seal_to_vec(&r, &key, &forged_data, &fixed).unwrap();
+        let header_len = walseal::seal::Header::read(&mut &a[..]).unwrap().len();
+        let mut spliced = a[..header_len].to_vec();
+        spliced.extend_from_slice(&b[header_len..]);
+        block_on(storage.replace(&key, spliced.into())).unwrap();
+        fetch_refused(
+            restore(),
+            names[1],
+            root,
+            "payload is not the one its signature covers",
+        );
         // A reader that trusts nobody refuses even the honest object.
         fetch_refused(
             walseal(
@@ -660,4 +685,105 @@ fn absurd_segment_sizes_and_bogus_listing_names_are_reported_not_obeyed() {
             }
         }
     }
+}
+
+#[test]
+fn format_1_objects_sealed_to_a_recipient_are_never_laundered_by_rekey() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let repo = RepoEnv::local(&root.join("repo"));
+    // The v1 recipient vector: sealed to the vector identity, name wal/.../0003. A bucket
+    // writer could have made it from the recipient alone (format 1 signs nothing).
+    let vector = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/vectors/x25519_ok_small_none"),
+    )
+    .unwrap();
+    let field = |k: &str| {
+        vector
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .unwrap()
+            .to_string()
+    };
+    let identity = root.join("identity");
+    std::fs::write(
+        &identity,
+        format!(
+            "walseal-identity: 1\nrecipient: {}\nsecret: {}\n",
+            field("recipient"),
+            field("identity")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &identity,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let key_file = root.join("master.key");
+    keygen(&[], &key_file);
+    let both = [
+        ("WALSEAL_KEY_FILE", key_file.to_str().unwrap()),
+        ("WALSEAL_IDENTITY_FILE", identity.to_str().unwrap()),
+        ("WALSEAL_ALLOW_LEGACY", "1"),
+    ];
+    ok(&run(walseal(&repo, &both[..1]), &["init"], root));
+    let mut sealed = vec![0u8; field("sealed").len() / 2];
+    walseal::keys::hex_decode_into(&field("sealed"), &mut sealed).unwrap();
+    let name = field("name");
+    block_on(repo.storage().put_new(&name, sealed.clone().into())).unwrap();
+    // rekey to the master key leaves it untouched (still format 1, still listed by verify).
+    ok(&run(walseal(&repo, &both), &["rekey"], root));
+    let after = block_on(repo.storage().get_bytes(&name)).unwrap().unwrap();
+    assert_eq!(after, sealed, "rekey rewrapped a format-1 recipient object");
+    let out = run(walseal(&repo, &both), &["verify", "--json"], root);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["legacy_objects"].to_string().contains(&name),
+        "{report}"
+    );
+}
+
+#[test]
+fn planted_records_cannot_exhaust_memory_or_redirect_a_master_key_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir(root.join("pg_wal")).unwrap();
+    let repo = RepoEnv::local(&root.join("repo"));
+    let key_file = root.join("master.key");
+    keygen(&[], &key_file);
+    let key = [("WALSEAL_KEY_FILE", key_file.to_str().unwrap())];
+    ok(&run(walseal(&repo, &key), &["init"], root));
+    let storage = repo.storage();
+    let good = block_on(storage.get_bytes("walseal.repo"))
+        .unwrap()
+        .unwrap();
+    // A giant record is refused before it is read.
+    block_on(storage.replace("walseal.repo", vec![b'x'; 200 << 10].into())).unwrap();
+    let out = run(walseal(&repo, &key), &["status"], root);
+    assert_eq!(code(&out), 5, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("more than it can be"),
+        "{}",
+        stderr(&out)
+    );
+    // A record sealed under a key this host lacks, with a plain copy naming the attacker's
+    // repository id: a host with a master key does not fall back to the plain copy.
+    let evil_id = [0x66u8; 16];
+    let evil_key = walseal::keys::MasterKey::from_bytes(zeroize::Zeroizing::new([9u8; 32]));
+    let json = format!(
+        "{{\"format_version\":2,\"repository_id\":\"{}\",\"created\":\"x\"}}",
+        walseal::keys::hex_encode(&evil_id)
+    );
+    let opts = walseal::seal::SealOptions {
+        repository: evil_id,
+        ..Default::default()
+    };
+    let evil =
+        walseal::seal::seal_to_vec(&evil_key, "walseal.repo", json.as_bytes(), &opts).unwrap();
+    block_on(storage.replace("walseal.repo", evil.into())).unwrap();
+    block_on(storage.replace("walseal.repo.json", json.into_bytes().into())).unwrap();
+    let out = run(walseal(&repo, &key), &["status"], root);
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    block_on(storage.replace("walseal.repo", good.into())).unwrap();
 }

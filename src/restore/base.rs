@@ -609,12 +609,15 @@ async fn read_archive(storage: &Storage, keyring: &Keyring, archive: &Archive) -
 }
 
 async fn fetch_part(storage: &Storage, part: &catalog::Part) -> Result<Vec<u8>> {
-    let sealed = storage.get_bytes(&part.key).await?.ok_or_else(|| {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("backup part {} is missing from the repository", part.key),
-        )
-    })?;
+    let sealed = storage
+        .get_bytes_max(&part.key, part.stored.saturating_add(seal::MAX_HEADER_LEN))
+        .await?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("backup part {} is missing from the repository", part.key),
+            )
+        })?;
     let sha = seal::payload_digest(&sealed).map_err(|e| e.into_error(&part.key))?;
     if sha != part.sha256 {
         return Err(Error::new(

@@ -187,6 +187,8 @@ pub(crate) fn placeholder_signature_slot(signer: &Signer) -> Slot {
 pub(crate) struct Unlocked {
     pub(crate) dek: DataKey,
     pub(crate) payload_sha256: Option<[u8; 32]>,
+    /// The data key came from an X25519 slot (the object was sealed to a recipient).
+    pub(crate) by_identity: bool,
 }
 
 /// HKDF-SHA256(salt, ikm) expanded with `info` into a key of type `T`.
@@ -530,6 +532,11 @@ impl Header {
         if name.len() > MAX_NAME_LEN {
             return Err(SealError::NameTooLong);
         }
+        // A host that cannot open anything says so first (a push-only host then compares by
+        // content digest, whatever the object's version).
+        if !keyring.can_open() {
+            return Err(SealError::PushOnly);
+        }
         if self.version == VERSION_1 && !keyring.allow_legacy() {
             return Err(SealError::Legacy);
         }
@@ -572,6 +579,7 @@ impl Header {
         Ok(Unlocked {
             dek,
             payload_sha256,
+            by_identity,
         })
     }
 

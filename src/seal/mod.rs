@@ -82,6 +82,10 @@ pub enum SealError {
     /// Sealing to a recipient needs a signer.
     #[error("sealing to a recipient needs a signer")]
     NeedSigner,
+    /// A format-1 object sealed to a recipient cannot be proven authentic, so it is not
+    /// rewrapped.
+    #[error("it is a format-1 object sealed to a recipient: nothing proves who wrote it, so rekey leaves it as it is")]
+    LegacyUnsigned,
     /// The lz4 frame inside the authenticated payload is invalid (should be impossible).
     #[error("decompression failed: {0}")]
     Decompress(String),
@@ -92,6 +96,10 @@ pub enum SealError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Longest header the format allows (16 slots of the largest body, MAC included): a rekey
+/// may change a header's length within this, never the payload.
+pub const MAX_HEADER_LEN: u64 = 28 + 16 * (19 + 4096) + 32;
 
 /// Longest object name the format binds.
 pub const MAX_NAME_LEN: usize = 1024;
@@ -235,6 +243,12 @@ pub fn rewrap(
         return Ok(None);
     }
     let unlocked = header.unlock(keyring, name.as_bytes())?;
+    // A format-1 object sealed to a recipient carries nothing that proves who wrote it
+    // (anyone with the public recipient could have): rewrapping it would turn a possible
+    // forgery into a signed or master-key object. It stays as it is.
+    if header.version == VERSION_1 && unlocked.by_identity {
+        return Err(SealError::LegacyUnsigned);
+    }
     let dek = unlocked.dek;
     // A master-key slot's salt, or a recipient slot's ephemeral secret: wiped on drop.
     let mut salt = zeroize::Zeroizing::new([0u8; header::SALT_LEN]);
@@ -354,6 +368,8 @@ impl SealError {
                 Error::new(ErrorKind::Integrity, format!("{object}: {self}"))
                     .hint("if the signer is yours, add its `wss1…` text to trusted_signers (WALSEAL_TRUSTED_SIGNERS); otherwise the object was forged: do not use it")
             }
+            SealError::LegacyUnsigned => Error::new(ErrorKind::Integrity, format!("{object}: {self}"))
+                .hint("it stays readable only with allow_legacy; take a new base backup so that it is no longer needed, and let `walseal retain` remove it"),
             SealError::NeedSigner => Error::new(ErrorKind::Config, format!("{object}: {self}"))
                 .hint("give this host a signer: `walseal keygen --signer -o FILE`, then signer_file = FILE (WALSEAL_SIGNER_FILE), and add its `wss1…` text to trusted_signers on restore hosts"),
             other => Error::new(ErrorKind::Integrity, format!("{object}: {other}"))

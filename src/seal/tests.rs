@@ -162,6 +162,7 @@ fn error_name(e: &SealError) -> &'static str {
         SealError::BadSignature(_) => "bad signature",
         SealError::PayloadDigest => "payload digest",
         SealError::NeedSigner => "need signer",
+        SealError::LegacyUnsigned => "legacy unsigned",
         SealError::Io(_) => "io",
     }
 }

@@ -403,6 +403,39 @@ impl Storage {
         Ok(Some(out))
     }
 
+    /// As [`Storage::get_bytes`], for an object that cannot be larger than `max` bytes (a
+    /// record, a part whose size the backup record states): a larger one is refused before
+    /// it is read, so a planted giant cannot exhaust memory.
+    ///
+    /// # Errors
+    /// As [`Storage::get`]; `Integrity` if the object is larger than `max`.
+    pub async fn get_bytes_max(&self, key: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let Some(mut obj) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let too_large = |size: u64| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!(
+                    "{key} is {size} bytes, more than it can be ({max}): walseal did not write it"
+                ),
+            )
+            .hint("the object was replaced; restore it from a copy of the repository")
+        };
+        if obj.size > max {
+            return Err(too_large(obj.size));
+        }
+        let mut out = Vec::with_capacity(usize::try_from(obj.size).unwrap_or(0));
+        while let Some(chunk) = obj.stream.next().await {
+            let chunk = chunk?;
+            if (out.len() + chunk.len()) as u64 > max {
+                return Err(too_large((out.len() + chunk.len()) as u64));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(Some(out))
+    }
+
     /// Whether an object exists.
     ///
     /// # Errors
