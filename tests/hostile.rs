@@ -85,6 +85,25 @@ fn fetch_refused(c: Command, name: &str, root: &Path, want: &str) {
     assert!(left.is_empty(), "files left at %p: {left:?}");
 }
 
+/// A scratch directory with `pg_wal/` and a master key `master.key`.
+fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    std::fs::create_dir(root.join("pg_wal")).unwrap();
+    let key_file = root.join("master.key");
+    keygen(&[], &key_file);
+    (dir, root, key_file)
+}
+
+/// Writes segment `name` of cluster `sysid` into `root/pg_wal`.
+fn write_segment(root: &Path, name: &str, sysid: u64) {
+    std::fs::write(
+        root.join("pg_wal").join(name),
+        synthetic_segment(name, sysid, SEG, None),
+    )
+    .unwrap();
+}
+
 fn keygen(args: &[&str], path: &Path) -> String {
     let out = Command::new(walseal_bin())
         .arg("keygen")
@@ -228,22 +247,14 @@ fn objects_of_another_repository_and_segments_of_another_cluster_are_refused() {
         // Cluster A archives segment 1; cluster B (same key: common) archives segments 1, 2.
         let n1 = "000000010000000000000001";
         let n2 = "000000010000000000000002";
-        std::fs::write(
-            root.join("pg_wal").join(n1),
-            synthetic_segment(n1, SYSID, SEG, None),
-        )
-        .unwrap();
+        write_segment(root, n1, SYSID);
         ok(&run(
             with_key(&a),
             &["wal-push", &format!("pg_wal/{n1}")],
             root,
         ));
         for n in [n1, n2] {
-            std::fs::write(
-                root.join("pg_wal").join(n),
-                synthetic_segment(n, SYSID + 1, SEG, None),
-            )
-            .unwrap();
+            write_segment(root, n, SYSID + 1);
             ok(&run(
                 with_key(&b),
                 &["wal-push", &format!("pg_wal/{n}")],
@@ -291,17 +302,10 @@ fn objects_of_another_repository_and_segments_of_another_cluster_are_refused() {
 
 #[test]
 fn a_location_without_a_repository_is_never_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    std::fs::create_dir(root.join("pg_wal")).unwrap();
-    let key_file = root.join("master.key");
-    keygen(&[], &key_file);
+    let (_dir, root, key_file) = scratch();
+    let root = root.as_path();
     let n = "000000010000000000000001";
-    std::fs::write(
-        root.join("pg_wal").join(n),
-        synthetic_segment(n, SYSID, SEG, None),
-    )
-    .unwrap();
+    write_segment(root, n, SYSID);
     // An unmounted file system: the directory is not there.
     let missing: PathBuf = root.join("mnt/archive");
     let repo = RepoEnv::local(&missing);
@@ -352,17 +356,10 @@ fn a_mistyped_bucket_prefix_is_no_repository() {
     let Some((endpoint, bucket)) = s3_endpoint() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    std::fs::create_dir(root.join("pg_wal")).unwrap();
-    let key_file = root.join("master.key");
-    keygen(&[], &key_file);
+    let (_dir, root, key_file) = scratch();
+    let root = root.as_path();
     let n = "000000010000000000000001";
-    std::fs::write(
-        root.join("pg_wal").join(n),
-        synthetic_segment(n, SYSID, SEG, None),
-    )
-    .unwrap();
+    write_segment(root, n, SYSID);
     let repo = RepoEnv::s3(&endpoint, &bucket, &unique("typo"));
     let key = [("WALSEAL_KEY_FILE", key_file.to_str().unwrap())];
     let out = run(
@@ -379,11 +376,8 @@ fn a_mistyped_bucket_prefix_is_no_repository() {
 
 #[test]
 fn legacy_objects_open_only_when_allowed_and_rekey_converts_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path();
-    std::fs::create_dir(root.join("pg_wal")).unwrap();
-    let key_file = root.join("master.key");
-    keygen(&[], &key_file);
+    let (_dir, root, key_file) = scratch();
+    let root = root.as_path();
     let repo = RepoEnv::local(&root.join("repo"));
     let key = ("WALSEAL_KEY_FILE", key_file.to_str().unwrap());
     ok(&run(walseal(&repo, &[key]), &["init"], root));
@@ -643,11 +637,7 @@ fn absurd_segment_sizes_and_bogus_listing_names_are_reported_not_obeyed() {
         };
         ok(&run(with_key(), &["init"], root));
         let n = "000000010000000000000001";
-        std::fs::write(
-            root.join("pg_wal").join(n),
-            synthetic_segment(n, SYSID, SEG, None),
-        )
-        .unwrap();
+        write_segment(root, n, SYSID);
         ok(&run(
             with_key(),
             &["wal-push", &format!("pg_wal/{n}")],
