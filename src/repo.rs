@@ -334,11 +334,38 @@ pub async fn init(cfg: &Config) -> Result<InitReport> {
             ))
         }
     }
+    if adopted_v1 {
+        convert_identity(&storage, keyring).await?;
+    }
     Ok(InitReport {
         repo: storage.display().to_string(),
         repository_id: hex_encode(&id),
         adopted_v1,
     })
+}
+
+/// Rewrites an adopted repository's format-1 `walseal.id` in format 2, so that `wal-push`
+/// (which reads it for every segment) goes on without `allow_legacy`. Only where this host can
+/// open it; a push-only host uses the plain copy anyway.
+async fn convert_identity(storage: &Storage, keyring: Keyring) -> Result<()> {
+    use crate::repository::IDENTITY_KEY;
+    if !keyring.can_open() {
+        return Ok(());
+    }
+    let keyring = keyring.allowing_legacy(true);
+    let Some((sealed, version)) = storage.get_versioned(IDENTITY_KEY).await? else {
+        return Ok(());
+    };
+    match seal::rewrap(&sealed, &keyring, keyring.active(), IDENTITY_KEY, None) {
+        Ok(Some(new)) => {
+            storage
+                .replace_if_unchanged(IDENTITY_KEY, new.into(), &version)
+                .await?;
+            Ok(())
+        }
+        Ok(None) | Err(SealError::LegacyUnsigned) => Ok(()),
+        Err(e) => Err(e.into_error(IDENTITY_KEY)),
+    }
 }
 
 /// Writes the plain record first (so a crash leaves nothing a push-only host would half
