@@ -777,3 +777,166 @@ fn planted_records_cannot_exhaust_memory_or_redirect_a_master_key_host() {
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     block_on(storage.replace("walseal.repo", good.into())).unwrap();
 }
+
+/// A format-1 master-key object, written here from `docs/FORMAT.md` alone (§2–§5 with the
+/// version-1 header: no repository id, slots from offset 12), as walseal 0.1 wrote them; no
+/// compression, 64 KiB chunks.
+fn seal_v1_from_spec(master: &[u8; 32], name: &str, content: &[u8]) -> Vec<u8> {
+    use ring::{aead, hkdf, hmac, rand::SecureRandom};
+    let rng = ring::rand::SystemRandom::new();
+    let derive = |salt: &[u8], ikm: &[u8], info: &[&[u8]]| {
+        let mut out = [0u8; 32];
+        hkdf::Salt::new(hkdf::HKDF_SHA256, salt)
+            .extract(ikm)
+            .expand(info, hkdf::HKDF_SHA256)
+            .unwrap()
+            .fill(&mut out)
+            .unwrap();
+        out
+    };
+    let aead_key = |k: &[u8; 32]| {
+        aead::LessSafeKey::new(aead::UnboundKey::new(&aead::AES_256_GCM, k).unwrap())
+    };
+    let mk_mac = hmac::Key::new(hmac::HMAC_SHA256, master);
+    let key_tag = hmac::sign(&mk_mac, b"walseal/v1 key id");
+    let key_id = &key_tag.as_ref()[..16];
+    let mut dk = [0u8; 32];
+    let mut salt = [0u8; 32];
+    rng.fill(&mut dk).unwrap();
+    rng.fill(&mut salt).unwrap();
+    let wk = derive(&salt, master, &[b"walseal/v1 wrap", name.as_bytes()]);
+    let mut aad = vec![0x01];
+    aad.extend_from_slice(key_id);
+    let mut wrapped = dk.to_vec();
+    aead_key(&wk)
+        .seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key([0; 12]),
+            aead::Aad::from(&aad),
+            &mut wrapped,
+        )
+        .unwrap();
+    let mut out = b"WALSEAL\x1a".to_vec();
+    out.extend_from_slice(&[0x01, 0x00, 16, 1]);
+    out.extend_from_slice(&aad);
+    out.extend_from_slice(&80u16.to_be_bytes());
+    out.extend_from_slice(&salt);
+    out.extend_from_slice(&wrapped);
+    let hk = derive(b"", &dk, &[b"walseal/v1 header"]);
+    let mut mac_input = out.clone();
+    mac_input.extend_from_slice(name.as_bytes());
+    let mac = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &hk), &mac_input);
+    out.extend_from_slice(mac.as_ref());
+    let pk = aead_key(&derive(b"", &dk, &[b"walseal/v1 payload"]));
+    let chunks: Vec<&[u8]> = if content.is_empty() {
+        vec![&[]]
+    } else {
+        content.chunks(1 << 16).collect()
+    };
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut nonce = [0u8; 12];
+        nonce[3..11].copy_from_slice(&(i as u64).to_be_bytes());
+        nonce[11] = u8::from(i + 1 == chunks.len());
+        let mut sealed = chunk.to_vec();
+        pk.seal_in_place_append_tag(
+            aead::Nonce::assume_unique_for_key(nonce),
+            aead::Aad::from(name.as_bytes()),
+            &mut sealed,
+        )
+        .unwrap();
+        out.extend_from_slice(&sealed);
+    }
+    out
+}
+
+/// The secret of a master key file that `walseal keygen` wrote.
+fn key_secret(key_file: &Path) -> [u8; 32] {
+    let text = std::fs::read_to_string(key_file).unwrap();
+    let hex = text
+        .lines()
+        .find_map(|l| l.strip_prefix("secret: "))
+        .unwrap();
+    let mut secret = [0u8; 32];
+    walseal::keys::hex_decode_into(hex.trim(), &mut secret).unwrap();
+    secret
+}
+
+#[test]
+fn init_adopts_a_walseal_0_1_repository() {
+    for make in backends() {
+        let (_dir, root, key_file) = scratch();
+        let root = root.as_path();
+        let repo = make(root, "old");
+        let key = ("WALSEAL_KEY_FILE", key_file.to_str().unwrap());
+        let master = key_secret(&key_file);
+        // What walseal 0.1 left: a format-1 identity (and its plain copy) and a format-1
+        // segment; no repository record.
+        let identity = format!(
+            r#"{{"format_version":1,"system_identifier":"{SYSID}","wal_segment_size":{SEG},"pg_version":150000}}"#
+        );
+        let old = "000000010000000000000001";
+        let old_bytes = synthetic_segment(old, SYSID, SEG, None);
+        let old_key = format!("wal/00000001/{old}");
+        let storage = repo.storage();
+        for (k, v) in [
+            (
+                "walseal.id",
+                seal_v1_from_spec(&master, "walseal.id", identity.as_bytes()),
+            ),
+            ("walseal.id.json", identity.clone().into_bytes()),
+            (
+                old_key.as_str(),
+                seal_v1_from_spec(&master, &old_key, &old_bytes),
+            ),
+        ] {
+            block_on(storage.put_new(k, v.into())).unwrap();
+        }
+        // The spec-written object is one walseal reads as format 1.
+        let legacy = [key, ("WALSEAL_ALLOW_LEGACY", "1")];
+        std::fs::create_dir_all(root.join("restore")).unwrap();
+        let new = "000000010000000000000002";
+        write_segment(root, new, SYSID);
+        let push_new = [&"wal-push"[..], &format!("pg_wal/{new}")];
+        let out = run(walseal(&repo, &[key]), &push_new, root);
+        assert_eq!(code(&out), 12, "{}", stderr(&out));
+        assert!(stderr(&out).contains("walseal init"), "{}", stderr(&out));
+
+        let out = ok(&run(walseal(&repo, &[key]), &["init", "--json"], root));
+        let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(report["adopted_v1"], true, "{report}");
+        let id = block_on(storage.get_bytes("walseal.id")).unwrap().unwrap();
+        assert_eq!(id[8], 0x02, "walseal.id was not rewritten in format 2");
+        assert_eq!(
+            &id[12..28],
+            &repo_id(&repo),
+            "walseal.id bound to another id"
+        );
+
+        // Archiving goes on without allow_legacy, and the new segment comes back.
+        ok(&run(walseal(&repo, &[key]), &push_new, root));
+        ok(&run(
+            walseal(&repo, &[key]),
+            &["wal-fetch", new, &format!("restore/{new}")],
+            root,
+        ));
+        assert_eq!(
+            std::fs::read(root.join("restore").join(new)).unwrap(),
+            std::fs::read(root.join("pg_wal").join(new)).unwrap()
+        );
+        std::fs::remove_file(root.join("restore").join(new)).unwrap();
+
+        // The old segment needs allow_legacy until rekey converts it.
+        fetch_refused(walseal(&repo, &[key]), old, root, "allow_legacy");
+        ok(&run(walseal(&repo, &legacy), &["rekey"], root));
+        ok(&run(
+            walseal(&repo, &[key]),
+            &["wal-fetch", old, &format!("restore/{old}")],
+            root,
+        ));
+        assert_eq!(
+            std::fs::read(root.join("restore").join(old)).unwrap(),
+            old_bytes
+        );
+        let out = run(walseal(&repo, &[key]), &["verify", "--json"], root);
+        assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    }
+}
