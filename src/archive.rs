@@ -15,7 +15,7 @@ use crate::keys::{Keyring, Sealer};
 use crate::recipient::Recipient;
 use crate::repo::{Access, Repository};
 use crate::repository::{self, Identity};
-use crate::seal::{self, seal_error_from_io, SealError, SealOptions};
+use crate::seal::{self, seal_error_from_io, SealError, SealOptions, SealSink};
 use crate::storage::{PutOutcome, Storage};
 use crate::wal::{LongPageHeader, WalFile, WalKind, LONG_HEADER_LEN};
 
@@ -68,28 +68,49 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
         Sealer::Recipient(r) => Some(*r),
         Sealer::Master(_) => None,
     };
-    let (sealed, crc, sealed_key, digest) = std::thread::scope(|scope| {
-        let job = recipient.map(|r| {
-            scope.spawn(move || {
-                let mut f = File::open(path)
-                    .map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
-                content_digest(&mut f, path, &r)
-            })
-        });
-        let finish = move || -> Result<Option<([u8; 32], u32)>> {
-            match job {
-                None => Ok(None),
-                Some(j) => j
-                    .join()
-                    .map_err(|_| Error::new(ErrorKind::Internal, "the digest thread panicked"))?
-                    .map(Some),
-            }
+    let sealed_len;
+    let (outcome, digest) = if size <= IN_MEMORY_MAX {
+        // A segment of the default size: sealed in memory, stored with one PUT.
+        let estimate = usize::try_from(size / 3).unwrap_or(0) + 4096;
+        let (sealed, crc, sealed_key, digest) = std::thread::scope(|scope| {
+            let job = start_digest(scope, path, recipient)?;
+            seal_file(
+                Vec::with_capacity(estimate),
+                &mut file,
+                path,
+                keyring,
+                &key,
+                size,
+                job,
+            )
+        })?;
+        self_check(keyring, &sealed_key, &key, || Ok(&sealed[..]), size, crc)?;
+        sealed_len = sealed.len() as u64;
+        (storage.put_new(&key, sealed.into()).await?, digest)
+    } else {
+        // Larger: sealed into an unnamed spool file (it holds only sealed bytes and vanishes
+        // with the process), checked from there and uploaded in parts, so memory stays a
+        // few parts whatever the segment size.
+        let spool = spool_file(path)?;
+        let (spool, crc, sealed_key, digest) = std::thread::scope(|scope| {
+            let job = start_digest(scope, path, recipient)?;
+            seal_file(spool, &mut file, path, keyring, &key, size, job)
+        })?;
+        let reread = || {
+            use std::io::Seek;
+            let mut f = &spool;
+            f.rewind()
+                .map_err(|e| local_io("cannot read the spool file", &e))?;
+            Ok(std::io::BufReader::with_capacity(1 << 20, f))
         };
-        seal_file(&mut file, path, keyring, &key, size, finish)
-    })?;
-    self_check(keyring, &sealed_key, &key, &sealed, size, crc)?;
-    let sealed_len = sealed.len();
-    match storage.put_new(&key, sealed.into()).await? {
+        self_check(keyring, &sealed_key, &key, reread, size, crc)?;
+        sealed_len = spool
+            .metadata()
+            .map_err(|e| local_io("cannot stat the spool file", &e))?
+            .len();
+        (storage.put_new_file(&key, spool, sealed_len).await?, digest)
+    };
+    match outcome {
         PutOutcome::Created => {
             tracing::info!(
                 "archived {} to {} ({} -> {} bytes) in {} ms",
@@ -102,11 +123,61 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
             Ok(PushOutcome::Stored)
         }
         PutOutcome::AlreadyExists => {
+            let keyring = repo.keyring.clone();
             compare_with_archived(storage, keyring, &key, path, digest, sealed_len).await?;
             tracing::info!("{} was already archived with identical content", wal.name);
             Ok(PushOutcome::AlreadyArchived)
         }
     }
+}
+
+/// Starts the thread that computes the content digest for `recipient` (if any) on its own
+/// read of the file.
+fn start_digest<'s, 'e>(
+    scope: &'s std::thread::Scope<'s, 'e>,
+    path: &'e Path,
+    recipient: Option<Recipient>,
+) -> Result<Option<DigestJob<'s>>> {
+    let Some(r) = recipient else {
+        return Ok(None);
+    };
+    std::thread::Builder::new()
+        .name("digest".into())
+        .spawn_scoped(scope, move || {
+            let mut f = File::open(path)
+                .map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
+            content_digest(&mut f, path, &r)
+        })
+        .map(Some)
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")))
+}
+
+/// Files up to this size (the default segment size) are sealed in memory and stored with one
+/// PUT; larger ones go through a spool file and a staged upload.
+const IN_MEMORY_MAX: u64 = 16 << 20;
+
+/// An unnamed temporary file (`O_TMPFILE`) for sealed bytes: in the directory of `near`
+/// (`pg_wal`, so on the disk that holds the WAL, invisible to PostgreSQL), else in the
+/// temporary directory. It has no name, so a crash leaves nothing behind.
+fn spool_file(near: &Path) -> Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let here = near
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut last = None;
+    for dir in [here.to_path_buf(), std::env::temp_dir()] {
+        match rustix::fs::open(&dir, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => return Ok(File::from(fd)),
+            Err(e) => last = Some((dir, std::io::Error::from(e))),
+        }
+    }
+    let (dir, e) = last.unwrap_or_else(|| (here.to_path_buf(), std::io::Error::other("?")));
+    Err(local_io(
+        format!("cannot create a spool file in {}", dir.display()),
+        &e,
+    ))
 }
 
 /// Reads the first page header and checks it against the file name and size.
@@ -173,25 +244,34 @@ fn content_digest(file: &mut File, path: &Path, recipient: &Recipient) -> Result
 
 /// Seals the whole file into memory, returning the sealed bytes, the CRC-32 of the source and
 /// the object's key for the self-check.
-fn seal_file(
+fn seal_file<W: SealSink>(
+    sink: W,
     file: &mut File,
     path: &Path,
     keyring: &Keyring,
     key: &str,
     size: u64,
-    digest: impl FnOnce() -> Result<Option<([u8; 32], u32)>>,
-) -> Result<SealedFile> {
+    digest_job: Option<DigestJob<'_>>,
+) -> Result<SealedFile<W>> {
     use std::io::Seek;
     file.rewind()
         .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
-    let estimate = usize::try_from(size / 3).unwrap_or(0) + 4096;
     // A recipient's object gets a placeholder digest, filled in by `finish_with_digest`.
     let opts = SealOptions {
         content_digest: matches!(keyring.active(), Sealer::Recipient(_)).then_some([0u8; 32]),
         ..keyring.seal_options()?
     };
-    let mut writer = seal::seal(Vec::with_capacity(estimate), keyring.active(), key, &opts)
-        .map_err(|e| e.into_error(key))?;
+    let mut writer =
+        seal::seal(sink, keyring.active(), key, &opts).map_err(|e| e.into_error(key))?;
+    let digest = move || -> Result<Option<([u8; 32], u32)>> {
+        match digest_job {
+            None => Ok(None),
+            Some(j) => j
+                .join()
+                .map_err(|_| Error::new(ErrorKind::Internal, "the digest thread panicked"))?
+                .map(Some),
+        }
+    };
     let mut crc = crc32fast::Hasher::new();
     let mut buf = vec![0u8; READ_BUF];
     let mut total = 0u64;
@@ -243,23 +323,26 @@ fn seal_file(
 
 /// What [`seal_file`] returns: the sealed object, the source's CRC-32, the object's key for
 /// the self-check, and the content digest (recipients only).
-type SealedFile = (Vec<u8>, u32, seal::SealedKey, Option<[u8; 32]>);
+type SealedFile<W> = (W, u32, seal::SealedKey, Option<[u8; 32]>);
+
+/// The thread computing the content digest (and CRC-32) of the file on its own read.
+type DigestJob<'s> = std::thread::ScopedJoinHandle<'s, Result<([u8; 32], u32)>>;
 
 /// Opens what we just sealed and checks length and CRC-32 against the source: with the
 /// keyring where it can open the object (checking the key slot too), else (push-only) with
 /// the data key kept from sealing.
-fn self_check(
+fn self_check<R: Read>(
     keyring: &Keyring,
     sealed_key: &seal::SealedKey,
     key: &str,
-    sealed: &[u8],
+    sealed: impl Fn() -> Result<R>,
     size: u64,
     crc: u32,
 ) -> Result<()> {
-    let mut reader = match seal::open(sealed, keyring, key) {
+    let mut reader = match seal::open(sealed()?, keyring, key) {
         Ok(r) => r,
         Err(SealError::PushOnly | SealError::UnknownKey(_)) => {
-            seal::open_with_key(sealed, sealed_key, key).map_err(|e| e.into_error(key))?
+            seal::open_with_key(sealed()?, sealed_key, key).map_err(|e| e.into_error(key))?
         }
         Err(e) => return Err(e.into_error(key)),
     };
@@ -280,24 +363,62 @@ fn self_check(
 
 /// The name is taken: succeed only if the archived object holds exactly the file's bytes.
 /// A host that cannot open the archived copy (push-only) compares content digests instead.
+/// The archived copy is streamed, never held whole.
 async fn compare_with_archived(
     storage: &Storage,
-    keyring: &Keyring,
+    keyring: std::sync::Arc<Keyring>,
     key: &str,
     path: &Path,
     digest: Option<[u8; 32]>,
-    sealed_len: usize,
+    sealed_len: u64,
 ) -> Result<()> {
-    let sealed = storage.get_bytes(key).await?.ok_or_else(|| {
+    let archived = storage.get(key).await?.ok_or_else(|| {
         Error::new(
             ErrorKind::Storage,
             format!("{key}: exists but vanished while being compared"),
         )
     })?;
-    let mut archived = match seal::open(&sealed[..], keyring, key) {
+    let archived_len = archived.size;
+    let mut reader = archived.into_blocking_reader();
+    let (key, path) = (key.to_string(), path.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let r = compare_stream(
+            &mut reader,
+            archived_len,
+            &keyring,
+            &key,
+            &path,
+            digest,
+            sealed_len,
+        );
+        // A storage failure mid-read is the storage's, not a difference in content.
+        match reader.take_error() {
+            Some(e) => Err(e),
+            None => r,
+        }
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, format!("compare task failed: {e}")))?
+}
+
+fn compare_stream<R: Read>(
+    archived: &mut R,
+    archived_len: u64,
+    keyring: &Keyring,
+    key: &str,
+    path: &Path,
+    digest: Option<[u8; 32]>,
+    sealed_len: u64,
+) -> Result<()> {
+    let header = seal::Header::read(archived).map_err(|e| e.into_error(key))?;
+    let mut archived = match seal::open(
+        std::io::Cursor::new(header.to_bytes()).chain(archived),
+        keyring,
+        key,
+    ) {
         Ok(r) => r,
         Err(SealError::PushOnly | SealError::UnknownKey(_)) if digest.is_some() => {
-            return compare_digest(keyring, key, &sealed, digest, sealed_len);
+            return compare_digest(keyring, key, &header, archived_len, digest, sealed_len);
         }
         Err(e) => {
             return Err(e.into_error(key).hint("the copy already archived under this name does not open: move it aside, then let PostgreSQL retry"));
@@ -332,22 +453,22 @@ async fn compare_with_archived(
 fn compare_digest(
     keyring: &Keyring,
     key: &str,
-    sealed: &[u8],
+    header: &seal::Header,
+    archived_len: u64,
     digest: Option<[u8; 32]>,
-    sealed_len: usize,
+    sealed_len: u64,
 ) -> Result<()> {
-    let header = seal::Header::read(&mut &sealed[..]).map_err(|e| e.into_error(key))?;
     let id = keyring.active().id();
     match header.content_digest(&id) {
         Some(archived)
             if Some(archived) == digest
-                && (sealed.len() != sealed_len || header.key_ids() != [id]) =>
+                && (archived_len != sealed_len || header.key_ids() != [id]) =>
         {
             Err(Error::new(
                 ErrorKind::Conflict,
                 format!(
                     "{key} is already archived with the same content digest, but its size ({} bytes, {} expected) or key slot does not match; this host cannot open it to tell whether it is intact",
-                    sealed.len(),
+                    archived_len,
                     sealed_len
                 ),
             )

@@ -201,5 +201,9 @@ pub async fn retain(
         plan.removed_staging_files +=
             storage.remove_stale_staging(prefix, INCOMPLETE_GRACE_SECS, false, dry_run)?;
     }
+    // Staged uploads of large objects that a killed writer left (every backend).
+    plan.removed_staging_files += storage
+        .remove_stale_uploads(INCOMPLETE_GRACE_SECS, dry_run)
+        .await?;
     Ok(plan)
 }

@@ -13,7 +13,9 @@ mod header;
 mod stream;
 
 pub use header::{Header, RepositoryId, SlotKind, MAGIC, REPOSITORY_ID_LEN, VERSION, VERSION_1};
-pub use stream::{open, open_with_key, seal, OpenReader, SealOptions, SealWriter, SealedKey};
+pub use stream::{
+    open, open_with_key, seal, OpenReader, SealOptions, SealSink, SealWriter, SealedKey,
+};
 
 use crate::keys::KeyId;
 

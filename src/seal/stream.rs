@@ -150,12 +150,12 @@ pub struct SealWriter<W: Write> {
 ///
 /// # Errors
 /// `NameTooLong`, `Malformed` (bad chunk size, unusable recipient) or `Io` from `out`.
-pub fn seal<'k>(
-    mut out: Vec<u8>,
+pub fn seal<'k, W: SealSink>(
+    mut out: W,
     to: impl Into<Sealer<'k>>,
     name: &str,
     opts: &SealOptions,
-) -> Result<SealWriter<Vec<u8>>, SealError> {
+) -> Result<SealWriter<W>, SealError> {
     if name.len() > MAX_NAME_LEN {
         return Err(SealError::NameTooLong);
     }
@@ -254,12 +254,44 @@ impl<W: Write> Write for SealWriter<W> {
     }
 }
 
-impl SealWriter<Vec<u8>> {
+/// Where a sealed object is written: memory, or a spool file for objects too large for it.
+/// The header is rewritten at the end (digest and signature slots are filled in then).
+pub trait SealSink: Write {
+    /// Overwrites the object's first `bytes.len()` bytes, already written.
+    ///
+    /// # Errors
+    /// I/O errors; fewer bytes written so far than `bytes.len()`.
+    fn rewrite_start(&mut self, bytes: &[u8]) -> io::Result<()>;
+}
+
+impl SealSink for Vec<u8> {
+    fn rewrite_start(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let start = self
+            .get_mut(..bytes.len())
+            .ok_or_else(|| io::Error::other("the sealed object is shorter than its header"))?;
+        start.copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+impl SealSink for std::fs::File {
+    fn rewrite_start(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.metadata()?.len() < bytes.len() as u64 {
+            return Err(io::Error::other(
+                "the sealed object is shorter than its header",
+            ));
+        }
+        self.write_all_at(bytes, 0)
+    }
+}
+
+impl<W: SealSink> SealWriter<W> {
     /// Writes the final chunk (and the signature, if any) and returns the object.
     ///
     /// # Errors
     /// I/O errors.
-    pub fn finish(self) -> io::Result<Vec<u8>> {
+    pub fn finish(self) -> io::Result<W> {
         self.finish_with_key().map(|(w, _)| w)
     }
 
@@ -268,7 +300,7 @@ impl SealWriter<Vec<u8>> {
     ///
     /// # Errors
     /// I/O errors.
-    pub fn finish_with_key(self) -> io::Result<(Vec<u8>, SealedKey)> {
+    pub fn finish_with_key(self) -> io::Result<(W, SealedKey)> {
         self.finish_inner(None)
     }
 
@@ -278,7 +310,7 @@ impl SealWriter<Vec<u8>> {
     ///
     /// # Errors
     /// I/O errors; `InvalidInput` if the object has no digest slot to fill.
-    pub fn finish_with_digest(self, digest: [u8; 32]) -> io::Result<(Vec<u8>, SealedKey)> {
+    pub fn finish_with_digest(self, digest: [u8; 32]) -> io::Result<(W, SealedKey)> {
         let kind = SlotKind::ContentDigest as u8;
         if !self.header.slots.iter().any(|s| s.kind == kind) {
             return Err(io::Error::new(
@@ -291,7 +323,7 @@ impl SealWriter<Vec<u8>> {
 
     /// Seals the final chunk, then fills the digest and signature slots (same lengths as
     /// their placeholders) and rewrites the header with its new MAC in place.
-    fn finish_inner(self, digest: Option<[u8; 32]>) -> io::Result<(Vec<u8>, SealedKey)> {
+    fn finish_inner(self, digest: Option<[u8; 32]>) -> io::Result<(W, SealedKey)> {
         let (mut out, payload_sha256) = match self.sink {
             Sink::Plain(s) => (*s).finish()?,
             Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish()?,
@@ -326,10 +358,10 @@ impl SealWriter<Vec<u8>> {
             name.as_bytes(),
         )
         .to_bytes();
-        if rebuilt.len() != header.len() || out.len() < rebuilt.len() {
+        if rebuilt.len() != header.len() {
             return Err(io::Error::other("the rebuilt header changed length"));
         }
-        out[..rebuilt.len()].copy_from_slice(&rebuilt);
+        out.rewrite_start(&rebuilt)?;
         Ok((out, key))
     }
 }
@@ -350,6 +382,9 @@ pub struct ChunkOpener<R: Read> {
     done: bool,
     /// SHA-256 of the chunks read, and the value a trusted signature vouches for.
     hash: Option<(digest::Context, [u8; 32])>,
+    /// SHA-256 of the chunks read, when the caller asked for it, and its value at the end.
+    tally: Option<digest::Context>,
+    tallied: Option<[u8; 32]>,
 }
 
 impl<R: Read> ChunkOpener<R> {
@@ -380,6 +415,9 @@ impl<R: Read> ChunkOpener<R> {
         if let Some((h, _)) = &mut self.hash {
             h.update(&self.buf[..ct_len]);
         }
+        if let Some(t) = &mut self.tally {
+            t.update(&self.buf[..ct_len]);
+        }
         let plain = self
             .key
             .open_in_place(
@@ -393,6 +431,11 @@ impl<R: Read> ChunkOpener<R> {
             return Err(SealError::Malformed("empty final chunk after full chunks"));
         }
         if last {
+            if let Some(t) = self.tally.take() {
+                let mut sha = [0u8; 32];
+                sha.copy_from_slice(t.finish().as_ref());
+                self.tallied = Some(sha);
+            }
             if let Some((h, signed)) = self.hash.take() {
                 if h.finish().as_ref() != signed {
                     return Err(SealError::PayloadDigest);
@@ -446,6 +489,26 @@ impl<R: Read> OpenReader<R> {
             Source::Plain(o) => o,
             Source::Lz4(d) => d.get_ref(),
         }
+    }
+
+    /// Also computes the SHA-256 of the payload (every byte after the header, as
+    /// [`super::payload_digest`]), available from [`OpenReader::payload_sha256`] once the
+    /// end was reached. Call before reading.
+    #[must_use]
+    pub fn digesting_payload(mut self) -> Self {
+        let opener = match &mut self.source {
+            Source::Plain(o) => &mut **o,
+            Source::Lz4(d) => d.get_mut(),
+        };
+        if opener.counter == 0 && opener.filled == 0 {
+            opener.tally = Some(digest::Context::new(&digest::SHA256));
+        }
+        self
+    }
+
+    /// The payload's SHA-256, after the end was read (with [`OpenReader::digesting_payload`]).
+    pub fn payload_sha256(&self) -> Option<[u8; 32]> {
+        self.opener().tallied
     }
 }
 
@@ -554,6 +617,8 @@ fn open_payload<R: Read>(
         counter: 0,
         done: false,
         hash: payload_sha256.map(|sha| (digest::Context::new(&digest::SHA256), sha)),
+        tally: None,
+        tallied: None,
     };
     let source = match header.compression {
         Compression::None => Source::Plain(Box::new(opener)),

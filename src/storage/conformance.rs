@@ -13,6 +13,66 @@ pub async fn run_all(s: &Storage) {
     large_object_round_trips(s).await;
     replace_if_unchanged_never_resurrects(s).await;
     is_empty_except_sees_any_object(s).await;
+    staged_put_never_overwrites(s).await;
+}
+
+/// An object larger than a part goes up through a staging object and is copied into place
+/// create-only: it arrives whole, a second one under the same name is refused and leaves the
+/// first intact, and no staging object remains or is listed.
+pub async fn staged_put_never_overwrites(s: &Storage) {
+    use std::io::Write;
+    let key = "conformance/staged/object";
+    s.delete(key).await.expect("delete before test");
+    let len = 2 * super::PART_SIZE + 12_345;
+    let content = |seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
+    };
+    let spool = |data: &[u8]| {
+        let path = std::env::temp_dir().join(format!(
+            "walseal-conformance-{}-{}",
+            std::process::id(),
+            super::random_suffix().expect("random")
+        ));
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .expect("spool file");
+        std::fs::remove_file(&path).expect("unlink spool file");
+        f.write_all(data).expect("write spool file");
+        f
+    };
+    let first = content(1);
+    assert_eq!(
+        s.put_new_file(key, spool(&first), len as u64)
+            .await
+            .expect("staged put"),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        s.put_new_file(key, spool(&content(2)), len as u64)
+            .await
+            .expect("second staged put"),
+        PutOutcome::AlreadyExists
+    );
+    assert!(s.get_bytes(key).await.expect("get").expect("exists") == first);
+    assert!(
+        s.list_meta(super::STAGING)
+            .await
+            .expect("list staging")
+            .is_empty(),
+        "staging objects left behind"
+    );
+    assert!(s
+        .list_meta("")
+        .await
+        .expect("list")
+        .iter()
+        .all(|o| !o.key.starts_with(super::STAGING)));
+    s.delete(key).await.expect("delete");
 }
 
 /// A conditional replace (rekey's) writes only over the version it read: never over an

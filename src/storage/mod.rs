@@ -160,6 +160,12 @@ impl Storage {
                 for (k, v) in &cfg.storage {
                     b = b.with_config(parse_key::<AmazonS3ConfigKey>(k)?, v);
                 }
+                // Staged uploads are copied into place create-only (`put_new_file`).
+                if b.get_config_value(&AmazonS3ConfigKey::CopyIfNotExists)
+                    .is_none()
+                {
+                    b = b.with_config(AmazonS3ConfigKey::CopyIfNotExists, "multipart");
+                }
                 b = b
                     .with_config(
                         AmazonS3ConfigKey::Client(ClientConfigKey::Timeout),
@@ -591,8 +597,180 @@ impl Storage {
             .try_collect()
             .await
             .map_err(|e| storage_error(&self.display, &format!("cannot list {prefix}"), &e))?;
+        // Uploads in progress are the storage's business: listed only when asked for.
+        if !prefix.starts_with(STAGING) {
+            items.retain(|o| !o.key.starts_with(STAGING));
+        }
         items.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(items)
+    }
+
+    /// Writes the `len` bytes of `file` (from its start) under `key` unless an object is
+    /// already there, holding at most a few parts in memory whatever the size: an object
+    /// larger than one part is uploaded in parts to a staging key under `staging/`, then
+    /// copied into place create-only (S3 completes a multipart copy with `If-None-Match: *`,
+    /// GCS and Azure copy with their own preconditions, the local backend hard-links) and the
+    /// staging object removed. A crash can leave a staging object, which no listing of the
+    /// repository shows and `retain` removes.
+    ///
+    /// # Errors
+    /// `Storage` if a request fails (after retries), `LocalIo` if the file cannot be read.
+    pub async fn put_new_file(
+        &self,
+        key: &str,
+        mut file: std::fs::File,
+        len: u64,
+    ) -> Result<PutOutcome> {
+        use std::io::{Read, Seek};
+        let read_err = |e: &std::io::Error| crate::error::local_io("cannot read the spool file", e);
+        file.rewind().map_err(|e| read_err(&e))?;
+        if len <= PART_SIZE as u64 {
+            let mut data = Vec::with_capacity(PART_SIZE);
+            file.take(len)
+                .read_to_end(&mut data)
+                .map_err(|e| read_err(&e))?;
+            return self.put_new(key, data.into()).await;
+        }
+        let staging = format!("{STAGING}{key}.{}", random_suffix()?);
+        let staged = self.path(&staging);
+        let upload =
+            self.store.put_multipart(&staged).await.map_err(|e| {
+                storage_error(&self.display, &format!("cannot start {staging}"), &e)
+            })?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut left = len;
+        let mut buf = vec![0u8; PART_SIZE];
+        while left > 0 {
+            let want = usize::try_from(left.min(PART_SIZE as u64)).unwrap_or(PART_SIZE);
+            if let Err(e) = file.read_exact(&mut buf[..want]) {
+                let _ = writer.abort().await;
+                return Err(read_err(&e));
+            }
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                let _ = writer.abort().await;
+                return Err(storage_error(
+                    &self.display,
+                    &format!("cannot write {staging}"),
+                    &e,
+                ));
+            }
+            writer.write(&buf[..want]);
+            left -= want as u64;
+        }
+        drop(buf);
+        writer
+            .finish()
+            .await
+            .map_err(|e| storage_error(&self.display, &format!("cannot write {staging}"), &e))?;
+        let outcome = match self
+            .store
+            .copy_if_not_exists(&staged, &self.path(key))
+            .await
+        {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(PutOutcome::AlreadyExists),
+            Err(e) => Err(storage_error(
+                &self.display,
+                &format!("cannot write {key}"),
+                &e,
+            )),
+        };
+        if let Err(e) = self.store.delete(&staged).await {
+            tracing::warn!(
+                "{}: cannot remove the staging object {staging} ({e}); `walseal retain` removes it later",
+                self.display
+            );
+        }
+        outcome
+    }
+}
+
+impl Storage {
+    /// Removes staging objects ([`Storage::put_new_file`]) older than `min_age_secs`: what
+    /// writers killed mid-upload left. Returns how many it removed (or would, `dry_run`).
+    ///
+    /// # Errors
+    /// `Storage` if listing or a delete fails.
+    pub async fn remove_stale_uploads(&self, min_age_secs: f64, dry_run: bool) -> Result<u64> {
+        let now = crate::time::now();
+        let mut removed = 0;
+        for o in self.list_meta(STAGING).await? {
+            if now - o.modified >= min_age_secs {
+                if !dry_run {
+                    self.delete(&o.key).await?;
+                }
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Keys under this prefix are uploads in progress ([`Storage::put_new_file`]).
+pub const STAGING: &str = "staging/";
+/// Part size of staged uploads (S3 wants at least 5 MiB per part but the last).
+pub const PART_SIZE: usize = 8 << 20;
+/// Parts uploaded at once by one staged upload.
+const PARTS_IN_FLIGHT: usize = 2;
+
+fn random_suffix() -> Result<String> {
+    let mut r = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r)
+        .map_err(|_| Error::new(ErrorKind::Internal, "the system random generator failed"))?;
+    Ok(crate::keys::hex_encode(&r))
+}
+
+/// A blocking `Read` of an object's bytes, for decoders that read (run it on the blocking
+/// pool, never on the runtime's thread). A storage failure mid-stream reads as an I/O error
+/// and is kept: [`BlockingReader::take_error`] tells it apart from damaged content.
+pub struct BlockingReader {
+    handle: tokio::runtime::Handle,
+    stream: BoxStream<'static, Result<Bytes>>,
+    current: Bytes,
+    error: Option<Error>,
+}
+
+impl ObjectStream {
+    /// A blocking reader of the stream; call from inside the runtime (it keeps its handle).
+    pub fn into_blocking_reader(self) -> BlockingReader {
+        BlockingReader {
+            handle: tokio::runtime::Handle::current(),
+            stream: self.stream,
+            current: Bytes::new(),
+            error: None,
+        }
+    }
+}
+
+impl BlockingReader {
+    /// The storage error that interrupted reading, if one did.
+    pub fn take_error(&mut self) -> Option<Error> {
+        self.error.take()
+    }
+}
+
+impl std::io::Read for BlockingReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            if self.error.is_some() {
+                return Err(std::io::Error::other("the storage read failed"));
+            }
+            match self.handle.block_on(self.stream.next()) {
+                None => return Ok(0),
+                Some(Ok(b)) => self.current = b,
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    return Err(std::io::Error::other("the storage read failed"));
+                }
+            }
+        }
+        let n = self.current.len().min(out.len());
+        out[..n].copy_from_slice(&self.current[..n]);
+        bytes::Buf::advance(&mut self.current, n);
+        Ok(n)
     }
 }
 
