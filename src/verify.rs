@@ -293,65 +293,82 @@ async fn open_object(
     keyring: Arc<Keyring>,
     key: &str,
 ) -> Result<std::result::Result<Opened, SealError>> {
-    let Some(sealed) = storage.get_bytes(key).await? else {
+    let Some(object) = storage.get(key).await? else {
         return Ok(Err(SealError::Truncated));
     };
+    // Streamed: an object of any size costs a chunk and a read buffer of memory.
+    let mut source = object.into_blocking_reader();
     let key = key.to_string();
     tokio::task::spawn_blocking(move || {
-        let sha256 = match seal::payload_digest(&sealed) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
-        let mut reader = match seal::open(&sealed[..], &keyring, &key) {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(e)),
-        };
-        let keep = key.ends_with(".history");
-        let legacy = reader.header().version == seal::VERSION_1;
-        // A content digest (push-only hosts compare re-pushes with it) must match the content.
-        let mut digest = reader
-            .header()
-            .slots
-            .iter()
-            .filter(|s| s.kind == seal::SlotKind::ContentDigest as u8)
-            .find_map(|s| match keyring.sealer(&s.key_id) {
-                Some(crate::keys::Sealer::Recipient(r)) => {
-                    Some((s.body.clone(), r.content_digest()))
-                }
-                _ => None,
-            });
-        let mut history = Vec::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            match reader.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    if keep {
-                        history.extend_from_slice(&buf[..n]);
-                    }
-                    if let Some((_, d)) = digest.as_mut() {
-                        d.update(&buf[..n]);
-                    }
-                }
-                Err(e) => return Ok(Err(seal_error_from_io(e))),
-            }
+        let r = authenticate(&mut source, &keyring, &key);
+        // A storage failure mid-read is the storage's, not damage to the object.
+        match source.take_error() {
+            Some(e) => Err(e),
+            None => Ok(r),
         }
-        if let Some((stated, d)) = digest {
-            if d.finish()[..] != stated[..] {
-                return Ok(Err(SealError::Malformed(
-                    "its content digest does not match its content",
-                )));
-            }
-        }
-        Ok(Ok(Opened {
-            sha256,
-            history,
-            legacy,
-        }))
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("verify task failed: {e}")))?
 }
+
+/// Reads one object to its end through the keyring; see [`open_object`].
+fn authenticate(
+    source: &mut impl Read,
+    keyring: &Keyring,
+    key: &str,
+) -> std::result::Result<Opened, SealError> {
+    let mut reader = seal::open(source, keyring, key)?.digesting_payload();
+    let keep = key.ends_with(".history");
+    let legacy = reader.header().version == seal::VERSION_1;
+    // A content digest (push-only hosts compare re-pushes with it) must match the content.
+    let mut digest = reader
+        .header()
+        .slots
+        .iter()
+        .filter(|s| s.kind == seal::SlotKind::ContentDigest as u8)
+        .find_map(|s| match keyring.sealer(&s.key_id) {
+            Some(crate::keys::Sealer::Recipient(r)) => Some((s.body.clone(), r.content_digest())),
+            _ => None,
+        });
+    let mut history = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(seal_error_from_io)?;
+        if n == 0 {
+            break;
+        }
+        if keep {
+            if history.len() + n > MAX_HISTORY {
+                return Err(SealError::Malformed(
+                    "a timeline history file larger than PostgreSQL writes",
+                ));
+            }
+            history.extend_from_slice(&buf[..n]);
+        }
+        if let Some((_, d)) = digest.as_mut() {
+            d.update(&buf[..n]);
+        }
+    }
+    if let Some((stated, d)) = digest {
+        if d.finish()[..] != stated[..] {
+            return Err(SealError::Malformed(
+                "its content digest does not match its content",
+            ));
+        }
+    }
+    let sha256 = reader
+        .payload_sha256()
+        .map(|d| crate::keys::hex_encode(&d))
+        .ok_or(SealError::Truncated)?;
+    Ok(Opened {
+        sha256,
+        history,
+        legacy,
+    })
+}
+
+/// A `.history` file is a line per earlier timeline: 16 MiB is far more than any holds.
+const MAX_HISTORY: usize = 16 << 20;
 
 /// At most this many missing segments (and ranges) are listed by name.
 const MAX_LISTED: usize = 1000;
