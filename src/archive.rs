@@ -91,7 +91,7 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
         // Larger: sealed into an unnamed spool file (it holds only sealed bytes and vanishes
         // with the process), checked from there and uploaded in parts, so memory stays a
         // few parts whatever the segment size.
-        let spool = spool_file(path)?;
+        let spool = crate::storage::spool_file(path.parent())?;
         let (spool, crc, sealed_key, digest) = std::thread::scope(|scope| {
             let job = start_digest(scope, path, recipient)?;
             seal_file(spool, &mut file, path, keyring, &key, size, job)
@@ -155,30 +155,6 @@ fn start_digest<'s, 'e>(
 /// Files up to this size (the default segment size) are sealed in memory and stored with one
 /// PUT; larger ones go through a spool file and a staged upload.
 const IN_MEMORY_MAX: u64 = 16 << 20;
-
-/// An unnamed temporary file (`O_TMPFILE`) for sealed bytes: in the directory of `near`
-/// (`pg_wal`, so on the disk that holds the WAL, invisible to PostgreSQL), else in the
-/// temporary directory. It has no name, so a crash leaves nothing behind.
-fn spool_file(near: &Path) -> Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
-    let here = near
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut last = None;
-    for dir in [here.to_path_buf(), std::env::temp_dir()] {
-        match rustix::fs::open(&dir, flags, Mode::from_raw_mode(0o600)) {
-            Ok(fd) => return Ok(File::from(fd)),
-            Err(e) => last = Some((dir, std::io::Error::from(e))),
-        }
-    }
-    let (dir, e) = last.unwrap_or_else(|| (here.to_path_buf(), std::io::Error::other("?")));
-    Err(local_io(
-        format!("cannot create a spool file in {}", dir.display()),
-        &e,
-    ))
-}
 
 /// Reads the first page header and checks it against the file name and size.
 fn check_segment(file: &mut File, path: &Path, wal: &WalFile, size: u64) -> Result<Identity> {

@@ -5,6 +5,7 @@
 //! a rename on local disk), so an object is never missing or unreadable, archiving can go on,
 //! and an interrupted rekey is finished by running it again.
 
+use std::io::Read;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -93,57 +94,194 @@ async fn rekey_one(
     target: KeyId,
     key: String,
 ) -> Result<bool> {
-    let Some((sealed, version)) = storage.get_versioned(&key).await? else {
+    let Some((object, version)) = storage.get_versioned_stream(&key).await? else {
         return Ok(false); // removed meanwhile (retain)
     };
+    let large = object.size > IN_MEMORY_MAX;
+    let mut source = object.into_blocking_reader();
     let k = key.clone();
-    let new = tokio::task::spawn_blocking(move || -> Result<Option<Vec<u8>>> {
-        let to = target_sealer(&keyring, &target)
-            .ok_or_else(|| Error::new(ErrorKind::Internal, "target key vanished"))?;
-        // WAL files moving to a recipient get a content digest, so that a push-only host can
-        // still recognise an identical re-push of them (`docs/FORMAT.md` §4, kind 0x03).
-        let digest = match to {
-            crate::keys::Sealer::Recipient(r) if k.starts_with("wal/") => {
-                let header = seal::Header::read(&mut &sealed[..]).map_err(|e| e.into_error(&k))?;
-                if header.key_ids() == [r.id()] && header.content_digest(&r.id()).is_some() {
-                    None
-                } else {
-                    let mut d = r.content_digest();
-                    let mut reader =
-                        seal::open(&sealed[..], &keyring, &k).map_err(|e| e.into_error(&k))?;
-                    seal::for_each_block(&mut reader, &k, |block| {
-                        d.update(block);
-                        Ok(())
-                    })?;
-                    Some(d.finish())
-                }
+    let new = tokio::task::spawn_blocking(move || -> Result<Option<Rekeyed>> {
+        let r = if large {
+            rekey_large(&mut source, &keyring, target, &k)
+                .map(|n| n.map(|(f, len)| Rekeyed::Spooled(f, len)))
+        } else {
+            let mut sealed = Vec::new();
+            match source.read_to_end(&mut sealed) {
+                Ok(_) => rekey_small(&sealed, &keyring, target, &k).map(|n| n.map(Rekeyed::Bytes)),
+                // The storage error itself is taken below.
+                Err(_) => Ok(None),
             }
-            _ => None,
         };
-        let new = match seal::rewrap(&sealed, &keyring, to, &k, digest) {
-            Ok(Some(new)) => new,
-            Ok(None) => return Ok(None),
-            Err(seal::SealError::LegacyUnsigned) => {
-                tracing::warn!("{k}: a format-1 object sealed to a recipient: left as it is (nothing proves who wrote it)");
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into_error(&k)),
-        };
-        // Authenticate the new object to its end before it replaces the old one.
-        let mut reader = seal::open(&new[..], &keyring, &k).map_err(|e| e.into_error(&k))?;
-        seal::for_each_block(&mut reader, &k, |_| Ok(()))?;
-        Ok(Some(new))
+        match source.take_error() {
+            Some(e) => Err(e),
+            None => r,
+        }
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("rekey task failed: {e}")))??;
+    // Conditional: an object `retain` removed (or anyone rewrote) meanwhile stays as it is
+    // now, so a removed backup record cannot come back.
     match new {
         None => Ok(false),
-        // Conditional: an object `retain` removed (or anyone rewrote) meanwhile stays as it
-        // is now, so a removed backup record cannot come back.
-        Some(bytes) => {
+        Some(Rekeyed::Bytes(bytes)) => {
             storage
                 .replace_if_unchanged(&key, bytes.into(), &version)
                 .await
         }
+        Some(Rekeyed::Spooled(file, len)) => {
+            storage
+                .replace_file_if_unchanged(&key, file, len, &version)
+                .await
+        }
     }
+}
+
+/// A rewrapped object: in memory, or (large) in a spool file with its length.
+enum Rekeyed {
+    Bytes(Vec<u8>),
+    Spooled(std::fs::File, u64),
+}
+
+/// Objects up to this size are rekeyed in memory; larger ones (big segments, backup parts)
+/// through spool files, so memory stays bounded whatever the object size.
+const IN_MEMORY_MAX: u64 = 16 << 20;
+
+/// WAL files moving to a recipient get a content digest, so that a push-only host can still
+/// recognise an identical re-push of them (`docs/FORMAT.md` §4, kind 0x03): `Some(to)` when
+/// this object needs one computed.
+fn needs_digest<'k>(
+    to: crate::keys::Sealer<'k>,
+    header: &seal::Header,
+    key: &str,
+) -> Option<&'k crate::recipient::Recipient> {
+    match to {
+        crate::keys::Sealer::Recipient(r) if key.starts_with("wal/") => {
+            let has = header.key_ids() == [r.id()] && header.content_digest(&r.id()).is_some();
+            (!has).then_some(r)
+        }
+        _ => None,
+    }
+}
+
+fn rekey_small(
+    sealed: &[u8],
+    keyring: &Keyring,
+    target: KeyId,
+    k: &str,
+) -> Result<Option<Vec<u8>>> {
+    let to = target_sealer(keyring, &target)
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "target key vanished"))?;
+    let header = seal::Header::read(&mut &sealed[..]).map_err(|e| e.into_error(k))?;
+    let digest = match needs_digest(to, &header, k) {
+        Some(r) => {
+            let mut d = r.content_digest();
+            let mut reader = seal::open(sealed, keyring, k).map_err(|e| e.into_error(k))?;
+            seal::for_each_block(&mut reader, k, |block| {
+                d.update(block);
+                Ok(())
+            })?;
+            Some(d.finish())
+        }
+        None => None,
+    };
+    let new = match seal::rewrap(sealed, keyring, to, k, digest) {
+        Ok(Some(new)) => new,
+        Ok(None) => return Ok(None),
+        Err(e) => return legacy_or(e, k),
+    };
+    // Authenticate the new object to its end before it replaces the old one.
+    let mut reader = seal::open(&new[..], keyring, k).map_err(|e| e.into_error(k))?;
+    seal::for_each_block(&mut reader, k, |_| Ok(()))?;
+    Ok(Some(new))
+}
+
+/// A format-1 object sealed to a recipient is left as it is; other errors are errors.
+fn legacy_or<T>(e: seal::SealError, k: &str) -> Result<Option<T>> {
+    match e {
+        seal::SealError::LegacyUnsigned => {
+            tracing::warn!("{k}: a format-1 object sealed to a recipient: left as it is (nothing proves who wrote it)");
+            Ok(None)
+        }
+        e => Err(e.into_error(k)),
+    }
+}
+
+/// As [`rekey_small`], through two spool files (the old object, then the new one), so that
+/// memory stays a chunk and a read buffer: returns the new object's file and length.
+fn rekey_large(
+    source: &mut impl Read,
+    keyring: &Keyring,
+    target: KeyId,
+    k: &str,
+) -> Result<Option<(std::fs::File, u64)>> {
+    use std::io::{BufReader, Seek, SeekFrom, Write};
+    let spool_err = |e: std::io::Error| crate::error::local_io("cannot use a spool file", &e);
+    let mut old = crate::storage::spool_file(None)?;
+    if std::io::copy(source, &mut old).is_err() {
+        // The storage error itself is reported by the caller.
+        return Ok(None);
+    }
+    let reread = |f: &std::fs::File| -> Result<BufReader<std::fs::File>> {
+        let mut f = f.try_clone().map_err(spool_err)?;
+        f.rewind().map_err(spool_err)?;
+        Ok(BufReader::with_capacity(1 << 20, f))
+    };
+    let to = target_sealer(keyring, &target)
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "target key vanished"))?;
+    let header = seal::Header::read(&mut reread(&old)?).map_err(|e| e.into_error(k))?;
+    // One pass over the old object when it needs a content digest or a signature now: it is
+    // authenticated to its end, and gives both.
+    let mut payload_sha = None;
+    let digest = match needs_digest(to, &header, k) {
+        Some(r) => {
+            let mut d = r.content_digest();
+            let mut reader = seal::open(reread(&old)?, keyring, k)
+                .map_err(|e| e.into_error(k))?
+                .digesting_payload();
+            seal::for_each_block(&mut reader, k, |block| {
+                d.update(block);
+                Ok(())
+            })?;
+            payload_sha = reader.payload_sha256();
+            Some(d.finish())
+        }
+        None => None,
+    };
+    let sha = || -> std::result::Result<[u8; 32], seal::SealError> {
+        if let Some(sha) = payload_sha {
+            return Ok(sha);
+        }
+        let mut f = reread(&old).map_err(|_| seal::SealError::Truncated)?;
+        f.seek(SeekFrom::Start(header.len() as u64))?;
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            ctx.update(&buf[..n]);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        Ok(out)
+    };
+    let new_header = match seal::rewrap_header(&header, keyring, to, k, digest, sha) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Ok(None),
+        Err(e) => return legacy_or(e, k),
+    };
+    let mut new = crate::storage::spool_file(None)?;
+    new.write_all(&new_header).map_err(spool_err)?;
+    let mut payload = reread(&old)?;
+    payload
+        .seek(SeekFrom::Start(header.len() as u64))
+        .map_err(spool_err)?;
+    std::io::copy(&mut payload, &mut new).map_err(spool_err)?;
+    drop((payload, old));
+    // Authenticate the new object to its end before it replaces the old one.
+    let mut reader = seal::open(reread(&new)?, keyring, k).map_err(|e| e.into_error(k))?;
+    seal::for_each_block(&mut reader, k, |_| Ok(()))?;
+    let len = new.metadata().map_err(spool_err)?.len();
+    Ok(Some((new, len)))
 }

@@ -227,9 +227,37 @@ pub fn rewrap(
     name: &str,
     digest: Option<[u8; 32]>,
 ) -> Result<Option<Vec<u8>>, SealError> {
-    use crate::keys::Sealer;
     let mut cursor = sealed;
     let header = Header::read(&mut cursor)?;
+    let payload = &sealed[header.len()..];
+    let sha = || {
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+        Ok(sha)
+    };
+    Ok(
+        rewrap_header(&header, keyring, to, name, digest, sha)?.map(|mut out| {
+            out.extend_from_slice(payload);
+            out
+        }),
+    )
+}
+
+/// [`rewrap`] for an object read as a stream: the new header only (the payload follows it
+/// unchanged), or `None`. `payload_sha256` is called only when the object must be signed
+/// now (an unsigned object moved to a recipient), to give the SHA-256 of its payload.
+///
+/// # Errors
+/// As [`rewrap`], and what `payload_sha256` returns.
+pub fn rewrap_header(
+    header: &Header,
+    keyring: &crate::keys::Keyring,
+    to: crate::keys::Sealer<'_>,
+    name: &str,
+    digest: Option<[u8; 32]>,
+    payload_sha256: impl FnOnce() -> Result<[u8; 32], SealError>,
+) -> Result<Option<Vec<u8>>, SealError> {
+    use crate::keys::Sealer;
     let repository = keyring
         .repository()
         .ok_or(SealError::Malformed("rewrap needs the repository id"))?;
@@ -270,7 +298,6 @@ pub fn rewrap(
                 .cloned(),
         ),
     }
-    let payload = &sealed[header.len()..];
     let mut new = Header::new(
         header.compression,
         header.chunk_shift,
@@ -284,8 +311,7 @@ pub fn rewrap(
     }
     if recipient && !slots.iter().any(|s| s.kind == signature) {
         let signer = keyring.signer().ok_or(SealError::NeedSigner)?;
-        let mut sha = [0u8; 32];
-        sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, payload).as_ref());
+        let sha = payload_sha256()?;
         slots.push(header::signature_slot(
             signer,
             &new,
@@ -302,9 +328,7 @@ pub fn rewrap(
         &dek,
         name.as_bytes(),
     );
-    let mut out = new.to_bytes();
-    out.extend_from_slice(payload);
-    Ok(Some(out))
+    Ok(Some(new.to_bytes()))
 }
 
 /// Sealing with a keyring's repository binding and signer. (Here, not in `keys`: the format

@@ -367,22 +367,7 @@ impl Storage {
     /// `Storage` for anything but "not found".
     pub async fn get(&self, key: &str) -> Result<Option<ObjectStream>> {
         match self.store.get(&self.path(key)).await {
-            Ok(r) => {
-                let size = r.meta.size;
-                let display = self.display.clone();
-                let key = key.to_string();
-                let stream = match r.payload {
-                    // A local file: read it in large blocks on the blocking pool (object_store's
-                    // own stream reads 8 KiB per blocking task, which dominates restore time).
-                    GetResultPayload::File(file, _) => file_stream(file, display, key),
-                    GetResultPayload::Stream(s) => s
-                        .map_err(move |e| {
-                            storage_error(&display, &format!("cannot read {key}"), &e)
-                        })
-                        .boxed(),
-                };
-                Ok(Some(ObjectStream { size, stream }))
-            }
+            Ok(r) => Ok(Some(self.object_stream(key, r))),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(storage_error(
                 &self.display,
@@ -390,6 +375,21 @@ impl Storage {
                 &e,
             )),
         }
+    }
+
+    fn object_stream(&self, key: &str, r: object_store::GetResult) -> ObjectStream {
+        let size = r.meta.size;
+        let display = self.display.clone();
+        let key = key.to_string();
+        let stream = match r.payload {
+            // A local file: read it in large blocks on the blocking pool (object_store's
+            // own stream reads 8 KiB per blocking task, which dominates restore time).
+            GetResultPayload::File(file, _) => file_stream(file, display, key),
+            GetResultPayload::Stream(s) => s
+                .map_err(move |e| storage_error(&display, &format!("cannot read {key}"), &e))
+                .boxed(),
+        };
+        ObjectStream { size, stream }
     }
 
     /// Reads a whole (small) object into memory; `None` if it does not exist.
@@ -631,37 +631,7 @@ impl Storage {
                 .map_err(|e| read_err(&e))?;
             return self.put_new(key, data.into()).await;
         }
-        let staging = format!("{STAGING}{key}.{}", random_suffix()?);
-        let staged = self.path(&staging);
-        let upload =
-            self.store.put_multipart(&staged).await.map_err(|e| {
-                storage_error(&self.display, &format!("cannot start {staging}"), &e)
-            })?;
-        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-        let mut left = len;
-        let mut buf = vec![0u8; PART_SIZE];
-        while left > 0 {
-            let want = usize::try_from(left.min(PART_SIZE as u64)).unwrap_or(PART_SIZE);
-            if let Err(e) = file.read_exact(&mut buf[..want]) {
-                let _ = writer.abort().await;
-                return Err(read_err(&e));
-            }
-            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
-                let _ = writer.abort().await;
-                return Err(storage_error(
-                    &self.display,
-                    &format!("cannot write {staging}"),
-                    &e,
-                ));
-            }
-            writer.write(&buf[..want]);
-            left -= want as u64;
-        }
-        drop(buf);
-        writer
-            .finish()
-            .await
-            .map_err(|e| storage_error(&self.display, &format!("cannot write {staging}"), &e))?;
+        let (staging, staged) = self.stage_file(key, &mut file, len).await?;
         let outcome = match self
             .store
             .copy_if_not_exists(&staged, &self.path(key))
@@ -678,12 +648,7 @@ impl Storage {
                 &e,
             )),
         };
-        if let Err(e) = self.store.delete(&staged).await {
-            tracing::warn!(
-                "{}: cannot remove the staging object {staging} ({e}); `walseal retain` removes it later",
-                self.display
-            );
-        }
+        self.remove_staged(&staging, &staged).await;
         outcome
     }
 }
@@ -707,6 +672,159 @@ impl Storage {
         }
         Ok(removed)
     }
+}
+
+impl Storage {
+    /// Uploads `len` bytes of `file` (from where it stands) in parts to a new staging key for
+    /// `key`; returns that key and its path.
+    async fn stage_file(
+        &self,
+        key: &str,
+        file: &mut std::fs::File,
+        len: u64,
+    ) -> Result<(String, ObjPath)> {
+        use std::io::Read;
+        let staging = format!("{STAGING}{key}.{}", random_suffix()?);
+        let staged = self.path(&staging);
+        let cannot = |e: &object_store::Error| {
+            storage_error(&self.display, &format!("cannot write {staging}"), e)
+        };
+        let upload = self
+            .store
+            .put_multipart(&staged)
+            .await
+            .map_err(|e| cannot(&e))?;
+        let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
+        let mut left = len;
+        let mut buf = vec![0u8; PART_SIZE];
+        while left > 0 {
+            let want = usize::try_from(left.min(PART_SIZE as u64)).unwrap_or(PART_SIZE);
+            if let Err(e) = file.read_exact(&mut buf[..want]) {
+                let _ = writer.abort().await;
+                return Err(crate::error::local_io("cannot read the spool file", &e));
+            }
+            if let Err(e) = writer.wait_for_capacity(PARTS_IN_FLIGHT).await {
+                let _ = writer.abort().await;
+                return Err(cannot(&e));
+            }
+            writer.write(&buf[..want]);
+            left -= want as u64;
+        }
+        drop(buf);
+        writer.finish().await.map_err(|e| cannot(&e))?;
+        Ok((staging, staged))
+    }
+
+    async fn remove_staged(&self, staging: &str, staged: &ObjPath) {
+        if let Err(e) = self.store.delete(staged).await {
+            tracing::warn!(
+                "{}: cannot remove the staging object {staging} ({e}); `walseal retain` removes it later",
+                self.display
+            );
+        }
+    }
+
+    /// As [`Storage::replace_if_unchanged`], for the `len` bytes of `file` (from its start),
+    /// with bounded memory: larger than a part, they are staged ([`Storage::put_new_file`]),
+    /// then copied over the object if its version is still `version`. Between that check and
+    /// the copy (a request's time) a delete of the object can be undone; for the objects
+    /// large enough to take this path (WAL segments and backup parts, never records), that
+    /// leaves at most a stray object, which `retain` removes.
+    ///
+    /// # Errors
+    /// As [`Storage::put_new_file`].
+    pub async fn replace_file_if_unchanged(
+        &self,
+        key: &str,
+        mut file: std::fs::File,
+        len: u64,
+        version: &object_store::UpdateVersion,
+    ) -> Result<bool> {
+        use std::io::{Read, Seek};
+        file.rewind()
+            .map_err(|e| crate::error::local_io("cannot read the spool file", &e))?;
+        if len <= PART_SIZE as u64 {
+            let mut data = Vec::with_capacity(PART_SIZE);
+            file.take(len)
+                .read_to_end(&mut data)
+                .map_err(|e| crate::error::local_io("cannot read the spool file", &e))?;
+            return self.replace_if_unchanged(key, data.into(), version).await;
+        }
+        let (staging, staged) = self.stage_file(key, &mut file, len).await?;
+        let path = self.path(key);
+        let cannot = |e: &object_store::Error| {
+            storage_error(&self.display, &format!("cannot replace {key}"), e)
+        };
+        let result = match self.store.head(&path).await {
+            Ok(meta) if meta.e_tag == version.e_tag && meta.version == version.version => self
+                .store
+                .copy(&staged, &path)
+                .await
+                .map(|()| true)
+                .map_err(|e| cannot(&e)),
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(cannot(&e)),
+        };
+        self.remove_staged(&staging, &staged).await;
+        result
+    }
+
+    /// As [`Storage::get_versioned`], as a stream.
+    ///
+    /// # Errors
+    /// As [`Storage::get`].
+    pub async fn get_versioned_stream(
+        &self,
+        key: &str,
+    ) -> Result<Option<(ObjectStream, object_store::UpdateVersion)>> {
+        match self.store.get(&self.path(key)).await {
+            Ok(r) => {
+                let version = object_store::UpdateVersion {
+                    e_tag: r.meta.e_tag.clone(),
+                    version: r.meta.version.clone(),
+                };
+                Ok(Some((self.object_stream(key, r), version)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_error(
+                &self.display,
+                &format!("cannot read {key}"),
+                &e,
+            )),
+        }
+    }
+}
+
+/// An unnamed temporary file (`O_TMPFILE`) for sealed bytes, never plaintext: in `near`
+/// (`pg_wal` for `wal-push`, so on the disk that holds the WAL and invisible to PostgreSQL)
+/// if given and possible, else in the temporary directory. It has no name, so a crash leaves
+/// nothing behind.
+///
+/// # Errors
+/// `LocalIo` if neither directory can hold one.
+pub fn spool_file(near: Option<&std::path::Path>) -> Result<std::fs::File> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC;
+    let near = near.map(|p| {
+        if p.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            p
+        }
+    });
+    let tmp = std::env::temp_dir();
+    let mut last = None;
+    for dir in near.into_iter().chain([tmp.as_path()]) {
+        match rustix::fs::open(dir, flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => return Ok(std::fs::File::from(fd)),
+            Err(e) => last = Some((dir.to_path_buf(), std::io::Error::from(e))),
+        }
+    }
+    let (dir, e) = last.unwrap_or_else(|| (tmp.clone(), std::io::Error::other("no directory")));
+    Err(crate::error::local_io(
+        format!("cannot create a spool file in {}", dir.display()),
+        &e,
+    ))
 }
 
 /// Keys under this prefix are uploads in progress ([`Storage::put_new_file`]).
