@@ -309,6 +309,10 @@ fn pg15_restore_killed_at_many_points() {
     };
     let mut pace = Pacer::new(timed(&mut restore(&dir.join("r0"))), 12);
     pg_verifybackup(&dir.join("r0"));
+    // What a kill just before the last write (recovery.signal) leaves: every file, and still
+    // nothing PostgreSQL will start.
+    std::fs::remove_file(dir.join("r0/recovery.signal")).unwrap();
+    assert_cannot_start(&dir.join("r0"), dir);
     std::fs::remove_dir_all(dir.join("r0")).unwrap();
     let mut kills = Kills::new("restore");
     let (mut refused, mut start_tries) = (0, 0);
@@ -566,7 +570,11 @@ fn pg15_restore_into_a_full_file_system() {
     assert!(err.contains("No space left on device"), "{err}");
     assert!(err.contains("free space"), "no hint: {err}");
     // The target is empty again, and nothing else was left on that file system.
-    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(&dest).unwrap().count(),
+        0,
+        "a failed restore left files in the target"
+    );
     let mut left: Vec<String> = std::fs::read_dir(&small.path)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
