@@ -78,7 +78,8 @@ impl Kills {
         }
     }
 
-    /// Spawns `cmd` (output discarded), waits `delay`, then SIGKILLs it unless it has exited.
+    /// Spawns `cmd` (output discarded), waits `delay`, then SIGKILLs it unless it has exited
+    /// (which it must then have done successfully).
     pub fn run(&mut self, mut cmd: Command, delay: Duration) -> Ending {
         let mut child = cmd
             .stdin(Stdio::null())
@@ -88,6 +89,7 @@ impl Kills {
             .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         std::thread::sleep(delay);
         if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{cmd:?} ended before the kill: {status}");
             self.finished_first += 1;
             return Ending::Finished(status);
         }
@@ -97,6 +99,7 @@ impl Kills {
             self.killed += 1;
             Ending::Killed
         } else {
+            assert!(status.success(), "{cmd:?} ended before the kill: {status}");
             self.finished_first += 1;
             Ending::Finished(status)
         }
