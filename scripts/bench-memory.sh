@@ -13,7 +13,7 @@
 #
 # Usage (as root):   bash scripts/bench-memory.sh
 #   SEGMENTS=2 REPS=1 bash scripts/bench-memory.sh     # quicker
-# Knobs: SEGMENTS (3), SCALE (pgbench scale, 70 per segment by default), REPS (3),
+# Knobs: SEGMENTS (3), SCALE (pgbench scale, 60 per segment by default), REPS (3),
 #        RESULTS_FILE, BENCH_TMPDIR (/tmp), WALSEAL_BIN (else `cargo build --release`), KEEP_TMP=1.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -22,7 +22,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$ROOT/scripts/lib.sh"
 
 SEGMENTS=${SEGMENTS:-3}
-SCALE=${SCALE:-$((70 * SEGMENTS))}
+SCALE=${SCALE:-$((60 * SEGMENTS))}
 REPS=${REPS:-3}
 KEEP_TMP=${KEEP_TMP:-0}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
@@ -65,18 +65,19 @@ chmod 700 "$WORK/keys"
 as_pg "$BIN" keygen -o "$KEY" >/dev/null 2>&1 || die "walseal keygen failed"
 as_pg "$BIN" keygen -o "$KEY2" >/dev/null 2>&1 || die "walseal keygen failed"
 
-# timed NAME CMD...: CMD as postgres (cwd $WORK) under /usr/bin/time; appends "NAME SECONDS KIB".
+# timed NAME KEYS ARGS...: walseal ARGS as postgres (cwd $WORK) with the repository and KEYS,
+# under /usr/bin/time; appends "NAME SECONDS KIB".
 timed() {
-    local name=$1 tf=$WORK/out/$1.time
-    shift
+    local name=$1 keys=$2 tf=$WORK/out/$1.time
+    shift 2
     sync
-    (cd "$WORK" && runuser -u "$PG_USER" -- /usr/bin/time -f '%e %M' -o "$tf" "$@") \
+    (cd "$WORK" && runuser -u "$PG_USER" -- /usr/bin/time -f '%e %M' -o "$tf" \
+        env WALSEAL_REPO="file://$REPO" WALSEAL_KEY_FILE="$keys" "$BIN" "$@") \
         >"$WORK/out/$name.out" 2>"$WORK/out/$name.err" \
         || { cat "$WORK/out/$name.err" >&2; die "$name failed: $*"; }
     printf '%s %s\n' "$name" "$(tail -n 1 "$tf")" >> "$RUNS"
     log "  $name: $(tail -n 1 "$tf" | awk '{ printf "%s s, peak RSS %.0f MiB", $1, $2 / 1024 }')"
 }
-ws() { env WALSEAL_REPO="file://$REPO" WALSEAL_KEY_FILE="$1" "$BIN" "${@:2}"; }
 
 # ---------------------------------------------------------------------------- cluster
 PORT=$(free_port)
@@ -90,9 +91,12 @@ pg_start "$PGDIR"
 log "pgbench -i -s $SCALE (until $SEGMENTS full segments are in pg_wal)"
 as_pg "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT" -U postgres -i -s "$SCALE" -q postgres \
     >"$WORK/pgbench-init.log" 2>&1 || { cat "$WORK/pgbench-init.log" >&2; die "pgbench -i failed"; }
-CURRENT=$(psql_at "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())")
-[ $((16#${CURRENT:16:8})) -gt "$SEGMENTS" ] \
-    || die "only up to $CURRENT written: raise SCALE"
+# then more rows until segment SEGMENTS is full (WAL starts in segment 1)
+current() { psql_at "$PORT" "SELECT pg_walfile_name(pg_current_wal_lsn())"; }
+psql_at "$PORT" "CREATE TABLE filler (t text)"
+while c=$(current) && [ $((16#${c:8:8} * 4 + 16#${c:16:8})) -le "$SEGMENTS" ]; do
+    psql_at "$PORT" "INSERT INTO filler SELECT md5(random()::text) || md5(random()::text) FROM generate_series(1, 2000000)"
+done
 # segments 1..SEGMENTS (with 1 GiB segments, segment n is 0000000100000000000000 0n)
 names=()
 for i in $(seq 1 "$SEGMENTS"); do
@@ -109,18 +113,18 @@ first=${names[0]}
 for rep in $(seq 1 "$REPS"); do
     rm -rf "$REPO"
     as_pg env WALSEAL_REPO="file://$REPO" WALSEAL_KEY_FILE="$KEY" "$BIN" init >/dev/null
-    timed "wal-push.$rep" ws "$KEY" wal-push "wal/$first"
+    timed "wal-push.$rep" "$KEY" wal-push "wal/$first"
 done
-timed wal-push-again ws "$KEY" wal-push "wal/$first"
-timed wal-fetch ws "$KEY" wal-fetch "$first" "fetched/$first"
+timed wal-push-again "$KEY" wal-push "wal/$first"
+timed wal-fetch "$KEY" wal-fetch "$first" "fetched/$first"
 cmp "$WORK/fetched/$first" "$WORK/wal/$first" || die "the fetched segment differs"
 rm -f "$WORK/fetched/$first"
 for n in "${names[@]:1}"; do
-    timed "wal-push.$n" ws "$KEY" wal-push "wal/$n"
+    timed "wal-push.$n" "$KEY" wal-push "wal/$n"
 done
-timed verify ws "$KEY" verify
-timed rekey ws "$KEY2:$KEY" rekey
-timed verify-after-rekey ws "$KEY2" verify
+timed verify "$KEY" verify
+timed rekey "$KEY2:$KEY" rekey
+timed verify-after-rekey "$KEY2" verify
 
 # ---------------------------------------------------------------------------- report
 REPORT=$WORK/report.txt

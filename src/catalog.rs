@@ -14,6 +14,12 @@ use crate::seal;
 use crate::storage::Storage;
 use crate::wal::{Lsn, WalFile, WalKind};
 
+/// A backup with parts but no record counts as interrupted only once none of its parts was
+/// written for this long (an older backup can still be running when a newer one completes;
+/// a running backup writes a part at least every few minutes, and waits at most
+/// `--wal-timeout` for its WAL): `retain` removes it then, `verify` reports it then.
+pub const INCOMPLETE_GRACE_SECS: f64 = 6.0 * 3600.0;
+
 /// Prefix of all backup objects.
 pub const BACKUPS: &str = "backups";
 /// Largest backup record walseal reads (a record lists every part: about 150 bytes each, so

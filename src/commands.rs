@@ -328,6 +328,9 @@ fn print_verify(r: &crate::verify::Report) {
     for id in &r.incomplete_backups {
         println!("LEFTOVER  backups/{id}/: parts of an interrupted backup (no record)");
     }
+    for id in &r.backups_in_progress {
+        println!("RUNNING   backups/{id}/: parts written in the last 6 hours, no record yet (a backup in progress, or interrupted recently)");
+    }
     for key in &r.legacy_objects {
         println!("LEGACY    {key}: format 1 (bound to no repository, unsigned); `walseal rekey` converts it");
     }

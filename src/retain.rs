@@ -51,10 +51,7 @@ pub struct Plan {
     pub freed_bytes: u64,
 }
 
-/// An interrupted backup's parts are removed only once none was written for this long (an
-/// older backup can still be running when a newer one completes; a running backup writes a
-/// part at least every few minutes, and waits at most `--wal-timeout` for its WAL).
-pub const INCOMPLETE_GRACE_SECS: f64 = 6.0 * 3600.0;
+pub use crate::catalog::INCOMPLETE_GRACE_SECS;
 
 /// Plans and (unless `dry_run`) applies the policy.
 ///

@@ -91,8 +91,11 @@ pub struct Report {
     /// Objects in format 1 (bound to no repository, unsigned), read because allow_legacy is
     /// set; `walseal rekey` converts them. Listed, not counted as problems.
     pub legacy_objects: Vec<String>,
-    /// Backups with parts but no record (interrupted).
+    /// Backups with parts but no record, untouched for 6 hours (interrupted).
     pub incomplete_backups: Vec<String>,
+    /// Backups with parts but no record whose last part is recent: running, most likely
+    /// (`retain` leaves them alone too). Listed, not counted as problems.
+    pub backups_in_progress: Vec<String>,
     /// Per backup: the window it can be restored to.
     pub windows: Vec<Window>,
 }
@@ -115,6 +118,7 @@ impl Report {
             backup_problems: Vec::new(),
             legacy_objects: Vec::new(),
             incomplete_backups: Vec::new(),
+            backups_in_progress: Vec::new(),
             windows: Vec::new(),
         }
     }
@@ -162,7 +166,21 @@ pub async fn verify(
     report.objects = objects.len() as u64;
     report.bytes = objects.iter().map(|o| o.size).sum();
     report.backups = listing.backups.len() as u64;
-    report.incomplete_backups.clone_from(&listing.incomplete);
+    // A backup running now has parts and no record yet: not a problem until it is quiet.
+    let now = crate::time::now();
+    for id in &listing.incomplete {
+        let prefix = format!("{}/{id}/", catalog::BACKUPS);
+        let newest = objects
+            .iter()
+            .filter(|o| o.key.starts_with(&prefix))
+            .map(|o| o.modified)
+            .fold(f64::MIN, f64::max);
+        if now - newest < catalog::INCOMPLETE_GRACE_SECS {
+            report.backups_in_progress.push(id.clone());
+        } else {
+            report.incomplete_backups.push(id.clone());
+        }
+    }
 
     // Authenticate every object (or, with --quick, only the history files we need).
     let by_key: HashMap<&str, &ObjectInfo> = objects.iter().map(|o| (o.key.as_str(), o)).collect();

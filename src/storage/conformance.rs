@@ -14,6 +14,30 @@ pub async fn run_all(s: &Storage) {
     replace_if_unchanged_never_resurrects(s).await;
     is_empty_except_sees_any_object(s).await;
     staged_put_never_overwrites(s).await;
+    stale_uploads_are_hidden_and_removed(s).await;
+}
+
+/// A staging object a killed writer left is in no listing of the repository, and
+/// `remove_stale_uploads` removes it once old enough (not in a dry run).
+pub async fn stale_uploads_are_hidden_and_removed(s: &Storage) {
+    let key = "staging/conformance/left.0123456789abcdef";
+    s.delete(key).await.expect("delete before test");
+    s.put_new(key, Bytes::from_static(b"partial"))
+        .await
+        .expect("put");
+    assert!(s
+        .list_meta("")
+        .await
+        .expect("list")
+        .iter()
+        .all(|o| o.key != key));
+    let staged = s.list_meta(super::STAGING).await.expect("list staging");
+    assert!(staged.iter().any(|o| o.key == key), "{staged:?}");
+    assert_eq!(s.remove_stale_uploads(1e9, false).await.expect("young"), 0);
+    assert!(s.remove_stale_uploads(0.0, true).await.expect("dry run") >= 1);
+    assert!(s.exists(key).await.expect("exists"));
+    assert!(s.remove_stale_uploads(0.0, false).await.expect("remove") >= 1);
+    assert!(!s.exists(key).await.expect("exists"));
 }
 
 /// An object larger than a part goes up through a staging object and is copied into place
