@@ -367,23 +367,35 @@ fn storage_unreachable_is_fatal_for_fetch_and_a_failure_for_push() {
 
 #[test]
 fn plain_http_endpoint_is_refused_unless_allowed() {
-    let f = Fixture::new(|_| RepoEnv::s3("http://127.0.0.1:9", "b", "p"));
-    let name = "000000010000000000000001";
-    f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
-    let out = f
-        .repo
-        .walseal(&f.key)
-        .env_remove("WALSEAL_ALLOW_HTTP")
-        .args(["wal-push", &format!("pg_wal/{name}")])
-        .current_dir(&f.root)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("WALSEAL_ALLOW_HTTP=1"),
-        "{}",
-        stderr(&out)
-    );
+    let mut emulator = RepoEnv::azure("https://127.0.0.1:9/devstoreaccount1", "c", "p");
+    emulator
+        .vars
+        .push(("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()));
+    for repo in [
+        RepoEnv::s3("http://127.0.0.1:9", "b", "p"),
+        RepoEnv::azure("http://127.0.0.1:9/devstoreaccount1", "c", "p"),
+        emulator,
+        RepoEnv::gcs("http://127.0.0.1:9", "b", "p"),
+    ] {
+        let f = Fixture::new(|_| repo);
+        let name = "000000010000000000000001";
+        f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
+        let out = f
+            .repo
+            .walseal(&f.key)
+            .env_remove("WALSEAL_ALLOW_HTTP")
+            .args(["wal-push", &format!("pg_wal/{name}")])
+            .current_dir(&f.root)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 3, "{}: {}", f.repo.url, stderr(&out));
+        assert!(
+            stderr(&out).contains("WALSEAL_ALLOW_HTTP=1"),
+            "{}: {}",
+            f.repo.url,
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
