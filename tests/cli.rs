@@ -1,5 +1,6 @@
 //! The walseal binary on synthetic WAL files, against every backend (local directory and the
-//! loopback S3 server): exit codes, messages, idempotence, refusals and tamper detection.
+//! loopback S3, Azure and GCS servers): exit codes, messages, idempotence, refusals and tamper
+//! detection.
 
 #![allow(clippy::unwrap_used)]
 
@@ -84,13 +85,11 @@ impl Fixture {
     }
 }
 
-/// Runs `test` once per backend: local directory, then S3.
+/// Runs `test` once per backend: local directory, then S3, Azure and GCS.
 fn each_backend(test: impl Fn(&Fixture)) {
     test(&Fixture::new(|root| RepoEnv::local(&root.join("repo"))));
-    if let Some((endpoint, bucket)) = s3_endpoint() {
-        test(&Fixture::new(|_| {
-            RepoEnv::s3(&endpoint, &bucket, &unique("cli"))
-        }));
+    for backend in bucket_backends() {
+        test(&Fixture::new(|_| backend.bucket_repo("cli").unwrap()));
     }
 }
 
