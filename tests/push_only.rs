@@ -103,9 +103,9 @@ type MakeRepo = Box<dyn Fn(&Path) -> RepoEnv>;
 
 fn backends() -> Vec<MakeRepo> {
     let mut v: Vec<MakeRepo> = vec![Box::new(|root: &Path| RepoEnv::local(&root.join("repo")))];
-    if let Some((endpoint, bucket)) = s3_endpoint() {
+    for backend in bucket_backends() {
         v.push(Box::new(move |_: &Path| {
-            RepoEnv::s3(&endpoint, &bucket, &unique("push-only"))
+            backend.bucket_repo("push-only").unwrap()
         }));
     }
     v

@@ -71,10 +71,9 @@ fn scenario(backend: Backend) {
     assert_eq!(code(&out), 0);
 
     let copy = |tag: &str| -> RepoEnv {
-        let to = match &backend {
-            Backend::Local => RepoEnv::local(&s.dir.path().join(tag)),
-            Backend::S3 { endpoint, bucket } => RepoEnv::s3(endpoint, bucket, &unique(tag)),
-        };
+        let to = backend
+            .bucket_repo(tag)
+            .unwrap_or_else(|| RepoEnv::local(&s.dir.path().join(tag)));
         copy_repo(&s.repo, &to);
         if let Some(dir) = &to.local_dir {
             chown_pg(dir);
@@ -95,7 +94,7 @@ fn scenario(backend: Backend) {
         .unwrap()
         .clone();
 
-    // S3 setups read their repository from the config file: verify copies through a config of their own.
+    // Bucket setups read their repository from the config file: verify copies through a config of their own.
     let run = |repo: &RepoEnv, extra: &[&str]| -> (Output, serde_json::Value) {
         match &s.config_file {
             None => verify(&s, repo, extra),

@@ -196,6 +196,8 @@ impl Storage {
                         GoogleConfigKey::Client(ClientConfigKey::AllowHttp),
                         cfg.allow_http.to_string(),
                     );
+                let endpoint = b.get_config_value(&GoogleConfigKey::BaseUrl);
+                check_http(endpoint.as_deref(), cfg.allow_http)?;
                 Arc::new(b.build().map_err(|e| config_error(&display, &e))?)
             }
             "az" | "azure" | "abfs" | "abfss" => {
@@ -211,7 +213,20 @@ impl Storage {
                         AzureConfigKey::Client(ClientConfigKey::AllowHttp),
                         cfg.allow_http.to_string(),
                     );
-                let endpoint = b.get_config_value(&AzureConfigKey::Endpoint);
+                let mut endpoint = b.get_config_value(&AzureConfigKey::Endpoint);
+                let truthy = |v: String| {
+                    ["true", "1", "yes", "on", "y"].contains(&v.to_ascii_lowercase().as_str())
+                };
+                if b.get_config_value(&AzureConfigKey::UseEmulator)
+                    .is_some_and(truthy)
+                {
+                    // object_store then talks plain http to AZURITE_BLOB_STORAGE_URL, whatever
+                    // allow_http says: refuse it the same way.
+                    endpoint = Some(
+                        std::env::var("AZURITE_BLOB_STORAGE_URL")
+                            .unwrap_or_else(|_| "http://127.0.0.1:10000".into()),
+                    );
+                }
                 check_http(endpoint.as_deref(), cfg.allow_http)?;
                 Arc::new(b.build().map_err(|e| config_error(&display, &e))?)
             }

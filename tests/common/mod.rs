@@ -1,5 +1,6 @@
 //! Shared test harness: a throwaway PostgreSQL cluster run as the `postgres` OS user, the
-//! loopback S3 server started by `scripts/test.sh`, and helpers to run the walseal binary.
+//! loopback S3, Azure and GCS servers started by `scripts/test.sh`, and helpers to run the
+//! walseal binary.
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod kill;
@@ -331,6 +332,54 @@ pub fn s3_endpoint() -> Option<(String, String)> {
     Some((endpoint, bucket))
 }
 
+/// Azurite's well-known development account and key (public, documented by Microsoft).
+pub const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+pub const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The loopback Azure Blob server (Azurite) from `scripts/test.sh`: its account URL
+/// (`http://127.0.0.1:PORT/devstoreaccount1`) and container; `None` (printing SKIPPED) if
+/// `WALSEAL_TEST_AZURE_ENDPOINT` is not set.
+pub fn azure_endpoint() -> Option<(String, String)> {
+    let Ok(endpoint) = std::env::var("WALSEAL_TEST_AZURE_ENDPOINT") else {
+        eprintln!("SKIPPED: Azure variant (WALSEAL_TEST_AZURE_ENDPOINT is not set; scripts/test.sh starts Azurite)");
+        return None;
+    };
+    let container =
+        std::env::var("WALSEAL_TEST_AZURE_CONTAINER").unwrap_or_else(|_| "walseal-test".into());
+    Some((endpoint, container))
+}
+
+/// The loopback GCS server (fake-gcs-server) from `scripts/test.sh`: its base URL and
+/// bucket; `None` (printing SKIPPED) if `WALSEAL_TEST_GCS_ENDPOINT` is not set.
+pub fn gcs_endpoint() -> Option<(String, String)> {
+    let Ok(endpoint) = std::env::var("WALSEAL_TEST_GCS_ENDPOINT") else {
+        eprintln!("SKIPPED: GCS variant (WALSEAL_TEST_GCS_ENDPOINT is not set; scripts/test.sh starts fake-gcs-server)");
+        return None;
+    };
+    let bucket = std::env::var("WALSEAL_TEST_GCS_BUCKET").unwrap_or_else(|_| "walseal-test".into());
+    Some((endpoint, bucket))
+}
+
+/// Every bucket backend whose loopback server `scripts/test.sh` started: S3 (required unless
+/// `WALSEAL_SKIP_S3`), then Azure and GCS (each printing SKIPPED when absent).
+pub fn bucket_backends() -> Vec<Backend> {
+    let mut v = Vec::new();
+    if let Some((endpoint, bucket)) = s3_endpoint() {
+        v.push(Backend::S3 { endpoint, bucket });
+    }
+    if let Some((endpoint, container)) = azure_endpoint() {
+        v.push(Backend::Azure {
+            endpoint,
+            container,
+        });
+    }
+    if let Some((endpoint, bucket)) = gcs_endpoint() {
+        v.push(Backend::Gcs { endpoint, bucket });
+    }
+    v
+}
+
 /// A unique prefix per test run.
 pub fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -382,6 +431,75 @@ impl RepoEnv {
         }
     }
 
+    /// A container on the Azurite server at `endpoint` (its account URL), with the
+    /// well-known development account and key.
+    pub fn azure(endpoint: &str, container: &str, prefix: &str) -> RepoEnv {
+        let url = format!("az://{container}/{prefix}");
+        let vars = vec![
+            ("WALSEAL_REPO".into(), url.clone()),
+            ("WALSEAL_ALLOW_HTTP".into(), "1".into()),
+            ("AZURE_STORAGE_ENDPOINT".into(), endpoint.into()),
+            ("AZURE_STORAGE_ACCOUNT_NAME".into(), AZURITE_ACCOUNT.into()),
+            ("AZURE_STORAGE_ACCOUNT_KEY".into(), AZURITE_KEY.into()),
+        ];
+        RepoEnv {
+            url,
+            vars,
+            local_dir: None,
+        }
+    }
+
+    /// A bucket on the fake-gcs-server at `endpoint` (its base URL), with a service account
+    /// key that disables OAuth (the emulator checks no token).
+    pub fn gcs(endpoint: &str, bucket: &str, prefix: &str) -> RepoEnv {
+        let url = format!("gs://{bucket}/{prefix}");
+        let key =
+            r#"{"private_key":"","private_key_id":"","client_email":"","disable_oauth":true}"#;
+        let vars = vec![
+            ("WALSEAL_REPO".into(), url.clone()),
+            ("WALSEAL_ALLOW_HTTP".into(), "1".into()),
+            ("GOOGLE_BASE_URL".into(), endpoint.into()),
+            ("GOOGLE_SERVICE_ACCOUNT_KEY".into(), key.into()),
+        ];
+        RepoEnv {
+            url,
+            vars,
+            local_dir: None,
+        }
+    }
+
+    /// The `[storage]` options (object_store configuration keys) equivalent to this
+    /// repository's `AWS_*`, `AZURE_*` and `GOOGLE_*` variables.
+    pub fn storage_options(&self) -> std::collections::BTreeMap<String, String> {
+        let mut storage = std::collections::BTreeMap::new();
+        for (k, v) in &self.vars {
+            if let Some(rest) = k.strip_prefix("AWS_") {
+                let key = match rest {
+                    "ENDPOINT_URL" => "aws_endpoint".to_string(),
+                    other => format!("aws_{}", other.to_lowercase()),
+                };
+                storage.insert(key, v.clone());
+            } else if k.starts_with("AZURE_") || k.starts_with("GOOGLE_") {
+                storage.insert(k.to_lowercase(), v.clone());
+            }
+        }
+        storage
+    }
+
+    /// A config file's text for this repository with `key` as the key file (the storage
+    /// settings in `[storage]`).
+    pub fn config_toml(&self, key: &Path) -> String {
+        let mut text = format!(
+            "repo = \"{}\"\nkey_file = \"{}\"\nallow_http = true\n\n[storage]\n",
+            self.url,
+            key.display()
+        );
+        for (k, v) in self.storage_options() {
+            text.push_str(&format!("{k} = '{v}'\n"));
+        }
+        text
+    }
+
     /// `VAR=value ...` prefix for archive_command / restore_command.
     pub fn shell_prefix(&self) -> String {
         self.vars
@@ -404,16 +522,7 @@ impl RepoEnv {
 
     /// The walseal storage for direct (raw) access from tests.
     pub fn storage(&self) -> walseal::storage::Storage {
-        let mut storage = std::collections::BTreeMap::new();
-        for (k, v) in &self.vars {
-            if let Some(rest) = k.strip_prefix("AWS_") {
-                let key = match rest {
-                    "ENDPOINT_URL" => "aws_endpoint".to_string(),
-                    other => format!("aws_{}", other.to_lowercase()),
-                };
-                storage.insert(key, v.clone());
-            }
-        }
+        let storage = self.storage_options();
         let cfg = walseal::config::Config {
             repo: Some(self.url.clone()),
             key_files: vec![],
@@ -485,6 +594,23 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 pub enum Backend {
     Local,
     S3 { endpoint: String, bucket: String },
+    Azure { endpoint: String, container: String },
+    Gcs { endpoint: String, bucket: String },
+}
+
+impl Backend {
+    /// A fresh repository (unique prefix) on a bucket backend; `None` for `Local`.
+    pub fn bucket_repo(&self, tag: &str) -> Option<RepoEnv> {
+        match self {
+            Backend::Local => None,
+            Backend::S3 { endpoint, bucket } => Some(RepoEnv::s3(endpoint, bucket, &unique(tag))),
+            Backend::Azure {
+                endpoint,
+                container,
+            } => Some(RepoEnv::azure(endpoint, container, &unique(tag))),
+            Backend::Gcs { endpoint, bucket } => Some(RepoEnv::gcs(endpoint, bucket, &unique(tag))),
+        }
+    }
 }
 
 /// A test directory with the walseal binary, a key and a repository, all usable by postgres.
@@ -517,24 +643,16 @@ impl Setup {
                 );
                 (repo, String::new(), prefix)
             }
-            Backend::S3 { endpoint, bucket } => {
-                let prefix = unique("e2e");
-                let repo = RepoEnv::s3(endpoint, bucket, &prefix);
+            bucket => {
+                let repo = bucket.bucket_repo("e2e").expect("a bucket backend");
                 let cfg = dir.path().join("walseal.toml");
-                std::fs::write(
-                    &cfg,
-                    format!(
-                        "repo = \"s3://{bucket}/{prefix}\"\nkey_file = \"{}\"\nallow_http = true\n\n[storage]\naws_endpoint = \"{endpoint}\"\naws_access_key_id = \"test\"\naws_secret_access_key = \"test\"\naws_region = \"us-east-1\"\n",
-                        key.display()
-                    ),
-                )
-                .unwrap();
+                std::fs::write(&cfg, repo.config_toml(&key)).unwrap();
                 (repo, format!("--config '{}'", cfg.display()), String::new())
             }
         };
         chown_pg(dir.path());
         let config_file =
-            matches!(backend, Backend::S3 { .. }).then(|| dir.path().join("walseal.toml"));
+            (!matches!(backend, Backend::Local)).then(|| dir.path().join("walseal.toml"));
         let s = Setup {
             dir,
             bin,
