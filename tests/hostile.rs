@@ -895,7 +895,7 @@ fn init_adopts_a_walseal_0_1_repository() {
         std::fs::create_dir_all(root.join("restore")).unwrap();
         let new = "000000010000000000000002";
         write_segment(root, new, SYSID);
-        let push_new = [&"wal-push"[..], &format!("pg_wal/{new}")];
+        let push_new = ["wal-push", &format!("pg_wal/{new}")];
         let out = run(walseal(&repo, &[key]), &push_new, root);
         assert_eq!(code(&out), 12, "{}", stderr(&out));
         assert!(stderr(&out).contains("walseal init"), "{}", stderr(&out));
