@@ -2,6 +2,8 @@
 //! loopback S3 server started by `scripts/test.sh`, and helpers to run the walseal binary.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
