@@ -406,9 +406,10 @@ fn ready_segments(pg: &Pg) -> Vec<String> {
     names
 }
 
-/// The storage stops in the middle of an archiving run under pgbench: `wal-push` fails with
-/// one line, PostgreSQL keeps every segment (`.ready`), and once the storage is back the
-/// archive catches up with each of those segments intact and `verify` finds no gap.
+/// The storage stops in the middle of an archiving run under pgbench, then comes back
+/// refusing writes (503 on every PUT): `wal-push` fails with one line, PostgreSQL keeps every
+/// segment (`.ready`), and once the storage is well the archive catches up with each of
+/// those segments intact and `verify` finds no gap.
 #[test]
 fn storage_down_under_pgbench_keeps_segments_then_catches_up() {
     let Some(f) = Faulty::new() else { return };
@@ -423,49 +424,69 @@ fn storage_down_under_pgbench_keeps_segments_then_catches_up() {
     primary.start();
     primary.pgbench(&["-i", "-s", "2", "-q"]);
     primary.switch_and_wait_archived();
+    primary.psql("CREATE TABLE tick(n int)");
     let mut load = primary.pgbench_background(2, 8);
-    let failed_before: u64 = primary
-        .psql("SELECT failed_count FROM pg_stat_archiver")
-        .parse()
-        .unwrap();
-
-    f.proxy.set(Fault::Refuse);
-    // Segments pile up while the storage is down.
-    wait_until("segments left .ready during the outage", 60, || {
-        primary.psql("SELECT pg_switch_wal()");
-        let failed: u64 = primary
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    // The server goes down; then it is back but answers every write with 503 (a wal-push
+    // that took a failed write for success would let PostgreSQL recycle the segment).
+    let outages = [
+        ("storage down", Fault::Refuse, None),
+        (
+            "writes refused",
+            Fault::Pass,
+            Some(Rule::new(Fault::Status(503), usize::MAX).method("PUT")),
+        ),
+    ];
+    for (what, standing, rule) in outages {
+        let failed_before: u64 = primary
             .psql("SELECT failed_count FROM pg_stat_archiver")
             .parse()
             .unwrap();
-        failed > failed_before && ready_segments(&primary).len() >= 3
-    });
-    let kept: Vec<(String, Vec<u8>)> = ready_segments(&primary)
-        .into_iter()
-        .map(|n| {
-            let bytes = std::fs::read(primary.data.join("pg_wal").join(&n)).unwrap();
-            (n, bytes)
-        })
-        .collect();
-    let log = primary.log_text();
-    assert!(
-        log.contains("archive command failed with exit code 6"),
-        "{}",
-        tail(&log, 20)
-    );
-    // What PostgreSQL logged from walseal: one line per failure, with the fix.
-    let line = log
-        .lines()
-        .find(|l| l.starts_with("walseal wal-push: error: "))
-        .unwrap_or_else(|| panic!("no walseal error in the log:\n{}", tail(&log, 20)));
-    assert_one_line_error("archive_command", line, "walseal wal-push: error: ");
-    // The same by hand, on a kept segment.
-    let out = f
-        .walseal(&f.faulty, &primary.data)
-        .arg("wal-push")
-        .arg(format!("pg_wal/{}", kept[0].0))
-        .output()
-        .unwrap();
-    f.assert_storage_failure("wal-push with the storage down", &out);
+        let ready_before = ready_segments(&primary).len();
+        f.proxy.set(standing);
+        if standing == Fault::Pass {
+            f.proxy.pass();
+        }
+        if let Some(rule) = rule {
+            f.proxy.inject(rule);
+        }
+        // Segments pile up, whether or not pgbench is still writing.
+        wait_until(&format!("segments left .ready ({what})"), 60, || {
+            primary.psql("INSERT INTO tick VALUES (1)");
+            primary.psql("SELECT pg_switch_wal()");
+            let failed: u64 = primary
+                .psql("SELECT failed_count FROM pg_stat_archiver")
+                .parse()
+                .unwrap();
+            failed > failed_before && ready_segments(&primary).len() >= ready_before + 2
+        });
+        for n in ready_segments(&primary) {
+            if !kept.iter().any(|(k, _)| *k == n) {
+                let bytes = std::fs::read(primary.data.join("pg_wal").join(&n)).unwrap();
+                kept.push((n, bytes));
+            }
+        }
+        // What PostgreSQL logged from walseal: one line per failure, with the fix.
+        let log = primary.log_text();
+        assert!(
+            log.contains("archive command failed with exit code 6"),
+            "{what}: {}",
+            tail(&log, 20)
+        );
+        let line = log
+            .lines()
+            .rfind(|l| l.starts_with("walseal wal-push: error: "))
+            .unwrap_or_else(|| panic!("{what}: no walseal error in the log:\n{}", tail(&log, 20)));
+        assert_one_line_error(what, line, "walseal wal-push: error: ");
+        // The same by hand, on a kept segment.
+        let out = f
+            .walseal(&f.faulty, &primary.data)
+            .arg("wal-push")
+            .arg(format!("pg_wal/{}", kept.last().unwrap().0))
+            .output()
+            .unwrap();
+        f.assert_storage_failure(what, &out);
+    }
 
     f.proxy.pass();
     assert!(load.wait().unwrap().success(), "pgbench failed");
@@ -637,7 +658,13 @@ fn storage_down_during_recovery_stops_it_and_a_standby_rides_it_out() {
     primary.switch_and_wait_archived();
     let warning = "walseal wal-fetch: WARNING: storage outage on a standby";
     wait_until("two outage warnings from the standby", 90, || {
-        standby.log_text().matches(warning).count() >= 2
+        let log = standby.log_text();
+        assert!(
+            !log.contains("could not restore file"),
+            "the outage stopped the standby:\n{}",
+            tail(&log, 30)
+        );
+        log.matches(warning).count() >= 2
     });
     assert_eq!(standby.psql("SELECT pg_is_in_recovery()"), "t");
     let log = standby.log_text();
