@@ -286,11 +286,23 @@ fn slow_and_failing_storage_retries_then_fails_clearly() {
     // Slow beyond the budget on every request: a failure.
     f.proxy
         .set(Fault::Delay(Duration::from_secs(TIMEOUT_SECS + 2)));
-    f.assert_storage_failure("everything slow", &f.push(&path));
+    let out = f.push(&path);
+    f.assert_storage_failure("everything slow", &out);
+    assert!(
+        stderr(&out).contains("raise storage_timeout_secs"),
+        "{}",
+        stderr(&out)
+    );
 
-    // Storage down: connection refused, retried, then a failure.
+    // Storage down: connection refused, retried, then a failure that says so.
     f.proxy.set(Fault::Refuse);
-    f.assert_storage_failure("storage down", &f.push(&path));
+    let out = f.push(&path);
+    f.assert_storage_failure("storage down", &out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("Connection refused") && err.contains("did not accept the connection"),
+        "{err}"
+    );
 
     f.proxy.pass();
     assert_eq!(f.archived(&name), None, "a failed push is archived");
