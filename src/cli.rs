@@ -165,7 +165,8 @@ pub enum Command {
     /// Exit codes: 0 restored; 1 not in the archive (PostgreSQL's normal end of archive);
     /// 202-209 anything that must stop recovery (tampered or truncated object, wrong or missing
     /// key, storage unreachable): PostgreSQL aborts recovery on a code above 125 instead of
-    /// promoting with WAL missing.
+    /// promoting with WAL missing. On a standby (standby.signal), storage unreachable after
+    /// the retries answers 1 with a WARNING: the standby streams meanwhile and retries.
     WalFetch {
         /// WAL file name (PostgreSQL's %f).
         name: String,

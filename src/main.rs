@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use walseal::cli::Cli;
+use walseal::cli::{Cli, Command};
 use walseal::error::ErrorKind;
 
 fn main() -> ExitCode {
@@ -24,17 +24,22 @@ fn main() -> ExitCode {
         }
     };
     let command = cli.command.name();
+    let fetch_dest = match &cli.command {
+        Command::WalFetch { dest, .. } => Some(dest.clone()),
+        _ => None,
+    };
     match walseal::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let code = if command == "wal-fetch" {
-                err.kind().fetch_exit_code()
-            } else {
-                err.kind().exit_code()
+            let code = match &fetch_dest {
+                Some(dest) => walseal::restore::fetch_exit_code(err.kind(), dest),
+                None => err.kind().exit_code(),
             };
-            if err.kind() == ErrorKind::NotFound && command == "wal-fetch" {
+            if err.kind() == ErrorKind::NotFound && fetch_dest.is_some() {
                 // PostgreSQL probes for files that do not exist all the time: not an error.
                 tracing::info!("{err}");
+            } else if fetch_dest.is_some() && code == 1 {
+                eprintln!("walseal {command}: WARNING: storage outage on a standby (standby.signal): answering \"not available\" (exit 1) so that the standby stays up, streams meanwhile and retries restore_command: {err}");
             } else {
                 eprintln!("walseal {command}: error: {err}");
             }

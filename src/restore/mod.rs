@@ -105,6 +105,47 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
     }
 }
 
+/// The exit status of a failed `wal-fetch` into `dest` (restore_command's `%p`).
+///
+/// Archive recovery must stop at a hole rather than promote past it, so every failure but
+/// "not in the archive" is fatal to PostgreSQL ([`ErrorKind::fetch_exit_code`], above 125).
+/// A standby is different: it retries restore_command every few seconds and streams from
+/// its primary meanwhile, and it never promotes on its own. A fatal status there would shut
+/// the standby down over a storage outage, so on a standby an unreachable storage (after the
+/// retries) answers 1, "not available yet"; the caller logs it as a WARNING.
+pub fn fetch_exit_code(kind: ErrorKind, dest: &Path) -> u8 {
+    exit_code_for(kind, kind == ErrorKind::Storage && is_standby(dest))
+}
+
+/// Whether a failure of `kind` answers the standby's "not available yet" (1).
+fn exit_code_for(kind: ErrorKind, standby: bool) -> u8 {
+    match kind {
+        ErrorKind::Storage if standby => 1,
+        other => other.fetch_exit_code(),
+    }
+}
+
+/// Whether the data directory that `dest` belongs to holds `standby.signal`.
+///
+/// PostgreSQL runs restore_command in the data directory with `%p` = `pg_wal/RECOVERYXLOG`
+/// (relative); `pg_wal` may be a symlink, so the data directory is found lexically (the
+/// parent of `dest`'s `pg_wal`), else the current directory. Only a directory that holds
+/// `PG_VERSION` counts: when in doubt this is not a standby, and a failure stays fatal.
+pub fn is_standby(dest: &Path) -> bool {
+    let beside_pg_wal = dest
+        .parent()
+        .filter(|wal| wal.file_name().is_some_and(|n| n == "pg_wal"))
+        .map(|wal| match wal.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        });
+    beside_pg_wal
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from(".")))
+        .find(|dir| dir.join("PG_VERSION").is_file())
+        .is_some_and(|dir| dir.join("standby.signal").is_file())
+}
+
 /// A temporary name beside `dest`, in the same directory so the rename is atomic.
 fn temp_path(dest: &Path) -> Result<PathBuf> {
     let file = dest.file_name().and_then(|f| f.to_str()).ok_or_else(|| {
@@ -248,5 +289,51 @@ impl Read for ChannelReader {
         let n = self.cur.len().min(out.len());
         out[..n].copy_from_slice(&self.cur.split_to(n));
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_outage_answers_not_available_on_a_standby_only() {
+        assert_eq!(exit_code_for(ErrorKind::Storage, true), 1);
+        assert_eq!(exit_code_for(ErrorKind::Storage, false), 206);
+        assert_eq!(exit_code_for(ErrorKind::NotFound, false), 1);
+        // Everything that is not an outage still stops a standby: a tampered object, a
+        // wrong key, a missing repository must not be retried as if it would go away.
+        for kind in [
+            ErrorKind::Integrity,
+            ErrorKind::Key,
+            ErrorKind::Config,
+            ErrorKind::NoRepository,
+            ErrorKind::LocalIo,
+        ] {
+            assert!(exit_code_for(kind, true) > 125, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn standby_is_found_from_the_pg_wal_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("pg_wal")).expect("mkdir");
+        let dest = data.join("pg_wal").join("RECOVERYXLOG");
+        assert!(!is_standby(&dest), "no PG_VERSION, no standby.signal");
+        std::fs::write(data.join("standby.signal"), "").expect("write");
+        assert!(
+            !is_standby(&dest),
+            "not a data directory without PG_VERSION"
+        );
+        std::fs::write(data.join("PG_VERSION"), "15\n").expect("write");
+        assert!(is_standby(&dest));
+        std::fs::remove_file(data.join("standby.signal")).expect("rm");
+        std::fs::write(data.join("recovery.signal"), "").expect("write");
+        assert!(!is_standby(&dest), "recovery.signal is not a standby");
+        // A path outside any pg_wal falls back to the current directory (the test's is not
+        // a data directory).
+        std::fs::write(data.join("standby.signal"), "").expect("write");
+        assert!(!is_standby(&dir.path().join("elsewhere")));
     }
 }

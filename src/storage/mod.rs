@@ -985,16 +985,46 @@ fn config_error(display: &str, e: &object_store::Error) -> Error {
 
 /// Maps a backend error to the crate error, naming the repository and the operation.
 pub fn storage_error(display: &str, what: &str, e: &object_store::Error) -> Error {
-    let hint = match e {
-        object_store::Error::PermissionDenied { .. }
-        | object_store::Error::Unauthenticated { .. } => {
-            "check the storage credentials and that they may read and write this bucket/prefix"
+    use object_store::client::{HttpError, HttpErrorKind};
+    let http = causes(e).find_map(|c| c.downcast_ref::<HttpError>().map(HttpError::kind));
+    let hint = match (e, http) {
+        (
+            object_store::Error::PermissionDenied { .. }
+            | object_store::Error::Unauthenticated { .. },
+            _,
+        ) => "check the storage credentials and that they may read and write this bucket/prefix",
+        (_, Some(HttpErrorKind::Timeout)) => {
+            "the storage did not answer in time: check that it is reachable; if it is just slow, raise storage_timeout_secs"
+        }
+        (_, Some(HttpErrorKind::Connect)) => {
+            "the storage did not accept the connection: check that it is running and that the endpoint in the repository URL or [storage] is right"
         }
         _ => "check that the storage is reachable and the repository URL and credentials are right",
     };
     Error::new(
         ErrorKind::Storage,
-        format!("{display}: {what}: {}", one_line(e)),
+        format!("{display}: {what}: {}", describe(e)),
     )
     .hint(hint)
+}
+
+/// `e` and its causes, outermost first.
+fn causes<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |c| c.source())
+}
+
+/// The error with the causes its message leaves out ("error sending request" says nothing of
+/// a refused connection or a timeout; the innermost cause does), on one line.
+fn describe(e: &object_store::Error) -> String {
+    let mut text = e.to_string();
+    for cause in causes(e).skip(1) {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    one_line(&text)
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod kill;
+pub mod proxy;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
