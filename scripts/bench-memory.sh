@@ -138,14 +138,19 @@ median() {
     echo "$SEGMENTS segments of 1 GiB; repository file:// on $(df -PT "$WORK" | awk 'NR == 2 { print $2 }'); stored $(du -sh "$REPO/wal" | cut -f1)"
     echo
     printf '%-22s %12s %10s   %s\n' command "peak RSS MiB" seconds "(every run: seconds/KiB)"
-    for c in wal-push. wal-push-again wal-fetch verify rekey verify-after-rekey; do
-        all=$(awk -v p="$c" 'index($1, p) == 1 && (p != "wal-push." || $1 ~ /^wal-push\.[0-9]+$/) { printf "%s%s/%s", sep, $2, $3; sep = " " }' "$RUNS")
-        rss=$(awk -v p="$c" 'index($1, p) == 1 && (p != "wal-push." || $1 ~ /^wal-push\.[0-9]$/) { print $3 }' "$RUNS" | sort -g | tail -1)
-        secs=$(awk -v p="$c" 'index($1, p) == 1 && (p != "wal-push." || $1 ~ /^wal-push\.[0-9]$/) { print $2 }' "$RUNS" | sort -g \
-            | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
-        printf '%-22s %12.1f %10s   %s\n' "${c%.}" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$secs" "$all"
+    # rows: NAME REGEX (over the run names)
+    for row in "wal-push ^wal-push\\.[0-9]+$" "wal-push-other ^wal-push\\.0" "wal-push-again ^wal-push-again$" \
+        "wal-fetch ^wal-fetch$" "verify ^verify$" "rekey ^rekey$" "verify-after-rekey ^verify-after-rekey$"; do
+        set -- $row
+        sel=$(awk -v re="$2" '$1 ~ re { print $2, $3 }' "$RUNS")
+        [ -n "$sel" ] || continue
+        all=$(echo "$sel" | awk '{ printf "%s%s/%s", sep, $1, $2; sep = " " }')
+        rss=$(echo "$sel" | awk '{ print $2 }' | sort -g | tail -1)
+        secs=$(echo "$sel" | awk '{ print $1 }' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+        printf '%-22s %12.1f %10s   %s\n' "$1" "$(awk -v k="$rss" 'BEGIN { print k / 1024 }')" "$secs" "$all"
     done
-    echo "(wal-push: the highest peak of the $REPS first pushes, median seconds; other rows: one run)"
+    echo "(peak RSS: the highest of a row's runs; seconds: the median. wal-push: the first segment, $REPS times,"
+    echo " each into a fresh repository; wal-push-other: the other segments, once each)"
 } > "$REPORT"
 cat "$REPORT"
 [ -z "${RESULTS_FILE:-}" ] || cp "$REPORT" "$RESULTS_FILE"
