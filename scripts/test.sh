@@ -44,6 +44,13 @@ flock "$LOCK" cargo test --profile test-release -- --test-threads=2 2>&1 | tee "
 status=${PIPESTATUS[0]}
 set -e
 log "cargo test exited with $status"
+# The soak, briefly (two minutes of pgbench with backups, retain and verify running at once,
+# then PITR to the end; longer runs by hand: SOAK_SECONDS=1800 bash scripts/soak.sh).
+log "soak (scripts/soak.sh, ${SOAK_SECONDS:-120} s)"
+if ! WALSEAL_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/test-release/walseal" \
+    SOAK_SECONDS="${SOAK_SECONDS:-120}" bash "$ROOT/scripts/soak.sh"; then
+    status=1
+fi
 # Every fuzz target briefly (8 s each, about a minute; the long runs are in docs/fuzzing.md).
 if rustup toolchain list 2>/dev/null | grep -q nightly; then
     log "fuzz targets (scripts/fuzz.sh)"
