@@ -131,6 +131,23 @@ impl Faulty {
         }
     }
 
+    /// Asserts that `verify` (straight to the storage) finds no missing segment and no damaged
+    /// object.
+    fn assert_no_gap(&self, when: &str) {
+        let out = self
+            .walseal(&self.direct, self.s.dir.path())
+            .args(["verify", "--json"])
+            .output()
+            .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["missing_count"], 0, "gap {when}: {report}");
+        assert_eq!(
+            report["failed_objects"].as_array().unwrap().len(),
+            0,
+            "damaged objects {when}: {report}"
+        );
+    }
+
     /// Asserts `out` succeeded and `name` is archived with exactly `data`.
     fn assert_stored(&self, what: &str, out: &Output, name: &str, data: &[u8]) {
         assert_eq!(code(out), 0, "{what}: wal-push failed: {}", stderr(out));
@@ -309,18 +326,7 @@ fn slow_and_failing_storage_retries_then_fails_clearly() {
     f.assert_stored("storage back", &f.push(&path), &name, &data);
 
     // Nothing is missing between the first and the last segment.
-    let out = f
-        .walseal(&f.direct, f.s.dir.path())
-        .args(["verify", "--json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["missing_count"], 0, "{report}");
-    assert_eq!(
-        report["failed_objects"].as_array().unwrap().len(),
-        0,
-        "{report}"
-    );
+    f.assert_no_gap("after the slow and failing storage");
 }
 
 /// Two `wal-push` of one segment at once, many times: with the same content both succeed
@@ -513,18 +519,7 @@ fn storage_down_under_pgbench_keeps_segments_then_catches_up() {
         );
     }
     assert!(f.archived(&last).is_some());
-    let out = f
-        .walseal(&f.direct, f.s.dir.path())
-        .args(["verify", "--json"])
-        .output()
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["missing_count"], 0, "gap after the outage: {report}");
-    assert_eq!(
-        report["failed_objects"].as_array().unwrap().len(),
-        0,
-        "{report}"
-    );
+    f.assert_no_gap("after the outage");
     primary.stop();
 }
 
@@ -550,23 +545,7 @@ fn storage_down_during_recovery_stops_it_and_a_standby_rides_it_out() {
     let primary = f.s.primary(&pg_bin(), &["max_wal_senders = 4".into()]);
     primary.start();
     let base = f.s.dir.path().join("base");
-    run_ok(
-        as_pg(&pg_bin().join("pg_basebackup"))
-            .arg("-D")
-            .arg(&base)
-            .args([
-                "-X",
-                "none",
-                "-c",
-                "fast",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .arg("-p")
-            .arg(primary.port.to_string()),
-    );
+    plain_basebackup(&primary, &base);
     primary.psql("CREATE TABLE canary(t text); INSERT INTO canary VALUES ('before')");
     primary.pgbench(&["-i", "-s", "4", "-q"]);
     let fingerprint = |pg: &Pg| {

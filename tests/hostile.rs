@@ -18,27 +18,7 @@ const SEG: u32 = 16 << 20;
 
 /// walseal with `repo` and the given extra environment, nothing else.
 fn walseal(repo: &RepoEnv, vars: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(walseal_bin());
-    for k in [
-        "WALSEAL_CONFIG",
-        "WALSEAL_LOG",
-        "WALSEAL_KEY_FILE",
-        "WALSEAL_RECIPIENT",
-        "WALSEAL_IDENTITY_FILE",
-        "WALSEAL_SIGNER_FILE",
-        "WALSEAL_TRUSTED_SIGNERS",
-        "WALSEAL_ALLOW_LEGACY",
-        "WALSEAL_REPOSITORY_ID",
-    ] {
-        c.env_remove(k);
-    }
-    for (k, v) in &repo.vars {
-        c.env(k, v);
-    }
-    for (k, v) in vars {
-        c.env(k, v);
-    }
-    c
+    clean_walseal(repo, vars)
 }
 
 fn run(mut c: Command, args: &[&str], dir: &Path) -> Output {

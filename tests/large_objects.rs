@@ -28,21 +28,7 @@ fn ok(out: &Output) -> String {
 
 /// walseal with `repo` and these variables only.
 fn walseal(repo: &RepoEnv, vars: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(walseal_bin());
-    for k in [
-        "WALSEAL_CONFIG",
-        "WALSEAL_LOG",
-        "WALSEAL_KEY_FILE",
-        "WALSEAL_RECIPIENT",
-        "WALSEAL_IDENTITY_FILE",
-        "WALSEAL_SIGNER_FILE",
-        "WALSEAL_TRUSTED_SIGNERS",
-    ] {
-        c.env_remove(k);
-    }
-    c.envs(repo.vars.iter().map(|(k, v)| (k, v)));
-    c.envs(vars.iter().copied());
-    c
+    clean_walseal(repo, vars)
 }
 
 /// A 64 MiB segment whose pages after the first are incompressible, so the sealed object is

@@ -34,23 +34,7 @@ fn archive_then_replay_from_archive_only(backend: Backend) {
     let primary = s.primary(&pg_bin(), &["max_wal_senders = 4".into()]);
     primary.start();
     let base = s.dir.path().join("base");
-    run_ok(
-        as_pg(&pg_bin().join("pg_basebackup"))
-            .arg("-D")
-            .arg(&base)
-            .args([
-                "-X",
-                "none",
-                "-c",
-                "fast",
-                "-h",
-                "127.0.0.1",
-                "-U",
-                "postgres",
-            ])
-            .arg("-p")
-            .arg(primary.port.to_string()),
-    );
+    plain_basebackup(&primary, &base);
 
     let marker = format!("walseal-canary-{}", unique("m"));
     primary.psql(&format!(

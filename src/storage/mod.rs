@@ -269,11 +269,20 @@ impl Storage {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
-        match self
+        let r = self
             .store
             .put_opts(&self.path(key), PutPayload::from(data), opts)
-            .await
-        {
+            .await;
+        self.create_outcome(key, r)
+    }
+
+    /// The outcome of a create-only write (a PUT or a copy) of `key`.
+    fn create_outcome<T>(
+        &self,
+        key: &str,
+        r: std::result::Result<T, object_store::Error>,
+    ) -> Result<PutOutcome> {
+        match r {
             Ok(_) => Ok(PutOutcome::Created),
             Err(
                 object_store::Error::AlreadyExists { .. }
@@ -647,22 +656,11 @@ impl Storage {
             return self.put_new(key, data.into()).await;
         }
         let (staging, staged) = self.stage_file(key, &mut file, len).await?;
-        let outcome = match self
+        let r = self
             .store
             .copy_if_not_exists(&staged, &self.path(key))
-            .await
-        {
-            Ok(()) => Ok(PutOutcome::Created),
-            Err(
-                object_store::Error::AlreadyExists { .. }
-                | object_store::Error::Precondition { .. },
-            ) => Ok(PutOutcome::AlreadyExists),
-            Err(e) => Err(storage_error(
-                &self.display,
-                &format!("cannot write {key}"),
-                &e,
-            )),
-        };
+            .await;
+        let outcome = self.create_outcome(key, r);
         self.remove_staged(&staging, &staged).await;
         outcome
     }

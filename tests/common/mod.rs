@@ -545,6 +545,54 @@ impl RepoEnv {
     }
 }
 
+/// `pg_basebackup -X none` of `primary` into `dest`: a copy that can only replay from the
+/// archive.
+pub fn plain_basebackup(primary: &Pg, dest: &Path) {
+    run_ok(
+        as_pg(&pg_bin().join("pg_basebackup"))
+            .arg("-D")
+            .arg(dest)
+            .args([
+                "-X",
+                "none",
+                "-c",
+                "fast",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .arg("-p")
+            .arg(primary.port.to_string()),
+    );
+}
+
+/// walseal with `repo` and the given extra environment, no other WALSEAL_* setting from the
+/// test's own environment.
+pub fn clean_walseal(repo: &RepoEnv, vars: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(walseal_bin());
+    for k in [
+        "WALSEAL_CONFIG",
+        "WALSEAL_LOG",
+        "WALSEAL_KEY_FILE",
+        "WALSEAL_RECIPIENT",
+        "WALSEAL_IDENTITY_FILE",
+        "WALSEAL_SIGNER_FILE",
+        "WALSEAL_TRUSTED_SIGNERS",
+        "WALSEAL_ALLOW_LEGACY",
+        "WALSEAL_REPOSITORY_ID",
+    ] {
+        c.env_remove(k);
+    }
+    for (k, v) in &repo.vars {
+        c.env(k, v);
+    }
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c
+}
+
 /// Runs a future to completion on a fresh runtime.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
