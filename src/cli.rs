@@ -91,6 +91,16 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALSEAL_ALLOW_HTTP", value_name = "BOOL", num_args = 0..=1,
           default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_http: Option<bool>,
+    /// Time budget for each storage operation, retries included (config `storage_timeout_secs`,
+    /// default 60).
+    #[arg(long, global = true, env = "WALSEAL_STORAGE_TIMEOUT", value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub storage_timeout: Option<u64>,
+    /// Retries of a failed storage request within that budget (config `storage_retries`,
+    /// default 3).
+    #[arg(long, global = true, env = "WALSEAL_STORAGE_RETRIES", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=20))]
+    pub storage_retries: Option<u64>,
     /// Audit log: a JSON line per operation that uses a key, hash-chained (see README).
     #[arg(long, global = true, env = "WALSEAL_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,

@@ -192,8 +192,16 @@ impl Config {
             audit_log: args.audit_log.clone().or(file.audit_log),
             storage: file.storage,
             keys: file.keys,
-            storage_retries: file.storage_retries.unwrap_or(3),
-            storage_timeout: Duration::from_secs(file.storage_timeout_secs.unwrap_or(60)),
+            storage_retries: args
+                .storage_retries
+                .and_then(|n| usize::try_from(n).ok())
+                .or(file.storage_retries)
+                .unwrap_or(3),
+            storage_timeout: Duration::from_secs(
+                args.storage_timeout
+                    .or(file.storage_timeout_secs)
+                    .unwrap_or(60),
+            ),
         })
     }
 
@@ -243,6 +251,8 @@ mod tests {
             allow_legacy: None,
             repository_id: None,
             allow_http: None,
+            storage_timeout: None,
+            storage_retries: None,
             log_level: None,
             audit_log: None,
         }
@@ -252,7 +262,7 @@ mod tests {
     fn file_values_are_used_and_flags_override_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("w.toml");
-        std::fs::write(&path, "repo = \"file:///a\"\nkey_file = \"/k1:/k2\"\nallow_http = true\n[storage]\naws_region = \"x\"\n").unwrap();
+        std::fs::write(&path, "repo = \"file:///a\"\nkey_file = \"/k1:/k2\"\nallow_http = true\nstorage_timeout_secs = 9\n[storage]\naws_region = \"x\"\n").unwrap();
         let c = Config::resolve(&args(Some(path.clone()))).unwrap();
         assert_eq!(c.repo.as_deref(), Some("file:///a"));
         assert_eq!(
@@ -261,12 +271,18 @@ mod tests {
         );
         assert!(c.allow_http);
         assert_eq!(c.storage["aws_region"], "x");
+        assert_eq!(c.storage_timeout, Duration::from_secs(9));
+        assert_eq!(c.storage_retries, 3);
         let mut a = args(Some(path));
         a.repo = Some("file:///b".into());
         a.allow_http = Some(false);
+        a.storage_timeout = Some(4);
+        a.storage_retries = Some(0);
         let c = Config::resolve(&a).unwrap();
         assert_eq!(c.repo.as_deref(), Some("file:///b"));
         assert!(!c.allow_http);
+        assert_eq!(c.storage_timeout, Duration::from_secs(4));
+        assert_eq!(c.storage_retries, 0);
     }
 
     #[test]
