@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use common::*;
 
 const SYSID: u64 = 7_301_000_000_000_000_064;
-const SEG: u32 = 64 << 20;
+const SEG: u32 = 32 << 20;
 
 fn run(mut c: Command, args: &[&str], dir: &Path) -> Output {
     c.args(args).current_dir(dir).output().unwrap()
@@ -31,7 +31,7 @@ fn walseal(repo: &RepoEnv, vars: &[(&str, &str)]) -> Command {
     clean_walseal(repo, vars)
 }
 
-/// A 64 MiB segment whose pages after the first are incompressible, so the sealed object is
+/// A 32 MiB segment whose pages after the first are incompressible, so the sealed object is
 /// several parts long.
 fn big_segment(name: &str, seed: u64) -> Vec<u8> {
     let mut seg = synthetic_segment(name, SYSID, SEG, None);
