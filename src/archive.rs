@@ -108,7 +108,14 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
             .metadata()
             .map_err(|e| local_io("cannot stat the spool file", &e))?
             .len();
-        (storage.put_new_file(&key, spool, sealed_len).await?, digest)
+        let outcome = storage.put_new_file(&key, spool, sealed_len).await?;
+        if outcome == PutOutcome::Created {
+            // The object came into place by a server-side copy of a staging object, which
+            // anyone who can write to the bucket could have replaced meanwhile: read back
+            // what is there now and authenticate it before PostgreSQL may recycle the file.
+            check_stored(storage, repo.keyring.clone(), sealed_key, &key, size, crc).await?;
+        }
+        (outcome, digest)
     };
     match outcome {
         PutOutcome::Created => {
@@ -129,6 +136,37 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
             Ok(PushOutcome::AlreadyArchived)
         }
     }
+}
+
+/// Reads the stored object `key` back and runs [`self_check`] on it.
+async fn check_stored(
+    storage: &Storage,
+    keyring: std::sync::Arc<Keyring>,
+    sealed_key: seal::SealedKey,
+    key: &str,
+    size: u64,
+    crc: u32,
+) -> Result<()> {
+    let (storage, key) = (storage.clone(), key.to_string());
+    tokio::task::spawn_blocking(move || {
+        let handle = tokio::runtime::Handle::current();
+        let fetch = || {
+            handle
+                .block_on(storage.get(&key))?
+                .map(|o| o.into_blocking_reader())
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::Storage,
+                        format!("{key}: stored, then gone when read back"),
+                    )
+                })
+        };
+        self_check(&keyring, &sealed_key, &key, fetch, size, crc).map_err(|e| {
+            e.hint("the object in the repository is not what was sealed: move it aside (verify names it), then let PostgreSQL retry")
+        })
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Internal, format!("check task failed: {e}")))?
 }
 
 /// Starts the thread that computes the content digest for `recipient` (if any) on its own

@@ -202,8 +202,8 @@ pub enum Command {
         /// Check listing and WAL continuity only, without reading object bodies.
         #[arg(long)]
         quick: bool,
-        /// Objects checked in parallel.
-        #[arg(long, default_value_t = 4)]
+        /// Objects checked in parallel (1 to 64).
+        #[arg(long, default_value_t = 4, value_parser = parse_jobs)]
         jobs: usize,
         /// JSON output (see README, "verify").
         #[arg(long)]
@@ -262,8 +262,8 @@ pub enum Command {
         /// Target key id (default: the active key, the first configured).
         #[arg(long, value_name = "KEYID")]
         to: Option<String>,
-        /// Objects rewrapped in parallel.
-        #[arg(long, default_value_t = 4)]
+        /// Objects rewrapped in parallel (1 to 64).
+        #[arg(long, default_value_t = 4, value_parser = parse_jobs)]
         jobs: usize,
         /// JSON output.
         #[arg(long)]
@@ -454,5 +454,14 @@ mod tests {
                 _ => panic!("{good} refused"),
             }
         }
+    }
+}
+
+/// `--jobs`: each job streams one object through a blocking thread (and, for large objects,
+/// spool files), so the count is bounded.
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of jobs from 1 to 64")),
     }
 }

@@ -217,9 +217,17 @@ fn rekey_large(
     use std::io::{BufReader, Seek, SeekFrom, Write};
     let spool_err = |e: std::io::Error| crate::error::local_io("cannot use a spool file", &e);
     let mut old = crate::storage::spool_file(None)?;
-    if std::io::copy(source, &mut old).is_err() {
-        // The storage error itself is reported by the caller.
-        return Ok(None);
+    if let Err(e) = std::io::copy(source, &mut old) {
+        // A storage error is the reader's, reported by the caller; anything else is the spool
+        // file's (a full temporary directory) and must not pass for "nothing to do".
+        return Err(crate::error::local_io(
+            format!(
+                "{k}: cannot spool it in {} for rekeying",
+                std::env::temp_dir().display()
+            ),
+            &e,
+        )
+        .hint("free space there, or point TMPDIR at a larger file system; rerun rekey"));
     }
     let reread = |f: &std::fs::File| -> Result<BufReader<std::fs::File>> {
         let mut f = f.try_clone().map_err(spool_err)?;

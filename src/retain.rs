@@ -198,6 +198,13 @@ pub async fn retain(
         plan.removed_staging_files +=
             storage.remove_stale_staging(prefix, INCOMPLETE_GRACE_SECS, false, dry_run)?;
     }
+    // The local backend's part files of an interrupted staged upload (`…#N`, never listed).
+    plan.removed_staging_files += storage.remove_stale_staging(
+        crate::storage::STAGING,
+        INCOMPLETE_GRACE_SECS,
+        false,
+        dry_run,
+    )?;
     // Staged uploads of large objects that a killed writer left (every backend).
     plan.removed_staging_files += storage
         .remove_stale_uploads(INCOMPLETE_GRACE_SECS, dry_run)

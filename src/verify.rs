@@ -175,7 +175,10 @@ pub async fn verify(
             .filter(|o| o.key.starts_with(&prefix))
             .map(|o| o.modified)
             .fold(f64::MIN, f64::max);
-        if now - newest < catalog::INCOMPLETE_GRACE_SECS {
+        // Its id is its start time, bound into every part's name: a part whose modification
+        // time a bucket writer refreshes cannot keep a leftover "running" for more than a day.
+        let started = id_start(id).filter(|t| now - t < MAX_RUNNING_SECS && *t <= now + 300.0);
+        if now - newest < catalog::INCOMPLETE_GRACE_SECS && started.is_some() {
             report.backups_in_progress.push(id.clone());
         } else {
             report.incomplete_backups.push(id.clone());
@@ -383,6 +386,26 @@ fn authenticate(
         history,
         legacy,
     })
+}
+
+/// No backup runs longer than this: a record-less backup started earlier is interrupted.
+const MAX_RUNNING_SECS: f64 = 24.0 * 3600.0;
+
+/// The start time (Unix seconds) of a backup id `YYYYMMDDTHHMMSSZ`.
+fn id_start(id: &str) -> Option<f64> {
+    let b = id.as_bytes();
+    if b.len() != 16 || b[8] != b'T' || b[15] != b'Z' || !id.is_ascii() {
+        return None;
+    }
+    crate::time::parse(&format!(
+        "{}-{}-{} {}:{}:{}",
+        &id[0..4],
+        &id[4..6],
+        &id[6..8],
+        &id[9..11],
+        &id[11..13],
+        &id[13..15]
+    ))
 }
 
 /// A `.history` file is a line per earlier timeline: 16 MiB is far more than any holds.
@@ -609,6 +632,15 @@ fn continuity(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn backup_ids_give_their_start_time() {
+        let t = super::id_start("20261201T120000Z").unwrap();
+        assert_eq!(crate::time::format_id(t), "20261201T120000Z");
+        assert!(super::id_start("2026120xT120000Z").is_none());
+        assert!(super::id_start("20261201T1200é0Z").is_none());
+        assert!(super::id_start("").is_none());
+    }
+
     use super::*;
 
     fn obj(key: &str) -> ObjectInfo {

@@ -660,9 +660,32 @@ impl Storage {
             .store
             .copy_if_not_exists(&staged, &self.path(key))
             .await;
-        let outcome = self.create_outcome(key, r);
+        let outcome = self.create_outcome(key, r)?;
+        if outcome == PutOutcome::Created {
+            self.check_copied(key, &staging, len).await?;
+        }
         self.remove_staged(&staging, &staged).await;
-        outcome
+        Ok(outcome)
+    }
+
+    /// After a server-side copy: the object in place must have the staged length (a copy
+    /// still pending, as Azure may leave one, or cut short, is an error, and the staging
+    /// object is kept). The caller authenticates the content where it matters.
+    async fn check_copied(&self, key: &str, staging: &str, len: u64) -> Result<()> {
+        let meta = self.store.head(&self.path(key)).await.map_err(|e| {
+            storage_error(&self.display, &format!("cannot check the copy {key}"), &e)
+        })?;
+        if meta.size != len {
+            return Err(Error::new(
+                ErrorKind::Storage,
+                format!(
+                    "{}: {key} has {} bytes after the copy from {staging}, {len} expected (a copy still pending or cut short)",
+                    self.display, meta.size
+                ),
+            )
+            .hint("the storage did not complete the copy: retry; if it persists, report the storage server"));
+        }
+        Ok(())
     }
 }
 
@@ -768,18 +791,20 @@ impl Storage {
         let cannot = |e: &object_store::Error| {
             storage_error(&self.display, &format!("cannot replace {key}"), e)
         };
-        let result = match self.store.head(&path).await {
-            Ok(meta) if meta.e_tag == version.e_tag && meta.version == version.version => self
-                .store
-                .copy(&staged, &path)
-                .await
-                .map(|()| true)
-                .map_err(|e| cannot(&e)),
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(false),
-            Err(e) => Err(cannot(&e)),
+        let replaced = match self.store.head(&path).await {
+            Ok(meta) if meta.e_tag == version.e_tag && meta.version == version.version => {
+                self.store
+                    .copy(&staged, &path)
+                    .await
+                    .map_err(|e| cannot(&e))?;
+                self.check_copied(key, &staging, len).await?;
+                true
+            }
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => false,
+            Err(e) => return Err(cannot(&e)),
         };
         self.remove_staged(&staging, &staged).await;
-        result
+        Ok(replaced)
     }
 
     /// As [`Storage::get_versioned`], as a stream.
