@@ -434,6 +434,15 @@ impl Command {
     }
 }
 
+/// `--jobs`: each job streams one object through a blocking thread (and, for large objects,
+/// spool files), so the count is bounded.
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=64).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of jobs from 1 to 64")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,14 +463,5 @@ mod tests {
                 _ => panic!("{good} refused"),
             }
         }
-    }
-}
-
-/// `--jobs`: each job streams one object through a blocking thread (and, for large objects,
-/// spool files), so the count is bounded.
-fn parse_jobs(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if (1..=64).contains(&n) => Ok(n),
-        _ => Err(format!("{s:?} is not a number of jobs from 1 to 64")),
     }
 }
