@@ -368,7 +368,9 @@ fn self_check<R: Read>(
     if total != size || hasher.finalize() != crc {
         return Err(Error::new(
             ErrorKind::Internal,
-            format!("{key}: self-check failed: the sealed object does not open to the source bytes; nothing was stored"),
+            format!(
+                "{key}: self-check failed: the sealed object does not open to the source bytes"
+            ),
         )
         .hint("this is a bug or a hardware fault: report it"));
     }

@@ -66,6 +66,23 @@ fn fetch_refused(c: Command, name: &str, root: &Path, want: &str) {
     assert!(left.is_empty(), "files left at %p: {left:?}");
 }
 
+/// The `key: value` fields of test vector `name` (`testdata/vectors/`, FORMAT.md §7).
+fn vector_fields(name: &str) -> impl Fn(&str) -> String {
+    let vector = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/vectors")
+            .join(name),
+    )
+    .unwrap();
+    move |k: &str| {
+        vector
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
+            .unwrap()
+            .to_string()
+    }
+}
+
 /// A scratch directory with `pg_wal/` and a master key `master.key`.
 fn scratch() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -83,17 +100,6 @@ fn write_segment(root: &Path, name: &str, sysid: u64) {
         synthetic_segment(name, sysid, SEG, None),
     )
     .unwrap();
-}
-
-fn keygen(args: &[&str], path: &Path) -> String {
-    let out = Command::new(walseal_bin())
-        .arg("keygen")
-        .args(args)
-        .arg("-o")
-        .arg(path)
-        .output()
-        .unwrap();
-    ok(&out).trim().to_string()
 }
 
 #[test]
@@ -364,17 +370,7 @@ fn legacy_objects_open_only_when_allowed_and_rekey_converts_them() {
     // A format-1 object, as walseal 0.1 wrote it: the v1 test vector's header layout, made
     // here by downgrading a v2 object is not possible without the key, so take the vector's
     // own bytes under its own key and name.
-    let vector = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/vectors/ok_small_none"),
-    )
-    .unwrap();
-    let field = |k: &str| {
-        vector
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
-            .unwrap()
-            .to_string()
-    };
+    let field = vector_fields("ok_small_none");
     let mut sealed = vec![0u8; field("sealed").len() / 2];
     walseal::keys::hex_decode_into(&field("sealed"), &mut sealed).unwrap();
     let v1_key = root.join("v1.key");
@@ -664,17 +660,7 @@ fn format_1_objects_sealed_to_a_recipient_are_never_laundered_by_rekey() {
     let repo = RepoEnv::local(&root.join("repo"));
     // The v1 recipient vector: sealed to the vector identity, name wal/.../0003. A bucket
     // writer could have made it from the recipient alone (format 1 signs nothing).
-    let vector = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/vectors/x25519_ok_small_none"),
-    )
-    .unwrap();
-    let field = |k: &str| {
-        vector
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}: ")))
-            .unwrap()
-            .to_string()
-    };
+    let field = vector_fields("x25519_ok_small_none");
     let identity = root.join("identity");
     std::fs::write(
         &identity,

@@ -45,17 +45,6 @@ fn big_segment(name: &str, seed: u64) -> Vec<u8> {
     seg
 }
 
-fn keygen(args: &[&str], path: &Path) -> String {
-    let out = Command::new(walseal_bin())
-        .arg("keygen")
-        .args(args)
-        .arg("-o")
-        .arg(path)
-        .output()
-        .unwrap();
-    ok(&out).trim().to_string()
-}
-
 fn backends(root: &Path) -> Vec<RepoEnv> {
     let mut v = vec![RepoEnv::local(&root.join("repo"))];
     for backend in bucket_backends() {

@@ -593,6 +593,20 @@ pub fn clean_walseal(repo: &RepoEnv, vars: &[(&str, &str)]) -> Command {
     c
 }
 
+/// `walseal keygen ARGS -o PATH` (a master key, `--recipient` or `--signer`); returns what it
+/// prints (the key id or the public text).
+pub fn keygen(args: &[&str], path: &Path) -> String {
+    let out = Command::new(walseal_bin())
+        .arg("keygen")
+        .args(args)
+        .arg("-o")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
 /// Runs a future to completion on a fresh runtime.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
