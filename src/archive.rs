@@ -256,7 +256,7 @@ fn content_digest(file: &mut File, path: &Path, recipient: &Recipient) -> Result
     }
 }
 
-/// Seals the whole file into memory, returning the sealed bytes, the CRC-32 of the source and
+/// Seals the whole file into `sink` (memory or a spool file), returning it, the CRC-32 of the source and
 /// the object's key for the self-check.
 fn seal_file<W: SealSink>(
     sink: W,
