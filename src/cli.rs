@@ -196,6 +196,14 @@ pub enum Command {
     /// restore_command and the recovery target into postgresql.auto.conf: start the server
     /// afterwards. Run it as the OS user PostgreSQL runs as.
     Restore(RestoreArgs),
+    /// Restore drill: restore a backup into a scratch directory, start PostgreSQL on it (no
+    /// network, no archiving), replay WAL, check the data, measure, and record the result.
+    ///
+    /// Run it from cron on a restore host, as the OS user PostgreSQL runs as. Exit codes: 0
+    /// every check passed; the restore's own code (1-12) if the backup could not be restored;
+    /// 13 the server did not start or recovery failed; 14 replay stopped short of the end of
+    /// the archive or the target (WAL missing); 15 a check failed.
+    Drill(DrillArgs),
     /// Prove the repository complete and authentic: open every object, check every backup
     /// against its parts and the WAL for gaps. Exit 0 only when all is well (5 otherwise).
     Verify {
@@ -356,6 +364,45 @@ pub struct RestoreArgs {
     pub json: bool,
 }
 
+/// Flags of `walseal drill`.
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    /// Backup id (see `walseal list`) or `latest`.
+    #[arg(default_value = "latest")]
+    pub backup: String,
+    /// Recover to this time instead of the end of the archive (no zone means UTC).
+    #[arg(long, value_name = "TIME", group = "drill_target")]
+    pub target_time: Option<String>,
+    /// Recover to this WAL location instead of the end of the archive.
+    #[arg(long, value_name = "LSN", group = "drill_target")]
+    pub target_lsn: Option<String>,
+    /// Where to make the scratch directory (default: $TMPDIR, else /tmp); it needs room for
+    /// the whole database. Never inside a data directory or the repository.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep the scratch directory (restored data and server log) afterwards.
+    #[arg(long)]
+    pub keep: bool,
+    /// Queries that must each return a row whose first value is not false or NULL (one
+    /// statement per `;`-terminated line, `\c DB` switches database).
+    #[arg(long, value_name = "FILE")]
+    pub check_sql: Option<PathBuf>,
+    /// Directory of the PostgreSQL server binaries (default: found from the backup's major
+    /// version in PATH and the usual locations).
+    #[arg(long, env = "WALSEAL_PG_BIN", value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+    /// Parallel jobs for pg_amcheck (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = parse_jobs)]
+    pub jobs: usize,
+    /// Print the drill's report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the drill's metrics in the Prometheus text format to FILE (atomically; `-` for
+    /// stdout).
+    #[arg(long, value_name = "FILE")]
+    pub prometheus: Option<PathBuf>,
+}
+
 /// `walseal key` subcommands. The passphrase comes from WALSEAL_PASSPHRASE or the first line
 /// of standard input.
 #[derive(Debug, Subcommand)]
@@ -422,6 +469,7 @@ impl Command {
             Command::WalFetch { .. } => "wal-fetch",
             Command::Backup(_) => "backup",
             Command::Restore(_) => "restore",
+            Command::Drill(_) => "drill",
             Command::List { .. } => "list",
             Command::Verify { .. } => "verify",
             Command::Retain { .. } => "retain",

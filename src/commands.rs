@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::backup::{self, human, BackupOptions};
 use crate::catalog;
-use crate::cli::{BackupArgs, RestoreArgs};
+use crate::cli::{BackupArgs, DrillArgs, RestoreArgs};
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Keyring;
@@ -79,8 +79,9 @@ pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
     Ok(())
 }
 
-fn parse_target(args: &RestoreArgs) -> Result<Target> {
-    if let Some(t) = &args.target_time {
+/// `--target-time` / `--target-lsn` (restore and drill), if given.
+fn parse_time_or_lsn(time: Option<&str>, lsn: Option<&str>) -> Result<Option<Target>> {
+    if let Some(t) = time {
         let unix = crate::time::parse(t).ok_or_else(|| {
             Error::new(
                 ErrorKind::Usage,
@@ -88,15 +89,22 @@ fn parse_target(args: &RestoreArgs) -> Result<Target> {
             )
             .hint("use 'YYYY-MM-DD HH:MM:SS[.ffffff][+HH:MM]' (no zone means UTC)")
         })?;
-        return Ok(Target::Time(crate::time::format_pg(unix), unix));
+        return Ok(Some(Target::Time(crate::time::format_pg(unix), unix)));
     }
-    if let Some(l) = &args.target_lsn {
-        return Lsn::parse(l).map(Target::Lsn).ok_or_else(|| {
+    if let Some(l) = lsn {
+        return Lsn::parse(l).map(|l| Some(Target::Lsn(l))).ok_or_else(|| {
             Error::new(
                 ErrorKind::Usage,
                 format!("--target-lsn {l:?} is not an LSN like 0/5000028"),
             )
         });
+    }
+    Ok(None)
+}
+
+fn parse_target(args: &RestoreArgs) -> Result<Target> {
+    if let Some(t) = parse_time_or_lsn(args.target_time.as_deref(), args.target_lsn.as_deref())? {
+        return Ok(t);
     }
     if let Some(x) = &args.target_xid {
         if x.parse::<u64>().is_err() {
@@ -176,8 +184,27 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
     let repo = open(cfg, Access::Open, "list (backup records are sealed)")?;
     let (storage, keyring) = (&repo.storage, &repo.keyring);
     let listing = crate::block_on(catalog::list(storage, keyring))?;
+    let drills = crate::block_on(crate::drill::list(storage, keyring))?;
+    let drill_rows: Vec<serde_json::Value> = drills
+        .iter()
+        .map(|d| {
+            serde_json::json!({
+                "id": d.id,
+                "backup": d.backup,
+                "ok": d.ok,
+                "outcome": d.outcome,
+                "target": d.target,
+                "recovery_seconds": d.recovery_seconds,
+                "end_lsn": d.recovery.as_ref().map(|r| r.end_lsn.clone()),
+                "error": d.error,
+            })
+        })
+        .collect();
     if json {
-        return json_out(&listing);
+        let mut v = serde_json::to_value(&listing)
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode JSON: {e}")))?;
+        v["drills"] = serde_json::Value::Array(drill_rows);
+        return json_out(&v);
     }
     println!("repository {}", storage.display());
     println!(
@@ -217,6 +244,25 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
             t.segments,
             if t.history { "yes" } else { "-" }
         );
+    }
+    if !drills.is_empty() {
+        println!();
+        println!(
+            "{:<20} {:<18} {:<7} {:>10} {:<12} target",
+            "drill", "backup", "result", "recovery", "replayed to"
+        );
+        for d in &drills {
+            println!(
+                "{:<20} {:<18} {:<7} {:>10} {:<12} {}",
+                d.id,
+                d.backup,
+                if d.ok { "passed" } else { "FAILED" },
+                d.recovery_seconds
+                    .map_or_else(|| "-".to_string(), |s| format!("{s:.1} s")),
+                d.recovery.as_ref().map_or("-", |r| r.end_lsn.as_str()),
+                d.target
+            );
+        }
     }
     Ok(())
 }
@@ -424,17 +470,7 @@ pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Pa
     let repo = open(cfg, Access::Seal, "status")?;
     let st = crate::block_on(crate::status::status(&repo.storage, &repo.keyring, pg))?;
     if let Some(path) = prometheus {
-        let text = crate::status::prometheus(&st);
-        if path == Path::new("-") {
-            print!("{text}");
-        } else {
-            let tmp = path.with_extension("prom.tmp");
-            std::fs::write(&tmp, text)
-                .and_then(|()| std::fs::rename(&tmp, path))
-                .map_err(|e| {
-                    crate::error::local_io(format!("cannot write {}", path.display()), &e)
-                })?;
-        }
+        write_prometheus(path, &crate::status::prometheus(&st))?;
     }
     if json {
         json_out(&st)?;
@@ -476,8 +512,127 @@ pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Pa
             },
             age(st.last_verify_age_seconds)
         );
+        println!(
+            "last drill            {} ({}{})",
+            match (st.last_drill_ok, &st.last_drill) {
+                (Some(true), Some(id)) => format!("{id} passed"),
+                (Some(false), Some(id)) => format!("{id} FAILED"),
+                (None, Some(id)) => format!("{id} (result sealed: push-only host)"),
+                _ => "never run".to_string(),
+            },
+            age(st.last_drill_age_seconds),
+            st.last_drill_recovery_seconds
+                .map_or_else(String::new, |s| format!(", recovery {s:.1} s"))
+        );
     }
     Ok(())
+}
+
+/// Writes Prometheus text to `path` atomically (`-`: stdout).
+fn write_prometheus(path: &Path, text: &str) -> Result<()> {
+    if path == Path::new("-") {
+        print!("{text}");
+        return Ok(());
+    }
+    let tmp = path.with_extension("prom.tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| crate::error::local_io(format!("cannot write {}", path.display()), &e))
+}
+
+/// `walseal drill`.
+pub fn drill(cfg: &Config, config_file: Option<&Path>, args: &DrillArgs) -> Result<()> {
+    let opts = crate::drill::DrillOptions {
+        backup: args.backup.clone(),
+        target: parse_time_or_lsn(args.target_time.as_deref(), args.target_lsn.as_deref())?
+            .unwrap_or(Target::Latest),
+        dir: args.dir.clone(),
+        keep: args.keep,
+        check_sql: args.check_sql.clone(),
+        pg_bin: args.pg_bin.clone(),
+        config_file: config_file.map(Path::to_path_buf),
+        jobs: args.jobs,
+    };
+    let (report, failure) = crate::block_on(crate::drill::drill(cfg, &opts))?;
+    if let Some(path) = &args.prometheus {
+        let last = crate::drill::report::LastDrill::of(&report, 0.0);
+        let text = crate::drill::report::prometheus(&report.repository, &last);
+        write_prometheus(path, &text)?;
+    }
+    if args.json {
+        json_out(&report)?;
+    } else if args.prometheus.as_deref() != Some(Path::new("-")) {
+        print_drill(&report);
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// The drill's report, for people.
+fn print_drill(r: &crate::drill::report::Report) {
+    println!(
+        "drill {}: {} (backup {}, PostgreSQL {}, target {})",
+        r.id,
+        if r.ok { "PASSED" } else { "FAILED" },
+        r.backup,
+        r.server_version.as_deref().unwrap_or(&r.pg_version),
+        r.target
+    );
+    if let Some(p) = &r.restore {
+        println!(
+            "restore      {} in {:.1} s ({:.1} MiB/s)",
+            human(p.bytes),
+            p.seconds,
+            p.mib_per_second
+        );
+    }
+    if let (Some(p), Some(rec)) = (&r.replay, &r.recovery) {
+        println!(
+            "replay       {} of WAL, {} files restored, in {:.1} s ({:.1} MiB/s); ended at {} in {}",
+            human(p.bytes),
+            rec.files_restored,
+            p.seconds,
+            p.mib_per_second,
+            rec.end_lsn,
+            rec.end_segment
+        );
+        println!(
+            "last commit  {}; newest archived segment {} ({} segment(s) later{})",
+            rec.last_commit_time.as_deref().unwrap_or("none replayed"),
+            rec.newest_archived_segment.as_deref().unwrap_or("-"),
+            rec.segments_behind,
+            rec.seconds_behind.map_or_else(String::new, |s| format!(
+                ", stored {s:.0} s after that commit"
+            ))
+        );
+    }
+    if let Some(s) = r.recovery_seconds {
+        println!("recovery     {s:.1} s from the start of the restore to a usable server");
+    }
+    for c in &r.checks {
+        let state = match (&c.skipped, c.ok) {
+            (Some(_), _) => "skipped",
+            (None, true) => "ok",
+            (None, false) => "FAILED",
+        };
+        println!(
+            "check        {:<10} {:<7} {}",
+            c.name,
+            state,
+            c.skipped.as_deref().unwrap_or(&c.detail)
+        );
+    }
+    for d in &r.databases {
+        println!(
+            "database     {:<20} {} tables, {} rows",
+            d.name, d.tables, d.rows
+        );
+    }
+    if let Some(e) = &r.error {
+        println!("error        {e}");
+    }
 }
 
 /// `walseal rekey`.

@@ -35,6 +35,15 @@ pub enum ErrorKind {
     Target,
     /// The location holds no walseal repository (never initialised, unmounted, mistyped).
     NoRepository,
+    /// `drill`: the restored cluster's server did not start, or recovery failed before it
+    /// ended (a fetched file was refused, the server crashed, recovery made no progress).
+    Recovery,
+    /// `drill`: replay ended before the end of the archive or the recovery target: WAL the
+    /// archive should hold is missing.
+    ReplayShort,
+    /// `drill`: the server recovered, but a check on its data failed (amcheck, checksums,
+    /// a `--check-sql` query).
+    CheckFailed,
 }
 
 impl ErrorKind {
@@ -53,6 +62,9 @@ impl ErrorKind {
             ErrorKind::Database => 10,
             ErrorKind::Target => 11,
             ErrorKind::NoRepository => 12,
+            ErrorKind::Recovery => 13,
+            ErrorKind::ReplayShort => 14,
+            ErrorKind::CheckFailed => 15,
         }
     }
 

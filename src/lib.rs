@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod keys;
 pub mod keysource;
@@ -121,6 +122,14 @@ pub fn run(cli: Cli) -> Result<()> {
             let object = format!("backup {}", args.backup);
             (
                 commands::restore(&cfg, cli.global.config.as_deref(), &args),
+                object,
+                0,
+            )
+        }
+        Command::Drill(args) => {
+            let object = format!("backup {}", args.backup);
+            (
+                commands::drill(&cfg, cli.global.config.as_deref(), &args),
                 object,
                 0,
             )

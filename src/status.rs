@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::backup::conn::Conn;
 use crate::backup::conninfo;
 use crate::catalog;
+use crate::drill::report::{self, LastDrill};
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Keyring;
 use crate::seal;
@@ -44,6 +45,14 @@ pub struct Status {
     pub last_verify_ok: Option<bool>,
     /// Seconds since the last verify.
     pub last_verify_age_seconds: Option<f64>,
+    /// The last drill's id.
+    pub last_drill: Option<String>,
+    /// Whether the last drill passed (unknown on a push-only host).
+    pub last_drill_ok: Option<bool>,
+    /// Seconds since the last drill ended.
+    pub last_drill_age_seconds: Option<f64>,
+    /// The last drill's recovery time (restore start to a usable server).
+    pub last_drill_recovery_seconds: Option<f64>,
     /// True on a push-only host: backups are counted from the listing (a backup with a record
     /// is complete, its record's upload time is its end) and the last verify result is unknown
     /// (its age comes from the listing).
@@ -112,6 +121,7 @@ pub async fn status(
             last_verify_age_seconds = v["time_unix"].as_f64().map(|t| now - t);
         }
     }
+    let (last_drill, drill) = last_drill(storage, keyring, &objects, push_only, now).await;
     let mut current_segment = None;
     let mut archive_lag_segments = None;
     if conninfo.is_some() || std::env::var_os("PGHOST").is_some() {
@@ -159,8 +169,55 @@ pub async fn status(
         repository_bytes: objects.iter().map(|o| o.size).sum(),
         last_verify_ok,
         last_verify_age_seconds,
+        last_drill,
+        last_drill_ok: drill.ok,
+        last_drill_age_seconds: drill.age_seconds,
+        last_drill_recovery_seconds: drill.recovery_seconds,
         push_only,
     })
+}
+
+/// The newest drill report's id and figures. A push-only host has only the age (from the
+/// listing: a report is written when its drill ends); a report that does not open is logged
+/// and counts as a failed drill.
+async fn last_drill(
+    storage: &Storage,
+    keyring: &Keyring,
+    objects: &[crate::storage::ObjectInfo],
+    push_only: bool,
+    now: f64,
+) -> (Option<String>, LastDrill) {
+    let newest = objects
+        .iter()
+        .filter(|o| report::id_of(&o.key).is_some())
+        .max_by(|a, b| a.key.cmp(&b.key));
+    let Some(o) = newest else {
+        return (None, LastDrill::default());
+    };
+    let id = report::id_of(&o.key).map(str::to_string);
+    if push_only {
+        let drill = LastDrill {
+            age_seconds: Some((now - o.modified).max(0.0)),
+            ..LastDrill::default()
+        };
+        return (id, drill);
+    }
+    match crate::drill::last_report(storage, keyring, objects).await {
+        Ok(Some(r)) => (
+            Some(r.id.clone()),
+            LastDrill::of(&r, (now - r.finished_unix).max(0.0)),
+        ),
+        Ok(None) => (None, LastDrill::default()),
+        Err(e) => {
+            tracing::warn!("status: the last drill report does not open: {e}");
+            let drill = LastDrill {
+                ok: Some(false),
+                age_seconds: Some((now - o.modified).max(0.0)),
+                recovery_seconds: None,
+            };
+            (id, drill)
+        }
+    }
 }
 
 /// Backups from the listing alone (push-only hosts cannot open records): an id with a record
@@ -254,6 +311,14 @@ pub fn prometheus(s: &Status) -> String {
         "last_verify_age_seconds",
         "Seconds since the last walseal verify.",
         s.last_verify_age_seconds,
+    );
+    out += &report::prometheus(
+        &s.repository,
+        &LastDrill {
+            ok: s.last_drill_ok,
+            age_seconds: s.last_drill_age_seconds,
+            recovery_seconds: s.last_drill_recovery_seconds,
+        },
     );
     out
 }

@@ -192,6 +192,7 @@ impl Conn {
         } else {
             params.push(("database", p.dbname.as_str()));
         }
+        params.extend(p.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         frontend::startup_message(params.iter().copied(), &mut self.wbuf)
             .map_err(|e| protocol_error(&self.what, e))?;
         self.flush().await?;

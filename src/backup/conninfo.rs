@@ -46,6 +46,9 @@ pub struct ConnParams {
     pub dbname: String,
     /// A physical replication connection (backups) rather than an SQL session.
     pub replication: bool,
+    /// Server settings sent in the startup packet (they override what the database and role
+    /// set: `walseal drill` uses this on a restored cluster).
+    pub settings: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for ConnParams {
@@ -234,6 +237,7 @@ pub fn resolve(conninfo: Option<&str>) -> Result<ConnParams> {
         application_name: get("application_name", "PGAPPNAME").unwrap_or_else(|| "walseal".into()),
         dbname: get("dbname", "PGDATABASE").unwrap_or_else(|| "postgres".into()),
         replication: true,
+        settings: Vec::new(),
     })
 }
 

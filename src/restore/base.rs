@@ -124,7 +124,16 @@ fn target_error(msg: String) -> Error {
 }
 
 /// Chooses the backup for `opts`.
-fn choose<'a>(backups: &'a [BackupRecord], opts: &RestoreOptions) -> Result<&'a BackupRecord> {
+/// The backup to restore: `backup` (an id, or `latest`: the newest complete one, or with a
+/// time or LSN target the newest that ended before it), checked against `target`.
+///
+/// # Errors
+/// `NotFound` (no backups, no such backup), `Target` (the target lies before its end).
+pub fn choose<'a>(
+    backups: &'a [BackupRecord],
+    backup: &str,
+    target: &Target,
+) -> Result<&'a BackupRecord> {
     if backups.is_empty() {
         return Err(
             Error::new(ErrorKind::NotFound, "the repository has no complete backup")
@@ -132,8 +141,8 @@ fn choose<'a>(backups: &'a [BackupRecord], opts: &RestoreOptions) -> Result<&'a 
         );
     }
     let chosen =
-        if opts.backup == "latest" {
-            match &opts.target {
+        if backup == "latest" {
+            match target {
                 Target::Time(text, t) => backups
                     .iter()
                     .rev()
@@ -159,18 +168,15 @@ fn choose<'a>(backups: &'a [BackupRecord], opts: &RestoreOptions) -> Result<&'a 
                     .ok_or_else(|| Error::new(ErrorKind::NotFound, "no backup"))?,
             }
         } else {
-            backups
-                .iter()
-                .find(|b| b.id == opts.backup)
-                .ok_or_else(|| {
-                    Error::new(
-                        ErrorKind::NotFound,
-                        format!("no complete backup {:?} in the repository", opts.backup),
-                    )
-                    .hint("run `walseal list` to see the backups")
-                })?
+            backups.iter().find(|b| b.id == backup).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("no complete backup {backup:?} in the repository"),
+                )
+                .hint("run `walseal list` to see the backups")
+            })?
         };
-    match &opts.target {
+    match target {
         Target::Time(text, t) if *t <= chosen.stop_unix => Err(target_error(format!(
             "the target time {text} is before backup {} ended ({}); a backup can only be recovered to a later point",
             chosen.id, chosen.stop_time
@@ -220,7 +226,7 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
         // Say whether it is incomplete or unknown.
         catalog::load_record(&storage, &keyring, &opts.backup).await?;
     }
-    let record = choose(&listing.backups, opts)?.clone();
+    let record = choose(&listing.backups, &opts.backup, &opts.target)?.clone();
     ensure_empty_dir(&opts.pgdata, "PGDATA")?;
     let map: HashMap<&str, &str> = opts
         .tablespace_map

@@ -247,6 +247,11 @@ impl Storage {
         })
     }
 
+    /// The directory of a `file://` repository (`None` for buckets).
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.local_dir.as_deref()
+    }
+
     /// The repository as shown to users (no credentials).
     pub fn display(&self) -> &str {
         &self.display
