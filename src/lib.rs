@@ -15,6 +15,8 @@ pub mod cli;
 pub mod config;
 pub mod drill;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keys;
 pub mod keysource;
 pub mod recipient;
