@@ -88,14 +88,25 @@ fn session_settings(major: u32) -> Vec<(String, String)> {
         ("session_preload_libraries", ""),
         ("local_preload_libraries", ""),
         ("statement_timeout", "0"),
-        ("lock_timeout", "0"),
+        // A lock the restored cluster holds (a prepared transaction the drill could not roll
+        // back) fails a check instead of hanging it.
+        ("lock_timeout", "5min"),
         ("idle_in_transaction_session_timeout", "0"),
         ("default_transaction_read_only", "off"),
+        ("synchronous_commit", "local"),
+        ("jit", "off"),
+        ("zero_damaged_pages", "off"),
+        ("ignore_checksum_failure", "off"),
+        ("ignore_system_indexes", "off"),
         ("TimeZone", "UTC"),
         ("DateStyle", "ISO"),
+        ("standard_conforming_strings", "on"),
     ];
     if major >= 17 {
         s.push(("event_triggers", "off"));
+    }
+    if major >= 18 {
+        s.push(("extension_control_path", "$system"));
     }
     s.into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -201,13 +212,16 @@ pub fn first_value(rows: &[Row]) -> Option<&str> {
     rows.first()?.first()?.as_deref()
 }
 
-/// Databases that accept connections (not templates), by name.
+/// Databases that accept connections (with `templates`, template1 too), by name.
 ///
 /// # Errors
 /// `Database`.
-pub async fn databases(conn: &mut Conn) -> Result<Vec<String>> {
+pub async fn databases(conn: &mut Conn, templates: bool) -> Result<Vec<String>> {
     let rows = conn
-        .query("SELECT datname FROM pg_catalog.pg_database WHERE datallowconn AND NOT datistemplate ORDER BY datname")
+        .query(&format!(
+            "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn{} ORDER BY datname",
+            if templates { "" } else { " AND NOT datistemplate" }
+        ))
         .await?;
     Ok(rows
         .into_iter()
@@ -264,6 +278,47 @@ pub async fn summarize(session: &Session, db: &str) -> Result<Database> {
 /// An SQL identifier, quoted.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Rolls back the prepared transactions the backup holds (they survive promotion, and their
+/// locks would block the checks); returns a check saying how many there were.
+pub async fn roll_back_prepared(session: &Session) -> Check {
+    let t = Instant::now();
+    let result = async {
+        let mut conn = session.connect("postgres").await?;
+        let rows = conn
+            .query("SELECT gid, database FROM pg_catalog.pg_prepared_xacts")
+            .await?;
+        conn.close().await;
+        for row in &rows {
+            let (Some(Some(gid)), Some(Some(db))) = (row.first(), row.get(1)) else {
+                continue;
+            };
+            let mut c = session.connect(db).await?;
+            c.query(&format!("ROLLBACK PREPARED {}", quote_literal(gid)))
+                .await?;
+            c.close().await;
+        }
+        Ok::<usize, Error>(rows.len())
+    }
+    .await;
+    let (ok, detail) = match result {
+        Ok(0) => (true, "none".to_string()),
+        Ok(n) => (true, format!("rolled back {n} prepared transaction(s) the backup held")),
+        Err(e) => (false, format!("cannot roll back prepared transactions: {}", e.message())),
+    };
+    Check {
+        name: "prepared".into(),
+        ok,
+        skipped: None,
+        detail,
+        seconds: t.elapsed().as_secs_f64(),
+    }
+}
+
+/// An SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
 }
 
 /// One `--check-sql` query.
@@ -601,5 +656,6 @@ mod tests {
     #[test]
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
     }
 }

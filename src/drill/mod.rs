@@ -164,7 +164,54 @@ async fn plan(cfg: &Config, opts: &DrillOptions) -> Result<Plan> {
 }
 
 /// The steps after the scratch directory exists; each fills its part of the report.
-async fn run(
+async fn run(plan: &Plan, opts: &DrillOptions, scratch: &Scratch, report: &mut Report) -> Result<()> {
+    let t0 = Instant::now();
+    restore_phase(plan, opts, scratch, report).await?;
+    // What the archive holds now: replay must reach at least its end.
+    let archive = catalog::list(&plan.repo.storage, &plan.repo.keyring).await?;
+    let paths = Paths {
+        data: scratch.data(),
+        socket: scratch.socket(),
+        hba: scratch.path().join("pg_hba.conf"),
+        ident: scratch.path().join("pg_ident.conf"),
+        log: scratch.log(),
+    };
+    let (mut server, session, checksums_on) = recover_phase(plan, opts, &paths, report, t0).await?;
+    let size = SegmentSize::new(plan.record.wal_segment_size)
+        .map_err(|e| Error::new(ErrorKind::Integrity, e.to_string()))?;
+    if let Some(replay) = report.recovery.as_mut() {
+        let short = measure_lag(plan, &archive, replay, size, &opts.target).await;
+        eprintln!(
+            "walseal drill: recovered in {:.1} s ({} WAL files, to {} on timeline {}); checking",
+            report.recovery_seconds.unwrap_or(0.0),
+            replay.files_restored,
+            replay.end_lsn,
+            replay.timeline
+        );
+        short?;
+    }
+    check_phase(plan, opts, &session, report).await?;
+    server.stop().await?;
+    report
+        .checks
+        .push(checks::checksums(&plan.bin, &paths.data, checksums_on));
+    let failed: Vec<String> = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| format!("{}: {}", c.name, c.detail))
+        .collect();
+    if !failed.is_empty() {
+        return Err(Error::new(
+            ErrorKind::CheckFailed,
+            format!("{} check(s) failed: {}", failed.len(), failed.join("; ")),
+        ));
+    }
+    Ok(())
+}
+
+/// Restores the backup into the scratch directory, tablespaces beneath it.
+async fn restore_phase(
     plan: &Plan,
     opts: &DrillOptions,
     scratch: &Scratch,
@@ -202,119 +249,126 @@ async fn run(
     base::restore(&plan.cfg, &restore).await?;
     let restored = t0.elapsed().as_secs_f64();
     report.restore = Some(Phase::new(restored, record.size));
-    // What the archive holds now: replay must reach at least its end.
-    let archive = catalog::list(&plan.repo.storage, &plan.repo.keyring).await?;
-    let paths = Paths {
-        data: scratch.data(),
-        socket: scratch.socket(),
-        hba: scratch.path().join("pg_hba.conf"),
-        ident: scratch.path().join("pg_ident.conf"),
-        log: scratch.log(),
-    };
-    server::prepare(&paths)?;
-    let restore_command = base::restore_command(&plan.cfg, opts.config_file.as_deref())?;
-    let settings = server::settings(&paths, &restore_command, &opts.target, plan.bin.major);
     eprintln!(
         "walseal drill: restored in {restored:.1} s; starting PostgreSQL {} from {} and replaying WAL",
         plan.bin.version,
         plan.bin.dir.display()
     );
+    Ok(())
+}
+
+/// Starts the server, waits until it promoted, and reads where replay ended; returns the
+/// running server, a session on it, and whether the cluster has data checksums.
+async fn recover_phase(
+    plan: &Plan,
+    opts: &DrillOptions,
+    paths: &Paths,
+    report: &mut Report,
+    t0: Instant,
+) -> Result<(Server, checks::Session, Option<bool>)> {
+    server::prepare(paths)?;
+    let restore_command = base::restore_command(&plan.cfg, opts.config_file.as_deref())?;
+    let settings = server::settings(paths, &restore_command, &opts.target, plan.bin.major);
     let t1 = Instant::now();
-    let mut server = Server::start(&plan.bin, &paths, &settings)?;
+    let mut server = Server::start(&plan.bin, paths, &settings)?;
     let facts = server.wait_ready().await?;
     report.recovery_seconds = Some(t0.elapsed().as_secs_f64());
     let replayed = t1.elapsed().as_secs_f64();
-    let (session, mut conn) = checks::Session::open(&paths.socket, plan.bin.major).await?;
+    let as_recovery = |e: Error| {
+        Error::new(
+            ErrorKind::Recovery,
+            format!("the drill's server promoted, but {}", e.message()),
+        )
+        .hint("rerun with --keep and read server.log in the drill directory")
+    };
+    let (session, mut conn) = checks::Session::open(&paths.socket, plan.bin.major)
+        .await
+        .map_err(as_recovery)?;
+    // A checkpoint puts the new timeline into pg_control, which pg_controldata reads.
+    conn.query("CHECKPOINT").await.map_err(as_recovery)?;
     let rows = conn
-        .query("SELECT pg_catalog.pg_last_xact_replay_timestamp()::text, pg_catalog.current_setting('data_checksums')")
-        .await?;
+        .query("SELECT pg_catalog.pg_last_xact_replay_timestamp()::text, pg_catalog.current_setting('data_checksums'), (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())")
+        .await
+        .map_err(as_recovery)?;
+    conn.close().await;
     let row = rows.into_iter().next().unwrap_or_default();
-    let last_commit = row.first().cloned().flatten();
-    let checksums_on = row.get(1).cloned().flatten().map(|v| v == "on");
-    let (timeline, end, promoted) = replay_end(&paths.data)?;
+    let sql_checksums = row.get(1).cloned().flatten().map(|v| v == "on");
+    let sql_timeline = row.get(2).cloned().flatten().and_then(|v| v.parse().ok());
+    // pg_controldata reads the control file itself; SQL only where the binaries lack it.
+    let (ctl_timeline, ctl_checksums) = server::controldata(&plan.bin, &paths.data);
+    let promoted = ctl_timeline.or(sql_timeline).ok_or_else(|| {
+        Error::new(ErrorKind::Recovery, "the drill's server does not say its timeline")
+    })?;
+    let (timeline, end) = replay_end(&paths.data, promoted)?;
     report.replay = Some(Phase::new(
         replayed,
-        end.0.saturating_sub(record.start_lsn.0),
+        end.0.saturating_sub(plan.record.start_lsn.0),
     ));
-    let size = SegmentSize::new(record.wal_segment_size)
+    let size = SegmentSize::new(plan.record.wal_segment_size)
         .map_err(|e| Error::new(ErrorKind::Integrity, e.to_string()))?;
-    let mut replay = Replay {
+    report.recovery = Some(Replay {
         files_restored: facts.restored,
         timeline,
         end_lsn: end.to_string(),
         end_segment: end.prev_segment_name(timeline, size),
         promoted_timeline: promoted,
-        last_commit_time: last_commit,
+        last_commit_time: row.first().cloned().flatten(),
         ..Replay::default()
-    };
-    let short = measure_lag(plan, &archive, &mut replay, size, &opts.target).await;
-    eprintln!(
-        "walseal drill: recovered in {:.1} s ({} WAL files, to {} on timeline {timeline}); checking",
-        report.recovery_seconds.unwrap_or(0.0),
-        replay.files_restored,
-        replay.end_lsn
-    );
-    report.recovery = Some(replay);
-    short?;
-    let dbs = checks::databases(&mut conn).await?;
+    });
+    Ok((server, session, ctl_checksums.or(sql_checksums)))
+}
+
+/// The checks on the running server: prepared transactions rolled back, the `--check-sql`
+/// queries, the row counts, pg_amcheck.
+async fn check_phase(
+    plan: &Plan,
+    opts: &DrillOptions,
+    session: &checks::Session,
+    report: &mut Report,
+) -> Result<()> {
+    report.checks.push(checks::roll_back_prepared(session).await);
+    let mut conn = session.connect("postgres").await?;
+    let dbs = checks::databases(&mut conn, false).await?;
+    let all = checks::databases(&mut conn, true).await?;
     conn.close().await;
     if let Some(q) = &plan.queries {
-        report
-            .checks
-            .extend(checks::run_check_sql(&session, q).await);
+        report.checks.extend(checks::run_check_sql(session, q).await);
     }
     for db in &dbs {
-        report
-            .databases
-            .push(checks::summarize(&session, db).await?);
+        match checks::summarize(session, db).await {
+            Ok(d) => report.databases.push(d),
+            Err(e) => report.checks.push(checks::Check {
+                name: "counts".into(),
+                ok: false,
+                skipped: None,
+                detail: format!("counting the rows of database {db} failed: {}", e.message()),
+                seconds: 0.0,
+            }),
+        }
     }
     report
         .checks
-        .push(checks::amcheck(&plan.bin, &session, &dbs, opts.jobs).await);
-    server.stop().await?;
-    report
-        .checks
-        .push(checks::checksums(&plan.bin, &paths.data, checksums_on));
-    let failed: Vec<String> = report
-        .checks
-        .iter()
-        .filter(|c| !c.ok)
-        .map(|c| format!("{}: {}", c.name, c.detail))
-        .collect();
-    if !failed.is_empty() {
-        return Err(Error::new(
-            ErrorKind::CheckFailed,
-            format!("{} check(s) failed: {}", failed.len(), failed.join("; ")),
-        ));
-    }
+        .push(checks::amcheck(&plan.bin, session, &all, opts.jobs).await);
     Ok(())
 }
 
-/// Where recovery ended, from the history file of the timeline the server promoted to (the
-/// highest-numbered one in pg_wal): (the timeline recovery ended on, where, the new one).
+/// Where recovery ended: the last line of the history file of `promoted`, the timeline the
+/// server promoted to (from pg_control): (the timeline recovery ended on, where).
 ///
 /// # Errors
 /// `Recovery` if there is none.
-fn replay_end(data: &Path) -> Result<(u32, Lsn, u32)> {
-    let wal = data.join("pg_wal");
-    let newest = std::fs::read_dir(&wal)
-        .map_err(|e| local_io(format!("cannot read {}", wal.display()), &e))?
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            WalFile::parse(&name)
-                .filter(|w| w.kind == crate::wal::WalKind::History)
-                .map(|w| (w.timeline, e.path()))
-        })
-        .max_by_key(|(t, _)| *t);
-    let entry = newest.and_then(|(t, path)| {
-        let text = std::fs::read_to_string(path).ok()?;
-        parse_history(&text).last().map(|h| (h.parent, h.switch, t))
-    });
+fn replay_end(data: &Path, promoted: u32) -> Result<(u32, Lsn)> {
+    let path = data.join("pg_wal").join(format!("{promoted:08X}.history"));
+    let entry = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| parse_history(&text).last().map(|h| (h.parent, h.switch)));
     entry.ok_or_else(|| {
         Error::new(
             ErrorKind::Recovery,
-            "the drill's server promoted but wrote no timeline history file",
+            format!(
+                "the drill's server promoted to timeline {promoted} but {} holds no history",
+                path.display()
+            ),
         )
     })
 }
@@ -367,7 +421,11 @@ async fn measure_lag(
         )
         .hint("run `walseal verify` to list the gaps; restore the missing file from a copy of the repository, or take a new backup"));
     }
-    if let Some(newer) = archive.wal.iter().find(|t| t.timeline > replay.timeline) {
+    if let Some(newer) = archive
+        .wal
+        .iter()
+        .find(|t| t.timeline > replay.timeline && t.segments > 0 && !t.last.is_empty())
+    {
         return Err(Error::new(
             ErrorKind::ReplayShort,
             format!(
@@ -471,10 +529,10 @@ pub async fn last_report(
     report::decode(&o.key, &plain).map(Some)
 }
 
-/// Every drill report, oldest first.
+/// Every drill report that opens, oldest first (one that does not is logged and skipped).
 ///
 /// # Errors
-/// Storage errors and reports that do not open.
+/// Storage errors.
 pub async fn list(
     storage: &crate::storage::Storage,
     keyring: &crate::keys::Keyring,
@@ -490,9 +548,14 @@ pub async fn list(
     let mut out = Vec::new();
     for key in keys {
         if let Some(sealed) = storage.get_bytes_max(&key, report::REPORT_MAX).await? {
-            let plain =
-                crate::seal::open_to_vec(keyring, &key, &sealed).map_err(|e| e.into_error(&key))?;
-            out.push(report::decode(&key, &plain)?);
+            // One damaged report must not hide the others (`verify` names it).
+            let opened = crate::seal::open_to_vec(keyring, &key, &sealed)
+                .map_err(|e| e.into_error(&key))
+                .and_then(|plain| report::decode(&key, &plain));
+            match opened {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::warn!("skipping drill report {key}: {e}"),
+            }
         }
     }
     Ok(out)

@@ -85,9 +85,13 @@ pub fn remove_interrupted(parent: &Path) -> Vec<PathBuf> {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let is_ours = entry.file_name().to_string_lossy().starts_with(PREFIX)
-            && entry.file_type().is_ok_and(|t| t.is_dir());
-        if !is_ours {
+        if !entry.file_name().to_string_lossy().starts_with(PREFIX) || !is_own_dir(&path) {
+            continue;
+        }
+        // `data` must be the directory the drill made: a planted symlink must not lead the
+        // cleanup to another cluster's postmaster.
+        let data = path.join("data");
+        if fs::symlink_metadata(&data).is_ok_and(|m| !m.is_dir()) {
             continue;
         }
         let Ok(text) = fs::read_to_string(path.join(PID_FILE)) else {
@@ -96,7 +100,7 @@ pub fn remove_interrupted(parent: &Path) -> Vec<PathBuf> {
         if text.trim().parse::<i32>().is_ok_and(drill_is_running) {
             continue;
         }
-        stop_stale_server(&path.join("data"));
+        stop_stale_server(&data);
         match fs::remove_dir_all(&path) {
             Ok(()) => removed.push(path),
             Err(e) => tracing::warn!(
@@ -106,6 +110,18 @@ pub fn remove_interrupted(parent: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+/// Whether `path` is a real directory (not a symlink) owned by this user, private (mode
+/// 0700), as [`Scratch::create`] makes them: another user's directory of the same name in a
+/// shared /tmp is never touched.
+fn is_own_dir(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).is_ok_and(|m| {
+        m.is_dir()
+            && m.uid() == rustix::process::getuid().as_raw()
+            && m.mode() & 0o077 == 0
+    })
 }
 
 /// Whether process `pid` is a walseal drill (its command line has a `drill` argument).
@@ -148,12 +164,10 @@ pub fn postmaster_pid(data: &Path) -> Option<rustix::process::Pid> {
     process_runs_in(pid, data).then_some(pid)
 }
 
+/// Whether process `pid` works in `dir` (the path as the kernel reports it, which is
+/// canonical: `dir` comes from a canonical parent and holds no symlink).
 fn process_runs_in(pid: rustix::process::Pid, dir: &Path) -> bool {
-    let cwd = fs::read_link(format!("/proc/{}/cwd", pid.as_raw_nonzero()));
-    match (cwd, fs::canonicalize(dir)) {
-        (Ok(cwd), Ok(dir)) => cwd == dir,
-        _ => false,
-    }
+    fs::read_link(format!("/proc/{}/cwd", pid.as_raw_nonzero())).is_ok_and(|cwd| cwd == dir)
 }
 
 /// A drill's scratch directory; removed on drop unless kept.
@@ -265,17 +279,32 @@ mod tests {
         // The pid of a process that has ended.
         let mut gone = std::process::Command::new("true").spawn().expect("spawn");
         gone.wait().expect("wait");
+        let private = |p: &Path| {
+            fs::create_dir_all(p).expect("mkdir");
+            fs::set_permissions(p, fs::Permissions::from_mode(0o700)).expect("chmod");
+        };
         let dead = dir.path().join(format!("{PREFIX}a"));
+        private(&dead);
         fs::create_dir_all(dead.join("data")).expect("mkdir");
         fs::write(dead.join(PID_FILE), format!("{}\n", gone.id())).expect("write");
         let kept = dir.path().join(format!("{PREFIX}b"));
-        fs::create_dir_all(&kept).expect("mkdir");
+        private(&kept);
+        // Not private (another user's, say), or its data a symlink: left alone.
+        let open = dir.path().join(format!("{PREFIX}c"));
+        fs::create_dir_all(&open).expect("mkdir");
+        fs::set_permissions(&open, fs::Permissions::from_mode(0o755)).expect("chmod");
+        fs::write(open.join(PID_FILE), format!("{}\n", gone.id())).expect("write");
+        let planted = dir.path().join(format!("{PREFIX}d"));
+        private(&planted);
+        std::os::unix::fs::symlink(dir.path(), planted.join("data")).expect("symlink");
+        fs::write(planted.join(PID_FILE), format!("{}\n", gone.id())).expect("write");
         let other = dir.path().join("walseal-other");
         fs::create_dir_all(&other).expect("mkdir");
         fs::write(other.join(PID_FILE), "1\n").expect("write");
         let removed = remove_interrupted(dir.path());
         assert_eq!(removed, vec![dead.clone()]);
         assert!(!dead.exists() && kept.exists() && other.exists());
+        assert!(open.exists() && planted.join("data").exists());
     }
 
     #[test]

@@ -211,9 +211,23 @@ pub fn settings(
         ("lock_timeout", "0".into()),
         ("idle_in_transaction_session_timeout", "0".into()),
         ("default_transaction_read_only", "off".into()),
+        ("jit_provider", "llvmjit".into()),
+        ("synchronous_standby_names", String::new()),
+        // Settings that would hide damage instead of showing it.
+        ("ignore_invalid_pages", "off".into()),
+        ("zero_damaged_pages", "off".into()),
+        ("ignore_checksum_failure", "off".into()),
+        ("ignore_system_indexes", "off".into()),
+        // The log is read: a known prefix, and a line every 10 s while redo runs.
+        ("log_line_prefix", "%m [%p] ".into()),
+        ("log_error_verbosity", "default".into()),
+        ("log_startup_progress_interval", "10s".into()),
     ];
     if major >= 17 {
         s.push(("event_triggers", "off".into()));
+    }
+    if major >= 18 {
+        s.push(("extension_control_path", "$system".into()));
     }
     match target {
         Target::Time(t, _) => s.push(("recovery_target_time", t.clone())),
@@ -257,6 +271,29 @@ pub fn prepare(paths: &Paths) -> Result<()> {
         "# walseal drill: local connections only, through a private socket directory\nlocal all all trust\n",
     )?;
     write(&paths.ident, "")
+}
+
+/// What `pg_controldata` says: the latest checkpoint's timeline, and whether data
+/// checksums are on. Pure.
+pub fn controldata_fields(text: &str) -> (Option<u32>, Option<bool>) {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_string()))
+    };
+    let timeline = field("Latest checkpoint's TimeLineID").and_then(|v| v.parse().ok());
+    let checksums = field("Data page checksum version").and_then(|v| v.parse::<u32>().ok()).map(|v| v != 0);
+    (timeline, checksums)
+}
+
+/// `pg_controldata` of `data`, if the binaries have it.
+pub fn controldata(bin: &Binaries, data: &Path) -> (Option<u32>, Option<bool>) {
+    let Some(tool) = bin.tool("pg_controldata") else {
+        return (None, None);
+    };
+    match Command::new(tool).arg(data).env("LC_ALL", "C").output() {
+        Ok(o) if o.status.success() => controldata_fields(&String::from_utf8_lossy(&o.stdout)),
+        _ => (None, None),
+    }
 }
 
 /// What the server's log says about how recovery went.
@@ -529,8 +566,21 @@ mod tests {
         assert_eq!(get("recovery_target_action"), "promote");
         assert_eq!(get("event_triggers"), "off");
         assert_eq!(get("unix_socket_directories"), "/s/socket");
+        assert_eq!(get("jit_provider"), "llvmjit");
+        assert_eq!(get("zero_damaged_pages"), "off");
+        assert_eq!(get("synchronous_standby_names"), "");
+        assert_eq!(get("extension_control_path"), "$system");
         let s15 = settings(&paths, "x", &Target::Latest, 15);
-        assert!(!s15.iter().any(|(k, _)| k == "event_triggers"));
+        assert!(!s15.iter().any(|(k, _)| k == "event_triggers" || k == "extension_control_path"));
+    }
+
+    #[test]
+    fn controldata_timeline_and_checksums() {
+        let text = "pg_control version number:            1800\nLatest checkpoint's TimeLineID:       2\nLatest checkpoint's PrevTimeLineID:   1\nData page checksum version:           1\n";
+        assert_eq!(controldata_fields(text), (Some(2), Some(true)));
+        let off = "Latest checkpoint's TimeLineID:       7\nData page checksum version:           0\n";
+        assert_eq!(controldata_fields(off), (Some(7), Some(false)));
+        assert_eq!(controldata_fields("garbage"), (None, None));
     }
 
     #[test]

@@ -55,6 +55,8 @@ enum Malformed {
     Sized(String, &'static str, u64),
     #[error("member {0:?} is not a file the backup manifest lists")]
     Unlisted(String),
+    #[error("member {0:?} is {1}, which a walseal backup never holds")]
+    Forbidden(String, &'static str),
     #[error("member {0:?} appears twice")]
     Duplicate(String),
     #[error("member {0:?} is {1} bytes, the backup manifest says {2}")]
@@ -351,6 +353,9 @@ impl<T> Extractor<'_, '_, '_, T> {
     ) -> Result<()> {
         let key = self.key(&h.path);
         self.check_placement(h, &key)?;
+        if let Some(why) = forbidden(&key) {
+            return Err(self.malformed(Malformed::Forbidden(lossy(&h.path), why)));
+        }
         let refusal = match self.policy.listing.files.get_mut(&key) {
             None => Some(Malformed::Unlisted(lossy(&h.path))),
             Some(l) if l.written => Some(Malformed::Duplicate(lossy(&h.path))),
@@ -463,6 +468,20 @@ impl<T> Extractor<'_, '_, '_, T> {
             Some(oid) => Err(self.malformed(Malformed::MissingLink(*oid))),
             None => Ok(()),
         }
+    }
+}
+
+/// Why a data-directory file is refused even when the manifest lists it: walseal asks
+/// `BASE_BACKUP` for neither WAL nor a tablespace map, so a backup holding them was forged.
+/// A `tablespace_map` would make PostgreSQL re-point the tablespace links at startup, to any
+/// directory; WAL files in `pg_wal` would be replayed without `wal-fetch` authenticating them.
+fn forbidden(key: &[u8]) -> Option<&'static str> {
+    if key == b"tablespace_map" {
+        Some("a tablespace map (PostgreSQL would re-point the tablespace links to what it lists)")
+    } else if key.starts_with(b"pg_wal/") {
+        Some("a file in pg_wal (WAL comes from the archive, authenticated by wal-fetch)")
+    } else {
+        None
     }
 }
 
@@ -943,6 +962,23 @@ mod tests {
             "5 bytes, the backup manifest says 4",
         );
         assert!(!s.dest().join("f").exists());
+    }
+
+    #[test]
+    fn a_tablespace_map_and_wal_files_are_refused_even_when_listed() {
+        for (name, needle) in [
+            ("tablespace_map", "tablespace map"),
+            ("pg_wal/000000FF.history", "file in pg_wal"),
+            ("pg_wal/000000010000000000000009", "file in pg_wal"),
+        ] {
+            let s = Scene::new();
+            let tar = Tar::default()
+                .file("PG_VERSION", b"15\n")
+                .file(name, b"16384 /etc\n")
+                .end();
+            assert_refused(s.run(&tar, false, true), needle);
+            s.assert_outside_unchanged();
+        }
     }
 
     #[test]
