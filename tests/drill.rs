@@ -42,6 +42,31 @@ fn archived_under_load(bin: &Path, backend: &Backend) -> Archived {
     pg.start();
     pg.pgbench(&["-i", "-s", "2", "-q"]);
     pg.psql("CREATE TABLE t(id int PRIMARY KEY, note text); INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 500) g");
+    // What a hostile primary could leave in the backup's postgresql.auto.conf (not loaded
+    // here: no reload): a drill that obeyed any of these would listen on TCP, fail to start,
+    // or run a command that leaves a file in `pwned/`.
+    let pwned = s.dir.path().join("pwned");
+    std::fs::create_dir_all(&pwned).unwrap();
+    chown_pg(&pwned);
+    for (name, value) in [
+        ("listen_addresses", "*".to_string()),
+        ("shared_preload_libraries", "base/evil".to_string()),
+        (
+            "external_pid_file",
+            format!("{}/postmaster.pid", pwned.display()),
+        ),
+        (
+            "recovery_end_command",
+            format!("touch {}/recovery_end", pwned.display()),
+        ),
+        (
+            "restore_command",
+            format!("touch {}/restore; false", pwned.display()),
+        ),
+        ("archive_library", "base/evil".to_string()),
+    ] {
+        pg.psql(&format!("ALTER SYSTEM SET {name} = '{value}'"));
+    }
     let mut load = pg.pgbench_background(2, 4);
     let out = s.backup(&pg, &["--part-size", "4MiB"]);
     assert_eq!(code(&out), 0, "backup: {}", stderr(&out));
@@ -279,8 +304,14 @@ fn drill_passes(bin: &Path, backend: Backend, expect_checksums: bool) {
     for line in [2, 3, 6] {
         assert_eq!(check(&format!("sql:{line}"))["ok"], true);
     }
-    // Nothing under wal/ was added (the drill's server does not archive), and nothing is
-    // left in the drill directory.
+    // None of the backup's hostile settings ran, nothing under wal/ was added (the drill's
+    // server does not archive), and nothing is left in the drill directory.
+    let pwned: Vec<_> = std::fs::read_dir(a.s.dir.path().join("pwned"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(pwned.is_empty(), "a command from the backup ran: {pwned:?}");
     assert_eq!(wal_keys(&a.s), wal_before);
     assert!(scratch_dirs(&dir).is_empty(), "{:?}", scratch_dirs(&dir));
     assert_eq!(servers_under(&dir).0, 0);

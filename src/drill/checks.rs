@@ -220,7 +220,11 @@ pub async fn databases(conn: &mut Conn, templates: bool) -> Result<Vec<String>> 
     let rows = conn
         .query(&format!(
             "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn{} ORDER BY datname",
-            if templates { "" } else { " AND NOT datistemplate" }
+            if templates {
+                ""
+            } else {
+                " AND NOT datistemplate"
+            }
         ))
         .await?;
     Ok(rows
@@ -304,8 +308,14 @@ pub async fn roll_back_prepared(session: &Session) -> Check {
     .await;
     let (ok, detail) = match result {
         Ok(0) => (true, "none".to_string()),
-        Ok(n) => (true, format!("rolled back {n} prepared transaction(s) the backup held")),
-        Err(e) => (false, format!("cannot roll back prepared transactions: {}", e.message())),
+        Ok(n) => (
+            true,
+            format!("rolled back {n} prepared transaction(s) the backup held"),
+        ),
+        Err(e) => (
+            false,
+            format!("cannot roll back prepared transactions: {}", e.message()),
+        ),
     };
     Check {
         name: "prepared".into(),

@@ -164,7 +164,12 @@ async fn plan(cfg: &Config, opts: &DrillOptions) -> Result<Plan> {
 }
 
 /// The steps after the scratch directory exists; each fills its part of the report.
-async fn run(plan: &Plan, opts: &DrillOptions, scratch: &Scratch, report: &mut Report) -> Result<()> {
+async fn run(
+    plan: &Plan,
+    opts: &DrillOptions,
+    scratch: &Scratch,
+    report: &mut Report,
+) -> Result<()> {
     let t0 = Instant::now();
     restore_phase(plan, opts, scratch, report).await?;
     // What the archive holds now: replay must reach at least its end.
@@ -297,7 +302,10 @@ async fn recover_phase(
     // pg_controldata reads the control file itself; SQL only where the binaries lack it.
     let (ctl_timeline, ctl_checksums) = server::controldata(&plan.bin, &paths.data);
     let promoted = ctl_timeline.or(sql_timeline).ok_or_else(|| {
-        Error::new(ErrorKind::Recovery, "the drill's server does not say its timeline")
+        Error::new(
+            ErrorKind::Recovery,
+            "the drill's server does not say its timeline",
+        )
     })?;
     let (timeline, end) = replay_end(&paths.data, promoted)?;
     report.replay = Some(Phase::new(
@@ -326,13 +334,17 @@ async fn check_phase(
     session: &checks::Session,
     report: &mut Report,
 ) -> Result<()> {
-    report.checks.push(checks::roll_back_prepared(session).await);
+    report
+        .checks
+        .push(checks::roll_back_prepared(session).await);
     let mut conn = session.connect("postgres").await?;
     let dbs = checks::databases(&mut conn, false).await?;
     let all = checks::databases(&mut conn, true).await?;
     conn.close().await;
     if let Some(q) = &plan.queries {
-        report.checks.extend(checks::run_check_sql(session, q).await);
+        report
+            .checks
+            .extend(checks::run_check_sql(session, q).await);
     }
     for db in &dbs {
         match checks::summarize(session, db).await {

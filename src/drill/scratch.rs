@@ -118,9 +118,7 @@ pub fn remove_interrupted(parent: &Path) -> Vec<PathBuf> {
 fn is_own_dir(path: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(path).is_ok_and(|m| {
-        m.is_dir()
-            && m.uid() == rustix::process::getuid().as_raw()
-            && m.mode() & 0o077 == 0
+        m.is_dir() && m.uid() == rustix::process::getuid().as_raw() && m.mode() & 0o077 == 0
     })
 }
 

@@ -277,11 +277,15 @@ pub fn prepare(paths: &Paths) -> Result<()> {
 /// checksums are on. Pure.
 pub fn controldata_fields(text: &str) -> (Option<u32>, Option<bool>) {
     let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim_start_matches(':').trim().to_string()))
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .map(|v| v.trim_start_matches(':').trim().to_string())
+        })
     };
     let timeline = field("Latest checkpoint's TimeLineID").and_then(|v| v.parse().ok());
-    let checksums = field("Data page checksum version").and_then(|v| v.parse::<u32>().ok()).map(|v| v != 0);
+    let checksums = field("Data page checksum version")
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(|v| v != 0);
     (timeline, checksums)
 }
 
@@ -571,14 +575,17 @@ mod tests {
         assert_eq!(get("synchronous_standby_names"), "");
         assert_eq!(get("extension_control_path"), "$system");
         let s15 = settings(&paths, "x", &Target::Latest, 15);
-        assert!(!s15.iter().any(|(k, _)| k == "event_triggers" || k == "extension_control_path"));
+        assert!(!s15
+            .iter()
+            .any(|(k, _)| k == "event_triggers" || k == "extension_control_path"));
     }
 
     #[test]
     fn controldata_timeline_and_checksums() {
         let text = "pg_control version number:            1800\nLatest checkpoint's TimeLineID:       2\nLatest checkpoint's PrevTimeLineID:   1\nData page checksum version:           1\n";
         assert_eq!(controldata_fields(text), (Some(2), Some(true)));
-        let off = "Latest checkpoint's TimeLineID:       7\nData page checksum version:           0\n";
+        let off =
+            "Latest checkpoint's TimeLineID:       7\nData page checksum version:           0\n";
         assert_eq!(controldata_fields(off), (Some(7), Some(false)));
         assert_eq!(controldata_fields("garbage"), (None, None));
     }
