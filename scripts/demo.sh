@@ -12,7 +12,10 @@
 #   6. the table is back, with every row committed before the target and none after it, and
 #      pgbench's tables match the primary's;
 #   7. the repository holds no plaintext (a string readable in the primary's files is not
-#      found in it).
+#      found in it);
+#   8. `walseal drill` restores the latest backup into a scratch directory, starts PostgreSQL
+#      there (no network, no archiving), replays to the end of the archive, runs pg_amcheck and
+#      counts the rows, and records the result: what cron runs weekly on a restore host.
 #
 # Usage (as root, on a fresh Debian 12 machine too):   bash scripts/demo.sh
 # Knobs: DEMO_SCALE (pgbench scale, 10), DEMO_SECONDS (pgbench load, 20), DEMO_CLIENTS (4),
@@ -261,5 +264,14 @@ if grep -rqaF "$CANARY" "$REPO"; then
 fi
 note "grep -r '$CANARY' $REPO: no match - neither the base backup nor the archived WAL holds plaintext."
 
+# ---------------------------------------------------------------------------- 8. drill
+say "8. A restore drill: walseal drill (what cron runs weekly on a restore host)"
+mkdir -p "$WORK/drills"
+chown "$PG_USER:" "$WORK/drills"
+walseal drill --dir "$WORK/drills" 2>&1 | sed 's/^/      /' \
+    || die "the restore drill failed"
+note "walseal status now reports the last drill (walseal_last_drill_success for monitoring):"
+walseal status | grep "last drill" | sed 's/^/      /'
+
 echo
-echo "demo OK: backup under load, point-in-time restore to just before DROP TABLE brought back rows 1-1002 (not 1003), pgbench data matches, no plaintext in the repository"
+echo "demo OK: backup under load, point-in-time restore to just before DROP TABLE brought back rows 1-1002 (not 1003), pgbench data matches, no plaintext in the repository, a restore drill passed"

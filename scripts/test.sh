@@ -48,11 +48,11 @@ flock "$LOCK" cargo test --profile test-release -- --test-threads=2 2>&1 | tee "
 status=${PIPESTATUS[0]}
 set -e
 log "cargo test exited with $status"
-# The soak, briefly (two minutes of pgbench with backups, retain and verify running at once,
+# The soak, briefly (a minute of pgbench with backups, retain and verify running at once,
 # then PITR to the end; longer runs by hand: SOAK_SECONDS=1800 bash scripts/soak.sh).
-log "soak (scripts/soak.sh, ${SOAK_SECONDS:-120} s)"
+log "soak (scripts/soak.sh, ${SOAK_SECONDS:-60} s)"
 if ! WALSEAL_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/test-release/walseal" \
-    SOAK_SECONDS="${SOAK_SECONDS:-120}" bash "$ROOT/scripts/soak.sh"; then
+    SOAK_SECONDS="${SOAK_SECONDS:-60}" bash "$ROOT/scripts/soak.sh"; then
     status=1
 fi
 # The fuzz targets' seed corpora run in `cargo test` (tests/fuzz_corpora.rs). The libFuzzer

@@ -201,8 +201,8 @@ pub enum Command {
     ///
     /// Run it from cron on a restore host, as the OS user PostgreSQL runs as. Exit codes: 0
     /// every check passed; the restore's own code (1-12) if the backup could not be restored;
-    /// 13 the server did not start or recovery failed; 14 replay stopped short of the end of
-    /// the archive or the target (WAL missing); 15 a check failed.
+    /// 13 the server did not start, recovery failed, or a signal stopped the drill; 14 replay
+    /// stopped short of the end of the archive or the target (WAL missing); 15 a check failed.
     Drill(DrillArgs),
     /// Prove the repository complete and authentic: open every object, check every backup
     /// against its parts and the WAL for gaps. Exit 0 only when all is well (5 otherwise).

@@ -442,50 +442,70 @@ fn pg15_drill_fails_on_a_gap_and_on_a_failing_check() {
     );
 }
 
-/// A drill killed while its server runs: the next drill stops that server, removes its
-/// scratch directory and passes.
-#[test]
-fn pg15_a_killed_drill_leaves_nothing_after_the_next_run() {
-    let a = archived_under_load(&pg_bin(), &Backend::Local);
-    let dir = drill_dir(&a.s);
+/// A slow drill (a check query sleeps 60 s) of `a` in `dir`, its output piped.
+fn slow_drill(a: &Archived, dir: &Path) -> std::process::Child {
     let checks = a.s.dir.path().join("slow.sql");
     std::fs::write(&checks, "SELECT true FROM pg_sleep(60);\n").unwrap();
-    let mut child =
-        a.s.walseal_as_pg()
-            .arg("drill")
-            .arg("--check-sql")
-            .arg(&checks)
-            .arg("--dir")
-            .arg(&dir)
-            .arg("--pg-bin")
-            .arg(&a.bin)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-    // Wait for the server to run (its postmaster.pid), then SIGKILL the drill itself.
+    a.s.walseal_as_pg()
+        .arg("drill")
+        .arg("--check-sql")
+        .arg(&checks)
+        .arg("--dir")
+        .arg(dir)
+        .arg("--pg-bin")
+        .arg(&a.bin)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the drill's server accepts connections; returns its scratch directory, the
+/// drill's pid and the postmaster's pid.
+fn wait_for_server(dir: &Path, child: &mut std::process::Child) -> (PathBuf, String, String) {
     let start = Instant::now();
-    let (scratch, postmaster) = loop {
+    loop {
         assert!(
             start.elapsed() < Duration::from_secs(120),
             "the drill's server never ran"
         );
         assert!(child.try_wait().unwrap().is_none(), "the drill ended early");
-        let found = scratch_dirs(&dir).into_iter().find_map(|d| {
+        let found = scratch_dirs(dir).into_iter().find_map(|d| {
             let pid = std::fs::read_to_string(d.join("data/postmaster.pid")).ok()?;
-            let status = pid.lines().nth(7)?.trim().to_string();
-            (status == "ready").then(|| (d.clone(), pid.lines().next().unwrap().to_string()))
+            let ready = pid.lines().nth(7)?.trim() == "ready";
+            let drill = std::fs::read_to_string(d.join("walseal-drill.pid")).ok()?;
+            ready.then(|| {
+                (
+                    d.clone(),
+                    drill.trim().to_string(),
+                    pid.lines().next().unwrap().to_string(),
+                )
+            })
         });
         if let Some(f) = found {
-            break f;
+            return f;
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    let drill_pid = std::fs::read_to_string(scratch.join("walseal-drill.pid")).unwrap();
-    run_ok(Command::new("kill").args(["-KILL", drill_pid.trim()]));
+    }
+}
+
+fn runs_in(pid: &str, dir: &Path) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+}
+
+/// A drill killed while its server runs: the next drill stops that server, removes its
+/// scratch directory and passes. A drill sent SIGTERM stops its server, removes its directory
+/// and records the interruption (exit 13).
+#[test]
+fn pg15_a_killed_drill_leaves_nothing_after_the_next_run() {
+    let a = archived_under_load(&pg_bin(), &Backend::Local);
+    let dir = drill_dir(&a.s);
+    let mut child = slow_drill(&a, &dir);
+    let (_, drill_pid, postmaster) = wait_for_server(&dir, &mut child);
+    run_ok(Command::new("kill").args(["-KILL", &drill_pid]));
     let _ = child.wait();
     assert!(
-        Path::new(&format!("/proc/{postmaster}")).exists(),
+        runs_in(&postmaster, &dir),
         "the orphaned server should still run until the next drill"
     );
     // The next drill cleans up and passes.
@@ -497,8 +517,33 @@ fn pg15_a_killed_drill_leaves_nothing_after_the_next_run() {
         stderr(&out)
     );
     assert!(scratch_dirs(&dir).is_empty(), "{:?}", scratch_dirs(&dir));
-    let alive = std::fs::read_link(format!("/proc/{postmaster}/cwd"))
-        .is_ok_and(|cwd| cwd.starts_with(&dir));
-    assert!(!alive, "the interrupted drill's server still runs");
+    assert!(
+        !runs_in(&postmaster, &dir),
+        "the interrupted drill's server still runs"
+    );
     assert!(stdout(&out).contains("PASSED"), "{}", stdout(&out));
+
+    // SIGTERM: cleaned up at once, and recorded.
+    let mut child = slow_drill(&a, &dir);
+    let (_, drill_pid, postmaster) = wait_for_server(&dir, &mut child);
+    run_ok(Command::new("kill").args(["-TERM", &drill_pid]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), 13, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted (SIGTERM)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(scratch_dirs(&dir).is_empty(), "{:?}", scratch_dirs(&dir));
+    assert!(
+        !runs_in(&postmaster, &dir),
+        "the server of the stopped drill still runs"
+    );
+    let st =
+        a.s.walseal_as_pg()
+            .args(["status", "--json"])
+            .output()
+            .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["last_drill_ok"], false, "{st}");
 }

@@ -6,7 +6,6 @@
 //! catalogs could set for it (preload libraries, event triggers, search path, timeouts).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -488,7 +487,8 @@ pub async fn amcheck(bin: &Binaries, session: &Session, dbs: &[String], jobs: us
         .filter(|(k, _)| k != "search_path")
         .map(|(k, v)| format!("-c {k}={v}"))
         .collect();
-    let out = Command::new(&tool)
+    let out = tokio::process::Command::new(&tool)
+        .kill_on_drop(true)
         .args(["--all", "--install-missing", "--no-password", "--jobs"])
         .arg(jobs.max(1).to_string())
         .arg("--host")
@@ -500,7 +500,8 @@ pub async fn amcheck(bin: &Binaries, session: &Session, dbs: &[String], jobs: us
         .env("PGOPTIONS", options.join(" "))
         .env("PGAPPNAME", "walseal drill")
         .env_remove("PGDATABASE")
-        .output();
+        .output()
+        .await;
     let seconds = t.elapsed().as_secs_f64();
     match out {
         Ok(o) if o.status.success() => Check {
@@ -559,7 +560,7 @@ async fn prepare_amcheck(session: &Session, dbs: &[String]) -> Result<bool> {
 }
 
 /// `pg_checksums --check` on the stopped cluster, if it has data checksums.
-pub fn checksums(bin: &Binaries, data: &Path, enabled: Option<bool>) -> Check {
+pub async fn checksums(bin: &Binaries, data: &Path, enabled: Option<bool>) -> Check {
     let t = Instant::now();
     match enabled {
         Some(true) => {}
@@ -577,11 +578,13 @@ pub fn checksums(bin: &Binaries, data: &Path, enabled: Option<bool>) -> Check {
             format!("pg_checksums is not installed in {}", bin.dir.display()),
         );
     };
-    let out = Command::new(&tool)
+    let out = tokio::process::Command::new(&tool)
+        .kill_on_drop(true)
         .arg("--check")
         .arg("-D")
         .arg(data)
-        .output();
+        .output()
+        .await;
     let seconds = t.elapsed().as_secs_f64();
     match out {
         Ok(o) if o.status.success() => Check {

@@ -103,12 +103,22 @@ pub async fn drill(cfg: &Config, opts: &DrillOptions) -> Result<(Report, Option<
         checks: Vec::new(),
         databases: Vec::new(),
     };
-    let result = run(&plan, opts, &scratch, &mut report).await;
+    // A signal stops the drill cleanly: the run is dropped, which stops its server (and
+    // pg_amcheck), then the scratch directory goes and the report says so.
+    let mut interrupted = false;
+    let result = tokio::select! {
+        r = run(&plan, opts, &scratch, &mut report) => r,
+        sig = signalled() => {
+            interrupted = true;
+            Err(Error::new(ErrorKind::Recovery, format!("the drill was interrupted ({sig})"))
+                .hint("run it again when it may take its time"))
+        }
+    };
     report.finished_unix = crate::time::now();
     report.ok = result.is_ok();
     report.outcome = match &result {
         Ok(()) => Outcome::Passed,
-        Err(e) => Outcome::of(e.kind(), report.restore.is_none()),
+        Err(e) => Outcome::of(e.kind(), report.restore.is_none(), interrupted),
     };
     report.error = result.as_ref().err().map(ToString::to_string);
     if opts.keep {
@@ -124,6 +134,23 @@ pub async fn drill(cfg: &Config, opts: &DrillOptions) -> Result<(Report, Option<
         eprintln!("walseal drill: warning: the drill's report is not in the repository ({e}); `walseal status` will not see it");
     }
     Ok((report, result.err()))
+}
+
+/// Resolves when SIGTERM, SIGINT or SIGHUP arrives (never, if they cannot be caught).
+async fn signalled() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = hup.recv() => "SIGHUP",
+    }
 }
 
 /// Opens the repository, picks the backup, finds the binaries and reads the check queries.
@@ -199,7 +226,7 @@ async fn run(
     server.stop().await?;
     report
         .checks
-        .push(checks::checksums(&plan.bin, &paths.data, checksums_on));
+        .push(checks::checksums(&plan.bin, &paths.data, checksums_on).await);
     let failed: Vec<String> = report
         .checks
         .iter()

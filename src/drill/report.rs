@@ -38,12 +38,15 @@ pub enum Outcome {
     ReplayShort,
     /// A check failed.
     CheckFailed,
+    /// The drill was stopped by a signal (SIGTERM, SIGINT, SIGHUP) and cleaned up.
+    Interrupted,
 }
 
 impl Outcome {
     /// The outcome of a drill that failed with an error of `kind` in phase `restoring`.
-    pub fn of(kind: ErrorKind, restoring: bool) -> Outcome {
+    pub fn of(kind: ErrorKind, restoring: bool, interrupted: bool) -> Outcome {
         match kind {
+            _ if interrupted => Outcome::Interrupted,
             ErrorKind::ReplayShort => Outcome::ReplayShort,
             ErrorKind::CheckFailed => Outcome::CheckFailed,
             _ if restoring => Outcome::RestoreFailed,

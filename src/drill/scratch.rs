@@ -35,6 +35,21 @@ pub fn check_location(parent: &Path, repo_root: Option<&Path>) -> Result<PathBuf
             format!("drill directory {} is not a directory", abs.display()),
         ));
     }
+    // The server's socket, `<dir>/walseal-drill-<id>/socket/.s.PGSQL.5432`, must fit a Unix
+    // socket address (107 bytes), and the directory a list of socket directories.
+    let socket_len =
+        abs.as_os_str().len() + "/walseal-drill-YYYYMMDDTHHMMSSZ-r9/socket/.s.PGSQL.5432".len();
+    let text = abs.to_string_lossy();
+    if socket_len > 107 || text.contains(',') || text.contains('\'') || text.contains('\\') {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!(
+                "drill directory {} is too long or holds a comma, quote or backslash: the drill's server puts its socket there",
+                abs.display()
+            ),
+        )
+        .hint("pass --dir a short plain path, e.g. /var/tmp"));
+    }
     for dir in abs.ancestors() {
         if is_data_directory(dir) {
             let running = if dir.join("postmaster.pid").exists() {
@@ -269,6 +284,15 @@ mod tests {
         assert!(e.message().contains("repository"), "{e}");
         assert!(check_location(dir.path(), Some(&repo)).is_ok());
         assert!(check_location(&dir.path().join("missing"), None).is_err());
+        let long = dir.path().join("x".repeat(80));
+        fs::create_dir_all(&long).expect("mkdir");
+        assert_eq!(
+            check_location(&long, None).unwrap_err().kind(),
+            ErrorKind::Usage
+        );
+        let comma = dir.path().join("a,b");
+        fs::create_dir_all(&comma).expect("mkdir");
+        assert!(check_location(&comma, None).is_err());
     }
 
     #[test]

@@ -85,18 +85,18 @@ impl Binaries {
             })
     }
 
-    /// The version of the `postgres` in `dir`, if it runs.
+    /// The version of the `postgres` in `dir`, if it runs. A symlink (`/usr/local/bin/postgres`
+    /// on Debian) is followed to the real directory, where the client tools are.
     fn probe(dir: &Path) -> Option<Binaries> {
-        let postgres = dir.join("postgres");
+        let postgres = fs::canonicalize(dir.join("postgres")).ok()?;
         if !postgres.is_file() {
             return None;
         }
         let out = Command::new(&postgres).arg("--version").output().ok()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let version = text.trim().rsplit(' ').next()?.to_string();
+        let version = version_of(&String::from_utf8_lossy(&out.stdout))?;
         let major = major_of(&version)?;
         Some(Binaries {
-            dir: fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+            dir: postgres.parent()?.to_path_buf(),
             version,
             major,
         })
@@ -125,6 +125,13 @@ fn candidate_dirs(major: u32) -> Vec<PathBuf> {
         dirs.push(PathBuf::from(d));
     }
     dirs
+}
+
+/// The version in `postgres --version`'s output: `postgres (PostgreSQL) 15.18 (Debian
+/// 15.18-0+deb12u1)` gives `15.18`.
+pub fn version_of(text: &str) -> Option<String> {
+    let rest = text.split_once("(PostgreSQL) ")?.1;
+    rest.split_whitespace().next().map(str::to_string)
 }
 
 /// The major version of a version string (`18.6`, `15.10 (Debian 15.10-1)`, `17beta1`).
@@ -529,6 +536,19 @@ impl Drop for Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_from_postgres_version() {
+        assert_eq!(
+            version_of("postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n").as_deref(),
+            Some("15.18")
+        );
+        assert_eq!(
+            version_of("postgres (PostgreSQL) 18.6\n").as_deref(),
+            Some("18.6")
+        );
+        assert_eq!(version_of("something else"), None);
+    }
 
     #[test]
     fn major_versions() {
