@@ -21,13 +21,7 @@ LOAD_SECONDS=${LOAD_SECONDS:-60}
 CLIENTS=${CLIENTS:-4}
 KEEP_TMP=${KEEP_TMP:-0}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
-for v in SCALE LOAD_SECONDS CLIENTS; do
-    case ${!v} in '' | *[!0-9]* | 0) die "$v must be a positive integer (got '${!v}')" ;; esac
-done
-if [ -n "${RESULTS_FILE:-}" ]; then
-    case $RESULTS_FILE in /*) ;; *) RESULTS_FILE=$PWD/$RESULTS_FILE ;; esac
-fi
-[ "$(id -u)" = 0 ] || die "run as root (the cluster and walseal run as the postgres OS user via runuser)"
+bench_knobs SCALE LOAD_SECONDS CLIENTS
 [ -x /usr/bin/time ] || die "GNU time is missing (apt-get install time)"
 PG_BIN=$(ensure_pg18_full)
 SRC_BIN=$(walseal_binary)

