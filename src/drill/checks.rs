@@ -431,7 +431,7 @@ pub async fn run_check_sql(session: &Session, queries: &[CheckQuery]) -> Vec<Che
             Ok(rows) if passes(&rows) => (true, format!("{} row(s)", rows.len())),
             Ok(rows) if rows.is_empty() => (false, "returned no row".to_string()),
             Ok(_) => (false, "returned false or NULL".to_string()),
-            Err(e) => (false, format!("failed: {}", e.message())),
+            Err(e) => (false, format!("failed: {}", without_detail(e.message()))),
         };
         let first_line: String = q
             .sql
@@ -450,6 +450,20 @@ pub async fn run_check_sql(session: &Session, queries: &[CheckQuery]) -> Vec<Che
         });
     }
     out
+}
+
+/// A server error without its DETAIL, which can quote values of the data (`Key (id)=(42)
+/// already exists`): the report and the drill's output keep the message and the SQLSTATE.
+pub fn without_detail(msg: &str) -> String {
+    let sqlstate = msg.rfind("(SQLSTATE ").map(|i| &msg[i..]);
+    let head = match msg.find("ERROR: ") {
+        Some(i) => msg[i..].find(" (").map_or(msg, |j| &msg[..i + j]),
+        None => msg,
+    };
+    match sqlstate {
+        Some(code) if !head.ends_with(code) => format!("{head} {code}"),
+        _ => head.to_string(),
+    }
 }
 
 /// `pg_amcheck --all` (heap and B-tree indexes of every database), with the amcheck extension
@@ -655,6 +669,18 @@ mod tests {
         assert!(!passes(&[row(Some("f"))]));
         assert!(!passes(&[row(None)]));
         assert!(passes(&[vec![]]));
+    }
+
+    #[test]
+    fn a_failed_query_keeps_its_message_not_its_detail() {
+        let msg = "socket /s/.s.PGSQL.5432 as postgres: ERROR: duplicate key value violates unique constraint \"t_pkey\" (Key (id)=(42) already exists.) (SQLSTATE 23505)";
+        assert_eq!(
+            without_detail(msg),
+            "socket /s/.s.PGSQL.5432 as postgres: ERROR: duplicate key value violates unique constraint \"t_pkey\" (SQLSTATE 23505)"
+        );
+        let plain = "x: ERROR: relation \"t\" does not exist (SQLSTATE 42P01)";
+        assert_eq!(without_detail(plain), plain);
+        assert_eq!(without_detail("no error here"), "no error here");
     }
 
     #[test]
