@@ -489,6 +489,15 @@ fn wait_for_server(dir: &Path, child: &mut std::process::Child) -> (PathBuf, Str
     }
 }
 
+/// No scratch directory is left in `dir`, and the server `postmaster` no longer runs there.
+fn assert_nothing_left(dir: &Path, postmaster: &str) {
+    assert!(scratch_dirs(dir).is_empty(), "{:?}", scratch_dirs(dir));
+    assert!(
+        !runs_in(postmaster, dir),
+        "the drill's server {postmaster} still runs"
+    );
+}
+
 fn runs_in(pid: &str, dir: &Path) -> bool {
     std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
 }
@@ -516,11 +525,7 @@ fn pg15_a_killed_drill_leaves_nothing_after_the_next_run() {
         "{}",
         stderr(&out)
     );
-    assert!(scratch_dirs(&dir).is_empty(), "{:?}", scratch_dirs(&dir));
-    assert!(
-        !runs_in(&postmaster, &dir),
-        "the interrupted drill's server still runs"
-    );
+    assert_nothing_left(&dir, &postmaster);
     assert!(stdout(&out).contains("PASSED"), "{}", stdout(&out));
 
     // SIGTERM: cleaned up at once, and recorded.
@@ -534,11 +539,7 @@ fn pg15_a_killed_drill_leaves_nothing_after_the_next_run() {
         "{}",
         stderr(&out)
     );
-    assert!(scratch_dirs(&dir).is_empty(), "{:?}", scratch_dirs(&dir));
-    assert!(
-        !runs_in(&postmaster, &dir),
-        "the server of the stopped drill still runs"
-    );
+    assert_nothing_left(&dir, &postmaster);
     let st =
         a.s.walseal_as_pg()
             .args(["status", "--json"])

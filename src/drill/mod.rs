@@ -53,6 +53,9 @@ struct Plan {
     record: BackupRecord,
     bin: Binaries,
     queries: Option<Vec<checks::CheckQuery>>,
+    /// The drill server's restore_command, made before anything is restored (a repository
+    /// URL that carries credentials is refused here, not after the restore).
+    restore_command: String,
 }
 
 /// Runs a drill. Returns its report (already sealed into the repository when the host can
@@ -181,12 +184,14 @@ async fn plan(cfg: &Config, opts: &DrillOptions) -> Result<Plan> {
         )
     })?;
     let bin = Binaries::find(opts.pg_bin.as_deref(), major)?;
+    let restore_command = base::restore_command(&cfg, opts.config_file.as_deref())?;
     Ok(Plan {
         repo,
         cfg,
         record,
         bin,
         queries,
+        restore_command,
     })
 }
 
@@ -299,8 +304,7 @@ async fn recover_phase(
     t0: Instant,
 ) -> Result<(Server, checks::Session, Option<bool>)> {
     server::prepare(paths)?;
-    let restore_command = base::restore_command(&plan.cfg, opts.config_file.as_deref())?;
-    let settings = server::settings(paths, &restore_command, &opts.target, plan.bin.major);
+    let settings = server::settings(paths, &plan.restore_command, &opts.target, plan.bin.major);
     let t1 = Instant::now();
     let mut server = Server::start(&plan.bin, paths, &settings)?;
     let facts = server.wait_ready().await?;
