@@ -96,6 +96,79 @@ pub struct BackupRecord {
     pub stored: u64,
     /// The archives (tablespaces first, then `base.tar`, then `backup_manifest`).
     pub archives: Vec<Archive>,
+    /// For an incremental backup (record format 2), the id of the backup it was taken against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For an incremental backup, SHA-256 (hex) of the parent's backup manifest as uploaded
+    /// to the server: the chain is bound to that exact parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_manifest_sha256: Option<String>,
+    /// The cluster's page size (`block_size`), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
+    /// Pages per relation segment file (`segment_size` / `block_size`), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relseg_size: Option<u32>,
+}
+
+impl BackupRecord {
+    /// Whether this is an incremental backup (it names a parent).
+    pub fn is_incremental(&self) -> bool {
+        self.parent.is_some()
+    }
+}
+
+/// The longest chain walseal restores: a full backup and this many incrementals after it
+/// (`--full-every` keeps chains short; each link costs a stream during restore).
+pub const MAX_CHAIN: usize = 400;
+
+/// The chain `id` restores from, oldest (the full backup) first, ending with `id` itself.
+///
+/// # Errors
+/// `NotFound` if `id` is not among `backups`; `Integrity` if a parent is missing (removed or
+/// never completed), is not older than its child, belongs to another system or block size,
+/// or the chain is longer than [`MAX_CHAIN`].
+pub fn chain<'a>(backups: &'a [BackupRecord], id: &str) -> Result<Vec<&'a BackupRecord>> {
+    let find = |id: &str| backups.iter().find(|b| b.id == id);
+    let mut cur = find(id).ok_or_else(|| {
+        Error::new(ErrorKind::NotFound, format!("no complete backup {id:?}"))
+            .hint("run `walseal list` to see the backups")
+    })?;
+    let mut out = vec![cur];
+    while let Some(parent) = &cur.parent {
+        let broken = |why: String| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("backup {id} cannot be restored: its chain is broken: {why}"),
+            )
+            .hint("restore an older complete chain (`walseal list` shows each backup's parent), and take a new full backup")
+        };
+        let p = find(parent).ok_or_else(|| {
+            broken(format!(
+                "backup {}'s parent {parent} is not in the repository (removed, or never completed)",
+                cur.id
+            ))
+        })?;
+        if p.id >= cur.id || p.stop_unix > cur.stop_unix {
+            return Err(broken(format!(
+                "parent {parent} is not older than {}",
+                cur.id
+            )));
+        }
+        if p.system_identifier != cur.system_identifier || p.block_size != cur.block_size {
+            return Err(broken(format!(
+                "parent {parent} belongs to another cluster than {}",
+                cur.id
+            )));
+        }
+        if out.len() > MAX_CHAIN {
+            return Err(broken(format!("it is longer than {MAX_CHAIN} backups")));
+        }
+        out.push(p);
+        cur = p;
+    }
+    out.reverse();
+    Ok(out)
 }
 
 /// Loads one backup's record.
@@ -136,6 +209,30 @@ pub fn decode_record(key: &str, bytes: &[u8]) -> Result<BackupRecord> {
     let record: BackupRecord = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     if record.timeline == 0 || record.stop_timeline == 0 {
         return Err(bad("timeline 0 does not exist".into()));
+    }
+    match (record.format_version, record.parent.is_some()) {
+        (1, false) | (2, true) => {}
+        (1 | 2, _) => {
+            return Err(bad(format!(
+                "format {} does not match its parent field",
+                record.format_version
+            )))
+        }
+        (v, _) => {
+            return Err(bad(format!(
+                "record format {v} is newer than this walseal reads"
+            ))
+            .hint("upgrade walseal"))
+        }
+    }
+    if record.is_incremental()
+        && (record.parent_manifest_sha256.is_none()
+            || !record
+                .block_size
+                .is_some_and(|b| b.is_power_of_two() && (1024..=32768).contains(&b))
+            || !record.relseg_size.is_some_and(|r| r > 0))
+    {
+        return Err(bad("an incremental backup without its parent's manifest digest, block size or segment size".into()));
     }
     Ok(record)
 }
@@ -230,6 +327,52 @@ pub async fn list(storage: &Storage, keyring: &Keyring) -> Result<Listing> {
         wal,
         newest_segment,
     })
+}
+
+/// Reads a whole (small) archive into memory, e.g. the manifest.
+///
+/// # Errors
+/// As [`fetch_part`]; `Integrity`/`Key` for parts that do not open.
+pub async fn read_archive(
+    storage: &Storage,
+    keyring: &Keyring,
+    archive: &Archive,
+) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(usize::try_from(archive.size).unwrap_or(0));
+    for part in &archive.parts {
+        let sealed = fetch_part(storage, part).await?;
+        out.extend(
+            seal::open_to_vec(keyring, &part.key, &sealed).map_err(|e| e.into_error(&part.key))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Downloads a backup part and checks it is the one the record names (payload SHA-256).
+///
+/// # Errors
+/// `Integrity` if it is missing or another part; storage errors.
+pub async fn fetch_part(storage: &Storage, part: &Part) -> Result<Vec<u8>> {
+    let sealed = storage
+        .get_bytes_max(&part.key, part.stored.saturating_add(seal::MAX_HEADER_LEN))
+        .await?
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("backup part {} is missing from the repository", part.key),
+            )
+        })?;
+    let sha = seal::payload_digest(&sealed).map_err(|e| e.into_error(&part.key))?;
+    if sha != part.sha256 {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "backup part {} is not the part the backup record names (SHA-256 differs)",
+                part.key
+            ),
+        ));
+    }
+    Ok(sealed)
 }
 
 #[cfg(test)]

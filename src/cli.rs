@@ -320,6 +320,42 @@ pub struct BackupArgs {
     /// Progress bar: auto (on a terminal), always, never.
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     pub progress: String,
+    /// Incremental backup (PostgreSQL 17+, summarize_wal = on): only what changed since the
+    /// newest complete backup, which becomes its parent. Restore rebuilds the chain itself.
+    #[arg(long)]
+    pub incremental: bool,
+    /// A full backup when the newest full one is older than this (e.g. 7d, 36h), an
+    /// incremental otherwise: one cron line for "weekly full, daily incremental".
+    #[arg(long, value_name = "PERIOD", value_parser = parse_period)]
+    pub full_every: Option<f64>,
+    /// Do not let the server verify page checksums while reading. A damaged page is then
+    /// backed up as it is instead of failing the backup: accept that only knowingly.
+    #[arg(long)]
+    pub no_verify_checksums: bool,
+}
+
+/// `7d`, `36h`, `90m`, `3600s` (or plain seconds) as seconds.
+fn parse_period(s: &str) -> std::result::Result<f64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a period such as 7d, 36h or 90m"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("unknown unit in {s:?}: use s, m, h, d or w")),
+    };
+    if n == 0 {
+        return Err("the period must be longer than 0".into());
+    }
+    n.checked_mul(mult)
+        .map(|v| v as f64)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 /// Flags of `walseal restore`.
@@ -362,6 +398,11 @@ pub struct RestoreArgs {
     /// Print the restored backup's record as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Write this one backup exactly as PostgreSQL sent it, with its own backup_manifest and
+    /// no recovery settings: an incremental backup stays incremental (INCREMENTAL.* files),
+    /// as input for pg_combinebackup. No chain is rebuilt; no target may be given.
+    #[arg(long, conflicts_with = "target")]
+    pub raw: bool,
 }
 
 /// Flags of `walseal drill`.

@@ -58,6 +58,9 @@ pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
         part_size: args.part_size,
         wal_timeout: Duration::from_secs(args.wal_timeout),
         progress,
+        incremental: args.incremental,
+        full_every: args.full_every,
+        verify_checksums: !args.no_verify_checksums,
     };
     let started = std::time::Instant::now();
     let record = crate::block_on(backup::backup(cfg, &opts))?;
@@ -143,6 +146,7 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
         config_file: config_file.map(Path::to_path_buf),
         direct_io: !args.buffered,
         sync: !args.no_sync,
+        raw: args.raw,
     };
     let record = crate::block_on(base::restore(cfg, &opts))?;
     let as_root = std::fs::read_to_string("/proc/self/status")
@@ -164,16 +168,17 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
         json_out(&record)?;
     }
     eprintln!(
-        "walseal restore: backup {} restored to {} ({}); start the server to recover{}",
+        "walseal restore: backup {} restored to {} ({}){}",
         record.id,
         args.pgdata.display(),
         human(record.size),
         match &opts.target {
-            Target::Latest => " to the end of the archive".to_string(),
-            Target::Time(t, _) => format!(" to {t}"),
-            Target::Lsn(l) => format!(" to LSN {l}"),
-            Target::Xid(x) => format!(" to transaction {x}"),
-            Target::Name(n) => format!(" to restore point {n}"),
+            _ if opts.raw => " as stored, without recovery settings".to_string(),
+            Target::Latest => "; start the server to recover to the end of the archive".to_string(),
+            Target::Time(t, _) => format!("; start the server to recover to {t}"),
+            Target::Lsn(l) => format!("; start the server to recover to LSN {l}"),
+            Target::Xid(x) => format!("; start the server to recover to transaction {x}"),
+            Target::Name(n) => format!("; start the server to recover to restore point {n}"),
         }
     );
     Ok(())

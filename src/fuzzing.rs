@@ -68,7 +68,7 @@ pub fn identity_record(data: &[u8]) {
 
 /// The backup manifest parser and checksum check.
 pub fn manifest(data: &[u8]) {
-    let _ = crate::restore::base::decode_manifest(data, "fuzz", "7301000000000000001");
+    let _ = crate::restore::manifest::decode_manifest(data, "fuzz", "7301000000000000001");
 }
 
 /// What a (hostile) server sends on the replication connection, fed in pieces as reads would
@@ -203,27 +203,45 @@ pub fn tar_archive(data: &[u8]) {
     let data = &data[..data.len().min(64 << 10)];
     let base = tar_scratch();
     let root = Root::open(&base.join("dest")).expect("scratch root");
-    let mut listing: Listing<()> = Listing::default();
-    for (path, size) in [
-        ("a", 5u64),
-        ("base/1/1", 0),
-        ("global/pg_control", 8192),
-        ("b/c", 3),
-    ] {
-        listing.insert(path.as_bytes().to_vec(), size, ());
-    }
     let mut links = BTreeMap::new();
     links.insert(16384u32, base.join("ts"));
-    let mut policy = Policy {
-        archive: "base.tar",
-        prefix: b"",
-        listing: &mut listing,
-        links: &links,
-        direct_io: false,
+    let skip = std::collections::BTreeSet::from([16385u32]);
+    let mut dirs = Vec::new();
+    // Into the empty destination, then again over what that wrote, as a chain's next
+    // (newest) backup.
+    let over = tar::Layer::Over {
+        newest: true,
+        geometry: tar::incremental::Geometry {
+            block_size: 8192,
+            relseg_size: 131_072,
+        },
     };
-    let _ = tar::extract(data, &root, &mut policy, &mut |_, _| Ok(()), &|e| {
-        crate::error::local_io("fuzz input", &e)
-    });
+    for layer in [tar::Layer::Fresh, over] {
+        let mut fresh: Listing<()> = Listing::default();
+        for (path, size) in [
+            ("a", 5u64),
+            ("base/1/1", 0),
+            ("global/pg_control", 8192),
+            ("b/c", 3),
+            ("base/1/INCREMENTAL.1", 16384),
+            ("INCREMENTAL.a", 12),
+        ] {
+            fresh.insert(path.as_bytes().to_vec(), size, ());
+        }
+        let mut policy = Policy {
+            archive: "base.tar",
+            prefix: b"",
+            listing: &mut fresh,
+            links: &links,
+            direct_io: false,
+            layer,
+            skip_links: &skip,
+            dirs: &mut dirs,
+        };
+        let _ = tar::extract(data, &root, &mut policy, &mut |_, _| Ok(()), &|e| {
+            crate::error::local_io("fuzz input", &e)
+        });
+    }
     assert!(
         outside_intact(base),
         "something outside the destination changed"

@@ -300,6 +300,35 @@ impl Conn {
         self.flush().await
     }
 
+    /// `UPLOAD_MANIFEST` (PostgreSQL 17+): sends a backup manifest for the next
+    /// `BASE_BACKUP (INCREMENTAL)` on this connection.
+    ///
+    /// # Errors
+    /// `Database` for server errors (a manifest the server refuses) or I/O errors.
+    pub async fn upload_manifest(&mut self, manifest: &[u8]) -> Result<()> {
+        self.send_query("UPLOAD_MANIFEST").await?;
+        match self.next().await? {
+            Message::CopyInResponse(_) => {}
+            _ => {
+                return Err(protocol_error(
+                    &self.what,
+                    "expected CopyInResponse after UPLOAD_MANIFEST",
+                ))
+            }
+        }
+        for chunk in manifest.chunks(64 << 10) {
+            frontend::CopyData::new(chunk)
+                .map_err(|e| protocol_error(&self.what, e))?
+                .write(&mut self.wbuf);
+            if self.wbuf.len() >= 256 << 10 {
+                self.flush().await?;
+            }
+        }
+        frontend::copy_done(&mut self.wbuf);
+        self.flush().await?;
+        self.wait_ready().await
+    }
+
     /// Reads one result set: RowDescription, DataRows, CommandComplete.
     ///
     /// # Errors

@@ -42,6 +42,19 @@ pub struct BackupOptions {
     pub wal_timeout: Duration,
     /// Show a progress bar (terminal).
     pub progress: bool,
+    /// Take an incremental backup against the newest complete one (PostgreSQL 17+).
+    pub incremental: bool,
+    /// Incremental unless the newest full backup is older than this many seconds.
+    pub full_every: Option<f64>,
+    /// Let the server verify page checksums (on unless `--no-verify-checksums`).
+    pub verify_checksums: bool,
+}
+
+/// The backup an incremental one is taken against, with its manifest.
+struct Parent {
+    id: String,
+    manifest: Vec<u8>,
+    sha256: String,
 }
 
 enum Feed {
@@ -101,6 +114,15 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     )
     .await?;
 
+    let (block_size, relseg_size) = page_geometry(&mut conn).await?;
+    let parent = choose_parent(&storage, &keyring, &mut conn, major, &pg_version, opts).await?;
+    let standby = protocol::show(&mut conn, "in_hot_standby")
+        .await
+        .is_ok_and(|v| v == "on");
+    let archives_itself = protocol::show(&mut conn, "archive_mode")
+        .await
+        .is_ok_and(|v| v == "always");
+
     // Ids are the UTC start second; two backups within one second wait for the next.
     let mut start_unix = crate::time::now();
     let mut id = crate::time::format_id(start_unix);
@@ -133,9 +155,19 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         ));
     }
     let label = format!("walseal {id}");
+    if let Some(p) = &parent {
+        conn.upload_manifest(&p.manifest).await.map_err(|e| {
+            e.hint(format!(
+                "the server refused backup {}'s manifest as the parent; take a full backup (without --incremental)",
+                p.id
+            ))
+        })?;
+    }
     conn.send_query(&protocol::base_backup_command(&StartOptions {
         label: &label,
         fast: opts.fast,
+        incremental: parent.is_some(),
+        verify_checksums: opts.verify_checksums,
     }))
     .await?;
     let start = protocol::read_position(&mut conn).await?;
@@ -182,10 +214,14 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     conn.close().await;
 
     let stop_segment = stop.lsn.prev_segment_name(stop.timeline, seg_size);
-    wait_for_wal(&storage, stop.timeline, &stop_segment, opts.wal_timeout).await?;
+    let waiter = WalWait {
+        standby: standby && !archives_itself,
+        timeout: opts.wal_timeout,
+    };
+    waiter.wait(&storage, stop.timeline, &stop_segment).await?;
     let stop_unix = crate::time::now();
     let record = BackupRecord {
-        format_version: 1,
+        format_version: if parent.is_some() { 2 } else { 1 },
         id: id.clone(),
         label,
         system_identifier: ident.system_identifier,
@@ -205,6 +241,10 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
             .map(|p| p.stored)
             .sum(),
         archives,
+        parent_manifest_sha256: parent.as_ref().map(|p| p.sha256.clone()),
+        parent: parent.map(|p| p.id),
+        block_size: Some(block_size),
+        relseg_size: Some(relseg_size),
     };
     // Every part must still be there: a record naming missing parts would list a backup that
     // cannot be restored (e.g. parts removed by a retain run on another host meanwhile).
@@ -403,28 +443,155 @@ fn seal_parts(
     Ok(archives)
 }
 
-/// Waits until `wal/<tli>/<segment>` is in the repository.
-async fn wait_for_wal(
-    storage: &Storage,
-    timeline: u32,
-    segment: &str,
+/// How the backup waits for its stop segment to reach the repository.
+struct WalWait {
+    /// Backing up a standby that does not archive itself: the primary must archive the
+    /// segment, which it does only once it fills or switches it.
+    standby: bool,
     timeout: Duration,
-) -> Result<()> {
-    let key = format!("wal/{timeline:08X}/{segment}");
-    let start = Instant::now();
-    loop {
-        if storage.exists(&key).await? {
-            return Ok(());
+}
+
+impl WalWait {
+    /// Waits until `wal/<tli>/<segment>` is in the repository.
+    async fn wait(&self, storage: &Storage, timeline: u32, segment: &str) -> Result<()> {
+        let key = format!("wal/{timeline:08X}/{segment}");
+        let start = Instant::now();
+        let mut told = false;
+        loop {
+            if storage.exists(&key).await? {
+                return Ok(());
+            }
+            if self.standby && !told && start.elapsed() >= Duration::from_secs(10) {
+                told = true;
+                tracing::warn!("waiting for WAL segment {segment}: backing up a standby, so the primary archives it once it switches segments (on a quiet primary run SELECT pg_switch_wal() there)");
+            }
+            if start.elapsed() >= self.timeout {
+                let secs = self.timeout.as_secs();
+                let e = Error::new(
+                    ErrorKind::Database,
+                    format!("backup is not complete: WAL segment {segment} (needed to restore it) did not reach the archive within {secs} s"),
+                );
+                return Err(if self.standby {
+                    e.hint("this backup ran on a standby, whose stop segment the primary archives only when it switches segments: run SELECT pg_switch_wal() on the primary (or set archive_mode = always on the standby, archiving into the same repository), check the primary's pg_stat_archiver, then run the backup again")
+                } else {
+                    e.hint("check archive_mode/archive_command and pg_stat_archiver on the server; then run the backup again")
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        if start.elapsed() >= timeout {
-            return Err(Error::new(
-                ErrorKind::Database,
-                format!("backup is not complete: WAL segment {segment} (needed to restore it) did not reach the archive within {} s", timeout.as_secs()),
-            )
-            .hint("check archive_mode/archive_command and pg_stat_archiver on the server; then run the backup again"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `block_size` and pages per relation segment (`segment_size`), which restoring an
+/// incremental backup needs.
+async fn page_geometry(conn: &mut Conn) -> Result<(u32, u32)> {
+    let bad = |what: &str, v: &str| {
+        Error::new(
+            ErrorKind::Database,
+            format!("unexpected reply from the server: SHOW {what} gave {v:?}"),
+        )
+    };
+    let bs_text = protocol::show(conn, "block_size").await?;
+    let block_size: u32 = bs_text
+        .parse()
+        .ok()
+        .filter(|b: &u32| b.is_power_of_two() && (1024..=32768).contains(b))
+        .ok_or_else(|| bad("block_size", &bs_text))?;
+    let seg_text = protocol::show(conn, "segment_size").await?;
+    let relseg = protocol::parse_guc_size(&seg_text)
+        .map(|b| b / u64::from(block_size))
+        .and_then(|r| u32::try_from(r).ok())
+        .filter(|r| *r > 0)
+        .ok_or_else(|| bad("segment_size", &seg_text))?;
+    Ok((block_size, relseg))
+}
+
+/// The parent of an incremental backup, or `None` for a full one: with `--incremental`, the
+/// newest complete backup of this cluster and major version whose chain is complete (else
+/// an error saying what is missing); with `--full-every`, the same unless the chain's full
+/// backup is older than the period (or there is no usable parent): then a full backup.
+async fn choose_parent(
+    storage: &Storage,
+    keyring: &Keyring,
+    conn: &mut Conn,
+    major: Option<u32>,
+    pg_version: &str,
+    opts: &BackupOptions,
+) -> Result<Option<Parent>> {
+    if !opts.incremental && opts.full_every.is_none() {
+        return Ok(None);
+    }
+    if major.is_none_or(|m| m < 17) {
+        return Err(Error::new(
+            ErrorKind::Usage,
+            format!("incremental backups need PostgreSQL 17 or later; the server runs {pg_version}"),
+        )
+        .hint("drop --incremental and --full-every: walseal takes full backups of PostgreSQL 15 and 16"));
+    }
+    let summarize = protocol::show(conn, "summarize_wal").await?;
+    if summarize != "on" {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "summarize_wal is off on the server; incremental backups need the WAL summaries it writes",
+        )
+        .hint("set summarize_wal = on in postgresql.conf and reload (SELECT pg_reload_conf()); then take a full backup, which later incrementals can build on"));
+    }
+    let listing = catalog::list(storage, keyring).await?;
+    let same_major = |b: &&BackupRecord| {
+        b.pg_version
+            .split(['.', ' '])
+            .next()
+            .and_then(|m| m.parse::<u32>().ok())
+            == major
+    };
+    let newest = listing.backups.iter().rev().find(same_major);
+    let Some(newest) = newest else {
+        if opts.incremental && opts.full_every.is_none() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no complete backup of PostgreSQL {} in {} to take an incremental backup against", major.unwrap_or(0), storage.display()),
+            )
+            .hint("take a full backup first (walseal backup), or use --full-every, which takes a full one when needed"));
+        }
+        tracing::info!("no earlier backup of this version: taking a full backup");
+        return Ok(None);
+    };
+    let chain = match catalog::chain(&listing.backups, &newest.id) {
+        Ok(c) => c,
+        Err(e) if opts.full_every.is_some() => {
+            tracing::warn!("taking a full backup: {e}");
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    if let (Some(period), Some(full)) = (opts.full_every, chain.first()) {
+        if crate::time::now() - full.stop_unix >= period {
+            tracing::info!(
+                "the newest full backup {} is older than --full-every: taking a full backup",
+                full.id
+            );
+            return Ok(None);
+        }
+    }
+    let manifest_archive = newest
+        .archives
+        .iter()
+        .find(|a| a.name == "backup_manifest")
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("backup {} has no manifest", newest.id),
+            )
+        })?;
+    let manifest = catalog::read_archive(storage, keyring, manifest_archive).await?;
+    let sha256 =
+        crate::keys::hex_encode(ring::digest::digest(&ring::digest::SHA256, &manifest).as_ref());
+    tracing::info!("taking an incremental backup against {}", newest.id);
+    Ok(Some(Parent {
+        id: newest.id.clone(),
+        manifest,
+        sha256,
+    }))
 }
 
 /// A progress bar on a terminal, nothing otherwise.

@@ -159,6 +159,10 @@ pub struct StartOptions<'a> {
     pub label: &'a str,
     /// Fast checkpoint.
     pub fast: bool,
+    /// Incremental against the manifest uploaded before (PostgreSQL 17+).
+    pub incremental: bool,
+    /// Verify page checksums while reading (the server's default when the cluster has them).
+    pub verify_checksums: bool,
 }
 
 /// Quotes a string literal for a replication command.
@@ -170,10 +174,24 @@ pub fn quote(s: &str) -> String {
 /// WAL to reach its repository.
 pub fn base_backup_command(o: &StartOptions<'_>) -> String {
     format!(
-        "BASE_BACKUP (LABEL {}, PROGRESS, CHECKPOINT '{}', WAIT false, MANIFEST 'yes', TARGET 'client')",
+        "BASE_BACKUP (LABEL {}, PROGRESS, CHECKPOINT '{}', WAIT false, MANIFEST 'yes', TARGET 'client'{}{})",
         quote(o.label),
-        if o.fast { "fast" } else { "spread" }
+        if o.fast { "fast" } else { "spread" },
+        if o.incremental { ", INCREMENTAL" } else { "" },
+        if o.verify_checksums { "" } else { ", VERIFY_CHECKSUMS false" }
     )
+}
+
+/// `SHOW name` on the replication connection: the setting's text.
+///
+/// # Errors
+/// `Database` for errors (an unknown setting) or an empty answer.
+pub async fn show(conn: &mut Conn, name: &str) -> Result<String> {
+    let rows = conn.query(&format!("SHOW {name}")).await?;
+    rows.first()
+        .map(|r| cell(r, 0, name).map(str::to_string))
+        .transpose()?
+        .ok_or_else(|| bad(&format!("SHOW {name}")))
 }
 
 /// A WAL position with its timeline (start and end of BASE_BACKUP).
@@ -426,8 +444,17 @@ mod tests {
         let c = base_backup_command(&StartOptions {
             label: "it's",
             fast: true,
+            incremental: false,
+            verify_checksums: true,
         });
         assert_eq!(c, "BASE_BACKUP (LABEL 'it''s', PROGRESS, CHECKPOINT 'fast', WAIT false, MANIFEST 'yes', TARGET 'client')");
+        let c = base_backup_command(&StartOptions {
+            label: "l",
+            fast: false,
+            incremental: true,
+            verify_checksums: false,
+        });
+        assert_eq!(c, "BASE_BACKUP (LABEL 'l', PROGRESS, CHECKPOINT 'spread', WAIT false, MANIFEST 'yes', TARGET 'client', INCREMENTAL, VERIFY_CHECKSUMS false)");
         assert_eq!(parse_guc_size("16MB"), Some(16 << 20));
         assert_eq!(parse_guc_size("1GB"), Some(1 << 30));
         assert_eq!(parse_guc_size("x"), None);

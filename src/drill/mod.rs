@@ -282,6 +282,7 @@ async fn restore_phase(
         config_file: opts.config_file.clone(),
         direct_io: true,
         sync: true,
+        raw: false,
     };
     base::restore(&plan.cfg, &restore).await?;
     let restored = t0.elapsed().as_secs_f64();

@@ -5,16 +5,17 @@
 //! the current one is opened and extracted), checks every file against the backup manifest,
 //! writes `backup_manifest`, `recovery.signal` and the recovery settings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use super::tar::{self, FileInfo, Listing, Policy, Root};
+use super::chain::{self, Roots, State};
+use super::manifest::{verify_file, ManifestFile};
+use super::tar::{self, Layer, Listing, Policy, Root};
 use crate::catalog::{self, Archive, BackupRecord};
 use crate::config::Config;
 use crate::error::{local_io, Error, ErrorKind, Result};
@@ -61,62 +62,8 @@ pub struct RestoreOptions {
     /// Flush the restored files to stable storage before reporting success (see
     /// [`Root::sync`]); `restore --no-sync` turns it off, for tests.
     pub sync: bool,
-}
-
-#[derive(Deserialize)]
-struct Manifest {
-    #[serde(rename = "Files")]
-    files: Vec<ManifestFile>,
-    #[serde(rename = "Manifest-Checksum")]
-    checksum: Option<String>,
-    /// Manifest version 2 (PostgreSQL 17+).
-    #[serde(rename = "System-Identifier")]
-    system_identifier: Option<u64>,
-}
-
-/// The manifest's own checksum, as `pg_verifybackup` checks it: SHA-256 of everything up to
-/// and including the newline before the last line (which holds the checksum).
-fn verify_manifest_checksum(bytes: &[u8], stated: Option<&str>, backup: &str) -> Result<()> {
-    let bad = |why: &str| {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("backup {backup}: backup manifest {why}"),
-        )
-        .hint("the backup is damaged: restore another one")
-    };
-    let newlines: Vec<usize> = bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'\n')
-        .map(|(i, _)| i)
-        .collect();
-    let (Some(&last), Some(&before)) = (newlines.last(), newlines.iter().rev().nth(1)) else {
-        return Err(bad("has fewer than two lines"));
-    };
-    if last != bytes.len() - 1 {
-        return Err(bad("does not end with a newline"));
-    }
-    let stated = stated.ok_or_else(|| bad("has no Manifest-Checksum"))?;
-    let actual = ring::digest::digest(&ring::digest::SHA256, &bytes[..=before]);
-    if !crate::keys::hex_encode(actual.as_ref()).eq_ignore_ascii_case(stated) {
-        return Err(bad("does not match its Manifest-Checksum"));
-    }
-    Ok(())
-}
-
-/// One file a backup manifest lists.
-#[derive(Debug, Deserialize)]
-pub struct ManifestFile {
-    #[serde(rename = "Path")]
-    path: Option<String>,
-    #[serde(rename = "Encoded-Path")]
-    encoded_path: Option<String>,
-    #[serde(rename = "Size")]
-    size: u64,
-    #[serde(rename = "Checksum-Algorithm")]
-    algorithm: Option<String>,
-    #[serde(rename = "Checksum")]
-    checksum: Option<String>,
+    /// Only this backup, as PostgreSQL sent it: no chain, no recovery settings.
+    pub raw: bool,
 }
 
 fn target_error(msg: String) -> Error {
@@ -227,6 +174,16 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
         catalog::load_record(&storage, &keyring, &opts.backup).await?;
     }
     let record = choose(&listing.backups, &opts.backup, &opts.target)?.clone();
+    let chain: Vec<BackupRecord> = if opts.raw {
+        vec![record.clone()]
+    } else {
+        catalog::chain(&listing.backups, &record.id)?
+            .into_iter()
+            .cloned()
+            .collect()
+    };
+    // Before anything is written: the whole chain is there and bound together.
+    chain::check(&storage, &keyring, &chain).await?;
     ensure_empty_dir(&opts.pgdata, "PGDATA")?;
     let map: HashMap<&str, &str> = opts
         .tablespace_map
@@ -245,7 +202,7 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
     }
     // The destinations were empty: on failure, empty them again so nothing half-restored can
     // be started by mistake.
-    if let Err(e) = fill(cfg, opts, &storage, &keyring, &record, &map).await {
+    if let Err(e) = fill(cfg, opts, &storage, &keyring, &chain, &map).await {
         for dir in &targets {
             if let Ok(entries) = fs::read_dir(dir) {
                 for entry in entries.flatten() {
@@ -268,20 +225,23 @@ fn mapped<'a>(map: &HashMap<&'a str, &'a str>, location: &'a str) -> &'a str {
     map.get(location).copied().unwrap_or(location)
 }
 
-/// Downloads, checks and writes everything into the (empty) destinations: each archive is
-/// extracted beneath its destination's handle, its files checked against the manifest (see
+/// Downloads, checks and writes everything into the (empty) destinations: each archive of
+/// each backup of the chain (one backup unless it is incremental; see [`chain`]) is
+/// extracted beneath its destination's handle, its files checked against its manifest (see
 /// [`tar::extract`]), then everything is flushed to disk unless `opts.sync` is off.
 async fn fill(
     cfg: &Config,
     opts: &RestoreOptions,
     storage: &Storage,
     keyring: &std::sync::Arc<Keyring>,
-    record: &BackupRecord,
+    chain: &[BackupRecord],
     map: &HashMap<&str, &str>,
 ) -> Result<()> {
-    let (manifest_bytes, mut listing) = load_manifest(storage, keyring, record).await?;
+    let newest = chain
+        .last()
+        .ok_or_else(|| Error::new(ErrorKind::Internal, "an empty chain"))?;
     // The tablespace links base.tar must hold, pointing where the record (and the map) say.
-    let links: BTreeMap<u32, PathBuf> = record
+    let links: BTreeMap<u32, PathBuf> = newest
         .archives
         .iter()
         .filter_map(|a| {
@@ -289,155 +249,154 @@ async fn fill(
             Some((oid, PathBuf::from(mapped(map, &a.location))))
         })
         .collect();
-    let mut roots = Vec::new();
-    for archive in record.archives.iter().filter(|a| a.name.ends_with(".tar")) {
-        let (dest, prefix, links) = match archive.tablespace_oid {
-            Some(oid) => (
-                PathBuf::from(mapped(map, &archive.location)),
-                format!("pg_tblspc/{oid}/"),
-                BTreeMap::new(),
-            ),
-            None => (opts.pgdata.clone(), String::new(), links.clone()),
-        };
-        let root = Root::open(&dest)?;
-        let job = Extraction {
-            root: root.try_clone()?,
-            prefix,
-            links,
-            listing,
-            direct_io: opts.direct_io,
-        };
-        listing = extract_archive(storage, keyring, archive, job).await?;
-        roots.push(root);
+    let mut tablespaces = BTreeMap::new();
+    for (oid, dest) in &links {
+        tablespaces.insert(*oid, Root::open(dest)?);
     }
-    let missing = listing.unwritten().count();
-    if let Some(first) = listing.unwritten().next() {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            format!(
-                "backup {}: {missing} files listed in the backup manifest were not in the backup (one is {:?})",
-                record.id,
-                String::from_utf8_lossy(first)
-            ),
-        ));
+    let roots = Roots {
+        data: Root::open(&opts.pgdata)?,
+        tablespaces,
+    };
+    let mut state = State::default();
+    let mut newest_manifest = Vec::new();
+    for (i, record) in chain.iter().enumerate() {
+        let layer = if i == 0 {
+            Layer::Fresh
+        } else {
+            Layer::Over {
+                newest: i + 1 == chain.len(),
+                geometry: chain::geometry(record)?,
+            }
+        };
+        let (bytes, listing, dirs) = apply_backup(
+            opts, storage, keyring, record, newest, &links, &roots, layer,
+        )
+        .await?;
+        if let Some(child) = chain.get(i + 1) {
+            chain::check_binding(record, &bytes, child)?;
+        }
+        let next = State::of(&listing, dirs);
+        if i > 0 {
+            state.remove_gone(&next, &roots)?;
+        }
+        state = next;
+        newest_manifest = bytes;
     }
-    write_file(&opts.pgdata.join("backup_manifest"), &manifest_bytes)?;
-    write_recovery(cfg, opts)?;
+    let manifest = if chain.len() > 1 {
+        chain::finish(&opts.pgdata, &roots, &newest_manifest, &newest.id)?
+    } else {
+        newest_manifest
+    };
+    write_file(&opts.pgdata.join("backup_manifest"), &manifest)?;
+    if !opts.raw {
+        write_recovery(cfg, opts)?;
+    }
     if opts.sync {
         // After the files written above: syncfs covers them too (PGDATA's file system).
-        for root in &roots {
+        roots.data.sync()?;
+        for root in roots.tablespaces.values() {
             root.sync()?;
         }
     }
     Ok(())
 }
 
-/// Reads and checks the backup manifest; returns its bytes and the files it lists.
-async fn load_manifest(
+/// Extracts one backup of the chain as `layer` says; returns its manifest's bytes, its
+/// checked file list and its directories. Tablespaces the newest backup no longer has are
+/// skipped (their archives are not read, their links not made).
+#[allow(clippy::too_many_arguments)]
+async fn apply_backup(
+    opts: &RestoreOptions,
     storage: &Storage,
-    keyring: &Keyring,
+    keyring: &std::sync::Arc<Keyring>,
     record: &BackupRecord,
-) -> Result<(Vec<u8>, Listing<ManifestFile>)> {
-    let manifest_archive = record
-        .archives
-        .iter()
-        .find(|a| a.name == "backup_manifest")
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("backup {} has no manifest", record.id),
-            )
-        })?;
-    let manifest_bytes = read_archive(storage, keyring, manifest_archive).await?;
-    let listing = decode_manifest(&manifest_bytes, &record.id, &record.system_identifier)?;
-    Ok((manifest_bytes, listing))
-}
-
-/// Decodes and checks a backup manifest (JSON, its own SHA-256 checksum, the system
-/// identifier of version-2 manifests against `system_identifier`, each path once); returns
-/// the files it lists. Pure: a fuzz target.
-///
-/// # Errors
-/// `Integrity` naming what is wrong.
-pub fn decode_manifest(
-    bytes: &[u8],
-    backup: &str,
-    system_identifier: &str,
-) -> Result<Listing<ManifestFile>> {
-    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("backup {backup}: backup manifest is unreadable: {e}"),
-        )
-    })?;
-    verify_manifest_checksum(bytes, manifest.checksum.as_deref(), backup)?;
-    if let Some(sysid) = manifest.system_identifier {
-        if sysid.to_string() != system_identifier {
-            return Err(Error::new(
-                ErrorKind::Integrity,
-                format!(
-                    "backup {backup}: its manifest names system {sysid}, its record {system_identifier}"
-                ),
-            ));
-        }
-    }
-    listing(manifest.files, backup)
-}
-
-/// The manifest's files by path. PostgreSQL lists every regular file it sends, backup_label
-/// and tablespace_map included; directories and the pg_tblspc links it does not list.
-fn listing(files: Vec<ManifestFile>, backup: &str) -> Result<Listing<ManifestFile>> {
-    let bad = |what: String| {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("backup {backup}: backup manifest {what}"),
-        )
-        .hint("the backup is damaged: restore another one")
-    };
-    let mut listing = Listing::default();
-    for mut f in files {
-        // The path moves into the key (a cluster may have millions of files).
-        let path = match (f.path.take(), f.encoded_path.take()) {
-            (Some(p), _) => p.into_bytes(),
-            (None, Some(hex)) => {
-                let mut raw = vec![0u8; hex.len() / 2];
-                crate::keys::hex_decode_into(&hex, &mut raw)
-                    .ok_or_else(|| bad(format!("has a bad Encoded-Path {hex:?}")))?;
-                raw
-            }
-            _ => continue,
+    newest: &BackupRecord,
+    links: &BTreeMap<u32, PathBuf>,
+    roots: &Roots,
+    layer: Layer,
+) -> Result<(Vec<u8>, Listing<ManifestFile>, Vec<Vec<u8>>)> {
+    let (bytes, mut listing) = chain::load_manifest(storage, keyring, record).await?;
+    let mut skip = BTreeSet::new();
+    for a in &record.archives {
+        let Some(oid) = a.tablespace_oid else {
+            continue;
         };
-        let size = f.size;
-        let shown = String::from_utf8_lossy(&path).into_owned();
-        if !listing.insert(path, size, f) {
-            return Err(bad(format!("lists {shown:?} twice")));
+        match newest
+            .archives
+            .iter()
+            .find(|n| n.tablespace_oid == Some(oid))
+        {
+            None => {
+                skip.insert(oid);
+            }
+            Some(n) if n.location != a.location => {
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!(
+                        "backup {}: tablespace {oid} is at {:?} in backup {} but at {:?} in {}",
+                        newest.id, a.location, record.id, n.location, newest.id
+                    ),
+                ))
+            }
+            Some(_) => {}
         }
     }
-    Ok(listing)
-}
-
-/// Compares a restored file with its manifest entry (size and, for CRC32C manifests, the sum).
-fn verify_file(f: &FileInfo, m: &ManifestFile) -> Result<()> {
-    let path = &f.path;
-    let bad = |what: &str| {
-        Error::new(
-            ErrorKind::Integrity,
-            format!("restored file {path} does not match the backup manifest ({what})"),
-        )
+    let base_links: BTreeMap<u32, PathBuf> = links
+        .iter()
+        .filter(|(oid, _)| {
+            record
+                .archives
+                .iter()
+                .any(|a| a.tablespace_oid == Some(**oid))
+        })
+        .map(|(o, p)| (*o, p.clone()))
+        .collect();
+    let mut dirs = Vec::new();
+    for archive in record.archives.iter().filter(|a| a.name.ends_with(".tar")) {
+        if archive.tablespace_oid.is_some_and(|o| skip.contains(&o)) {
+            continue;
+        }
+        let (root, prefix, links) = match archive.tablespace_oid {
+            Some(oid) => (
+                roots.tablespaces.get(&oid),
+                format!("pg_tblspc/{oid}/"),
+                BTreeMap::new(),
+            ),
+            None => (Some(&roots.data), String::new(), base_links.clone()),
+        };
+        let root = root.ok_or_else(|| Error::new(ErrorKind::Internal, "no destination"))?;
+        let job = Extraction {
+            root: root.try_clone()?,
+            prefix,
+            links,
+            listing,
+            direct_io: opts.direct_io,
+            layer,
+            skip: skip.clone(),
+            dirs,
+        };
+        (listing, dirs) = extract_archive(storage, keyring, archive, job).await?;
+    }
+    let skipped = |p: &[u8]| {
+        skip.iter()
+            .any(|o| p.starts_with(format!("pg_tblspc/{o}/").as_bytes()))
     };
-    if f.size != m.size {
-        return Err(bad(&format!("size {} instead of {}", f.size, m.size)));
+    let missing: Vec<&[u8]> = listing.unwritten().filter(|p| !skipped(p)).collect();
+    if let Some(first) = missing.first() {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "backup {}: {} files listed in the backup manifest were not in the backup (one is {:?})",
+                record.id,
+                missing.len(),
+                String::from_utf8_lossy(first)
+            ),
+        ));
     }
-    if let (Some("CRC32C"), Some(sum)) = (m.algorithm.as_deref(), m.checksum.as_deref()) {
-        // PostgreSQL writes the CRC's bytes in host order (little-endian here).
-        if crate::keys::hex_encode(&f.crc32c.to_le_bytes()) != sum.to_ascii_lowercase() {
-            return Err(bad("CRC-32C differs"));
-        }
-    }
-    Ok(())
+    Ok((bytes, listing, dirs))
 }
 
-fn write_file(path: &Path, data: &[u8]) -> Result<()> {
+pub(super) fn write_file(path: &Path, data: &[u8]) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -602,41 +561,6 @@ fn write_recovery(cfg: &Config, opts: &RestoreOptions) -> Result<()> {
     write_file(&opts.pgdata.join("recovery.signal"), b"")
 }
 
-/// Reads a whole (small) archive into memory, e.g. the manifest.
-async fn read_archive(storage: &Storage, keyring: &Keyring, archive: &Archive) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(usize::try_from(archive.size).unwrap_or(0));
-    for part in &archive.parts {
-        let sealed = fetch_part(storage, part).await?;
-        out.extend(
-            seal::open_to_vec(keyring, &part.key, &sealed).map_err(|e| e.into_error(&part.key))?,
-        );
-    }
-    Ok(out)
-}
-
-async fn fetch_part(storage: &Storage, part: &catalog::Part) -> Result<Vec<u8>> {
-    let sealed = storage
-        .get_bytes_max(&part.key, part.stored.saturating_add(seal::MAX_HEADER_LEN))
-        .await?
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("backup part {} is missing from the repository", part.key),
-            )
-        })?;
-    let sha = seal::payload_digest(&sealed).map_err(|e| e.into_error(&part.key))?;
-    if sha != part.sha256 {
-        return Err(Error::new(
-            ErrorKind::Integrity,
-            format!(
-                "backup part {} is not the part the backup record names (SHA-256 differs)",
-                part.key
-            ),
-        ));
-    }
-    Ok(sealed)
-}
-
 /// What one archive's extraction needs, moved into its thread and back.
 struct Extraction {
     root: Root,
@@ -646,6 +570,11 @@ struct Extraction {
     links: BTreeMap<u32, PathBuf>,
     listing: Listing<ManifestFile>,
     direct_io: bool,
+    layer: Layer,
+    /// Tablespace links to skip.
+    skip: BTreeSet<u32>,
+    /// Directories seen so far in this backup.
+    dirs: Vec<Vec<u8>>,
 }
 
 /// Streams an archive's parts through the opener into the tar extractor, checking each file
@@ -655,14 +584,14 @@ async fn extract_archive(
     keyring: &std::sync::Arc<Keyring>,
     archive: &Archive,
     job: Extraction,
-) -> Result<Listing<ManifestFile>> {
+) -> Result<(Listing<ManifestFile>, Vec<Vec<u8>>)> {
     let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>, u64)>>(1);
     let feeder = {
         let storage = storage.clone();
         let parts = archive.parts.clone();
         tokio::spawn(async move {
             for p in parts {
-                let item = fetch_part(&storage, &p)
+                let item = catalog::fetch_part(&storage, &p)
                     .await
                     .map(|b| (p.key.clone(), b, p.size));
                 let failed = item.is_err();
@@ -698,6 +627,9 @@ async fn extract_archive(
             listing: &mut job.listing,
             links: &job.links,
             direct_io: job.direct_io,
+            layer: job.layer,
+            skip_links: &job.skip,
+            dirs: &mut job.dirs,
         };
         tar::extract(
             reader,
@@ -706,7 +638,7 @@ async fn extract_archive(
             &mut |f, m| verify_file(&f, m),
             &|e| seal_error_from_io(e).into_error(&name),
         )?;
-        Ok(job.listing)
+        Ok((job.listing, job.dirs))
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("restore task failed: {e}")))?;
@@ -820,26 +752,6 @@ impl Read for PartsReader {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn manifest_checksum_covers_all_but_the_last_line() {
-        let body = b"{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\": [],\n";
-        let sum =
-            crate::keys::hex_encode(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
-        let mut m = body.to_vec();
-        m.extend_from_slice(format!("\"Manifest-Checksum\": \"{sum}\"}}\n").as_bytes());
-        verify_manifest_checksum(&m, Some(&sum), "b").unwrap();
-        let mut edited = m.clone();
-        edited[5] ^= 1;
-        assert!(verify_manifest_checksum(&edited, Some(&sum), "b").is_err());
-        assert!(verify_manifest_checksum(&m[..m.len() - 1], Some(&sum), "b").is_err());
-        assert!(verify_manifest_checksum(&m, None, "b").is_err());
     }
 }
 

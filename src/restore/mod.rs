@@ -14,6 +14,8 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 pub mod base;
+pub mod chain;
+pub mod manifest;
 pub mod tar;
 
 use crate::config::Config;

@@ -14,6 +14,7 @@
 
 mod beneath;
 mod header;
+pub mod incremental;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
@@ -71,6 +72,8 @@ enum Malformed {
     MissingLink(u32),
     #[error("it ends without its end-of-archive blocks")]
     NoEnd,
+    #[error("incremental file {0:?} cannot be applied: {1}")]
+    Incremental(String, String),
 }
 
 /// A destination directory (PGDATA or a tablespace location), opened once: everything the
@@ -113,6 +116,54 @@ impl Root {
     /// The path the handle was opened with.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Removes the file, or with `dir` the empty directory, `rel` beneath the root without
+    /// following any link; one already gone is fine.
+    ///
+    /// # Errors
+    /// `LocalIo` (a directory that is not empty, a link on the way, the usual).
+    pub fn remove(&self, rel: &[u8], dir: bool) -> Result<()> {
+        let (parent, name) = split_last(rel);
+        let what = || self.path.join(lossy(rel));
+        let fail = |e: Errno| local_io(format!("cannot remove {}", what().display()), &e.into());
+        let opened;
+        let at = if parent.is_empty() {
+            self.fd.as_fd()
+        } else {
+            match beneath::open(self.fd.as_fd(), parent, beneath::DIR, Mode::empty()) {
+                Ok(fd) => {
+                    opened = fd;
+                    opened.as_fd()
+                }
+                Err(Errno::NOENT) => return Ok(()),
+                Err(e) => return Err(fail(e)),
+            }
+        };
+        let flags = if dir {
+            rfs::AtFlags::REMOVEDIR
+        } else {
+            rfs::AtFlags::empty()
+        };
+        match rfs::unlinkat(at, name, flags) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    /// Opens the regular file `rel` beneath the root for reading, following no link.
+    ///
+    /// # Errors
+    /// `LocalIo`.
+    pub fn open_file(&self, rel: &[u8]) -> Result<std::fs::File> {
+        beneath::open(self.fd.as_fd(), rel, OFlags::RDONLY, Mode::empty())
+            .map(std::fs::File::from)
+            .map_err(|e| {
+                local_io(
+                    format!("cannot open {}", self.path.join(lossy(rel)).display()),
+                    &e.into(),
+                )
+            })
     }
 
     /// Flushes everything written on the file system holding the root to stable storage.
@@ -178,6 +229,11 @@ impl<T> Listing<T> {
         self.files.is_empty()
     }
 
+    /// Every listed path.
+    pub fn paths(&self) -> impl Iterator<Item = &[u8]> {
+        self.files.keys().map(Vec::as_slice)
+    }
+
     /// The listed files no archive held so far.
     pub fn unwritten(&self) -> impl Iterator<Item = &[u8]> {
         self.files
@@ -202,6 +258,30 @@ pub struct Policy<'a, T> {
     pub links: &'a BTreeMap<u32, PathBuf>,
     /// Write large files with O_DIRECT.
     pub direct_io: bool,
+    /// How the archive's files meet what earlier archives of a chain wrote.
+    pub layer: Layer,
+    /// Tablespace links the archive may hold but that are not made (tablespaces a rebuilt
+    /// chain's newest backup no longer has).
+    pub skip_links: &'a BTreeSet<u32>,
+    /// Every directory the archive holds, by manifest path (filled by [`extract`]).
+    pub dirs: &'a mut Vec<Vec<u8>>,
+}
+
+/// Where an archive goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// Into an empty destination (a full backup, the first of a chain, or `restore --raw`):
+    /// every member is new, and an `INCREMENTAL.*` file is written as it is.
+    Fresh,
+    /// Over the files of the chain's earlier backups: a full file replaces the earlier
+    /// version, an `INCREMENTAL.<name>` file is applied to `<name>` (see [`incremental`]),
+    /// and a tablespace link may already be there (pointing where the policy says).
+    Over {
+        /// The chain's newest backup (its incremental files set each file's length).
+        newest: bool,
+        /// The cluster's page geometry.
+        geometry: incremental::Geometry,
+    },
 }
 
 /// Bytes moved per read and write.
@@ -369,7 +449,16 @@ impl<T> Extractor<'_, '_, '_, T> {
             return Err(self.malformed(m));
         }
         let (dir, name) = split_last(&h.path);
-        let crc = self.write_file(h, dir, name, r, buf, map_read)?;
+        let crc = match (self.policy.layer, incremental::base_name(name)) {
+            (Layer::Over { newest, geometry }, Some(base)) => {
+                self.apply_incremental(h, dir, base, r, buf, map_read, (newest, geometry))?
+            }
+            (Layer::Over { .. }, None) => {
+                self.remove_earlier(h, dir, name)?;
+                self.write_file(h, dir, name, r, buf, map_read)?
+            }
+            (Layer::Fresh, _) => self.write_file(h, dir, name, r, buf, map_read)?,
+        };
         let pad = (BLOCK_LEN as u64 - h.size % BLOCK_LEN as u64) % BLOCK_LEN as u64;
         r.read_exact(&mut buf[..pad as usize]).map_err(map_read)?;
         self.offset += h.size + pad;
@@ -417,6 +506,99 @@ impl<T> Extractor<'_, '_, '_, T> {
         Ok(crc)
     }
 
+    /// Removes the earlier version of a file a chain's later backup holds in full.
+    fn remove_earlier(&mut self, h: &Header, dir: &[u8], name: &[u8]) -> Result<()> {
+        let parent = self.open_parent(dir)?;
+        match rfs::unlinkat(parent, name, rfs::AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(self.fs_error("replace", &h.path, e.into())),
+        }
+    }
+
+    /// Applies an incremental member to the file `base` in `dir`, which an earlier backup of
+    /// the chain wrote; returns the member's CRC-32C (the manifest's is the member's).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_incremental<R: Read>(
+        &mut self,
+        h: &Header,
+        dir: &[u8],
+        base: &[u8],
+        r: &mut R,
+        buf: &mut [u8],
+        map_read: &dyn Fn(io::Error) -> Error,
+        (newest, geo): (bool, incremental::Geometry),
+    ) -> Result<u32> {
+        let bad = |x: &Self, why: String| x.malformed(Malformed::Incremental(lossy(&h.path), why));
+        let mut fixed = [0u8; incremental::FIXED_LEN];
+        if h.size < fixed.len() as u64 {
+            return Err(bad(
+                self,
+                "it is shorter than an incremental file's header".into(),
+            ));
+        }
+        r.read_exact(&mut fixed).map_err(map_read)?;
+        let n = incremental::block_count(&fixed, geo).map_err(|w| bad(self, w))?;
+        let mut head = fixed.to_vec();
+        head.resize(fixed.len() + 4 * n as usize, 0);
+        if h.size < head.len() as u64 {
+            return Err(bad(self, "its header is cut short".into()));
+        }
+        r.read_exact(&mut head[fixed.len()..]).map_err(map_read)?;
+        let parsed = incremental::parse(&head, h.size, geo).map_err(|w| bad(self, w))?;
+        let mut crc = crc32c::crc32c(&head);
+        let pad = usize::try_from(parsed.header_len - head.len() as u64).unwrap_or(0);
+        r.read_exact(&mut buf[..pad]).map_err(map_read)?;
+        crc = crc32c::crc32c_append(crc, &buf[..pad]);
+        let target = [dir, b"/".as_slice(), base].concat();
+        let target = if dir.is_empty() {
+            base.to_vec()
+        } else {
+            target
+        };
+        let opened = {
+            let parent = self.open_parent(dir)?;
+            beneath::open(parent, base, OFlags::RDWR, Mode::empty())
+        };
+        let file = match opened {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(Errno::NOENT) => {
+                let why = format!(
+                    "no earlier backup of the chain holds {:?} for it to apply to",
+                    lossy(&target)
+                );
+                return Err(bad(self, why));
+            }
+            Err(e) => return Err(self.fs_error("open", &target, e.into())),
+        };
+        let is_file = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if !is_file {
+            return Err(bad(
+                self,
+                format!("{:?} is not a regular file", lossy(&target)),
+            ));
+        }
+        let bs = u64::from(geo.block_size);
+        let io_err = |x: &Self, what: &str, e: io::Error| x.fs_error(what, &target, e);
+        if newest {
+            file.set_len(u64::from(parsed.truncation) * bs)
+                .map_err(|e| io_err(self, "truncate", e))?;
+        }
+        let page = usize::try_from(bs).unwrap_or(8192);
+        for b in &parsed.blocks {
+            r.read_exact(&mut buf[..page]).map_err(map_read)?;
+            crc = crc32c::crc32c_append(crc, &buf[..page]);
+            std::os::unix::fs::FileExt::write_all_at(&file, &buf[..page], u64::from(*b) * bs)
+                .map_err(|e| io_err(self, "write", e))?;
+        }
+        if newest {
+            let want = u64::from(parsed.final_pages()) * bs;
+            if file.metadata().map(|m| m.len()).unwrap_or(0) < want {
+                file.set_len(want).map_err(|e| io_err(self, "extend", e))?;
+            }
+        }
+        Ok(crc)
+    }
+
     /// Makes a directory (owner rwx always: PostgreSQL needs it, and so do its files).
     fn dir(&mut self, h: &Header) -> Result<()> {
         if h.size != 0 {
@@ -427,6 +609,7 @@ impl<T> Extractor<'_, '_, '_, T> {
         if self.policy.listing.files.contains_key(&key) {
             return Err(self.malformed(Malformed::DirOverFile(lossy(&h.path))));
         }
+        self.policy.dirs.push(key);
         let (parent, name) = split_last(&h.path);
         let made = beneath::make_dir(self.open_parent(parent)?, name);
         let fd = made.map_err(|e| self.fs_error("create directory", &h.path, e.into()))?;
@@ -442,6 +625,9 @@ impl<T> Extractor<'_, '_, '_, T> {
             Some(digits) => tablespace_oid(digits),
             None => None,
         };
+        if oid.is_some_and(|o| self.policy.skip_links.contains(&o)) && h.size == 0 {
+            return Ok(());
+        }
         let Some((oid, target)) = oid.and_then(|o| links.get_key_value(&o)) else {
             return Err(self.malformed(Malformed::Symlink(lossy(&h.path))));
         };
@@ -451,6 +637,19 @@ impl<T> Extractor<'_, '_, '_, T> {
         }
         if !self.links_made.insert(*oid) {
             return Err(self.malformed(Malformed::Duplicate(lossy(&h.path))));
+        }
+        let layer = self.policy.layer;
+        let parent = self.open_parent(b"pg_tblspc")?;
+        if layer != Layer::Fresh {
+            // An earlier backup of the chain made it: it must point where this one says.
+            match rfs::readlinkat(parent, oid.to_string(), Vec::new()) {
+                Ok(t) if t.as_bytes() == target.as_os_str().as_encoded_bytes() => return Ok(()),
+                Ok(_) => {
+                    let e = io::Error::from_raw_os_error(Errno::EXIST.raw_os_error());
+                    return Err(self.fs_error("create link", &h.path, e));
+                }
+                Err(_) => {}
+            }
         }
         let parent = self.open_parent(b"pg_tblspc")?;
         rfs::symlinkat(target, parent, oid.to_string())
@@ -656,7 +855,21 @@ mod tests {
         prefix: &str,
         direct: bool,
     ) -> Result<Vec<FileInfo>> {
+        run_layer(dest, tar, listing, links, prefix, direct, Layer::Fresh)
+    }
+
+    fn run_layer(
+        dest: &Path,
+        tar: &Tar,
+        listing: &mut Listing<()>,
+        links: &BTreeMap<u32, PathBuf>,
+        prefix: &str,
+        direct: bool,
+        layer: Layer,
+    ) -> Result<Vec<FileInfo>> {
         let root = Root::open(dest)?;
+        let skip = BTreeSet::new();
+        let mut dirs = Vec::new();
         let mut policy = Policy {
             archive: if prefix.is_empty() {
                 "base.tar"
@@ -667,6 +880,9 @@ mod tests {
             listing,
             links,
             direct_io: direct,
+            layer,
+            skip_links: &skip,
+            dirs: &mut dirs,
         };
         let mut files = Vec::new();
         extract(
@@ -1214,5 +1430,149 @@ mod tests {
         }
         s.assert_outside_unchanged();
         assert!(tree(&s.ts()).is_empty());
+    }
+
+    /// An incremental member: header, padding, then the pages (each filled with its tag).
+    fn incremental_member(bs: usize, truncation: u32, pages: &[(u32, u8)]) -> Vec<u8> {
+        let mut v = incremental::MAGIC.to_le_bytes().to_vec();
+        v.extend((pages.len() as u32).to_le_bytes());
+        v.extend(truncation.to_le_bytes());
+        for (b, _) in pages {
+            v.extend(b.to_le_bytes());
+        }
+        if !pages.is_empty() {
+            v.resize(v.len().div_ceil(bs) * bs, 0);
+        }
+        for (_, tag) in pages {
+            v.extend(std::iter::repeat_n(*tag, bs));
+        }
+        v
+    }
+
+    #[test]
+    fn a_chain_is_applied_in_place_as_pg_combinebackup_rebuilds_it() {
+        let s = Scene::new();
+        let geo = incremental::Geometry {
+            block_size: 1024,
+            relseg_size: 16,
+        };
+        let page = |tag: u8| vec![tag; 1024];
+        let full: Vec<u8> = [page(b'a'), page(b'b'), page(b'c'), page(b'd')].concat();
+        let links = s.links();
+        let base = Tar::default()
+            .dir("base/1", 0o700)
+            .file("base/1/16384", &full)
+            .file("base/1/2", b"old")
+            .member("pg_tblspc/16384", b'2', "/anywhere")
+            .end();
+        run_into(&s.dest(), &base, &mut listing(&base), &links, "", false).unwrap();
+        // Incremental 1: page 6 (beyond the file) and page 1 changed; T = 4.
+        let inc1 = Tar::default()
+            .dir("base/1", 0o700)
+            .file(
+                "base/1/INCREMENTAL.16384",
+                &incremental_member(1024, 4, &[(6, b'x'), (1, b'y')]),
+            )
+            .file("base/1/2", b"newer")
+            .member("pg_tblspc/16384", b'2', "/anywhere")
+            .end();
+        let over = |newest| Layer::Over {
+            newest,
+            geometry: geo,
+        };
+        run_layer(
+            &s.dest(),
+            &inc1,
+            &mut listing(&inc1),
+            &links,
+            "",
+            false,
+            over(false),
+        )
+        .unwrap();
+        // Incremental 2 (newest): truncated to 3 pages, page 2 rewritten, then page 5 added.
+        let inc2 = Tar::default()
+            .dir("base/1", 0o700)
+            .file(
+                "base/1/INCREMENTAL.16384",
+                &incremental_member(1024, 3, &[(2, b'z'), (5, b'w')]),
+            )
+            .member("pg_tblspc/16384", b'2', "/anywhere")
+            .end();
+        run_layer(
+            &s.dest(),
+            &inc2,
+            &mut listing(&inc2),
+            &links,
+            "",
+            false,
+            over(true),
+        )
+        .unwrap();
+        let got = std::fs::read(s.dest().join("base/1/16384")).unwrap();
+        // Page 0 from the full backup, 1 from incremental 1, 2 from incremental 2; pages 3
+        // and 4 are at or beyond T = 3 and not in the newest: zeros (the full backup's page
+        // 3 and incremental 1's page 6 are dropped); page 5 from incremental 2.
+        let want: Vec<u8> = [
+            page(b'a'),
+            page(b'y'),
+            page(b'z'),
+            page(0),
+            page(0),
+            page(b'w'),
+        ]
+        .concat();
+        assert!(got == want, "rebuilt file differs");
+        assert_eq!(std::fs::read(s.dest().join("base/1/2")).unwrap(), b"newer");
+        s.assert_outside_unchanged();
+
+        // An incremental file for a file no earlier backup holds is refused.
+        let orphan = Tar::default()
+            .file("base/1/INCREMENTAL.999", &incremental_member(1024, 1, &[]))
+            .end();
+        let e = run_layer(
+            &s.dest(),
+            &orphan,
+            &mut listing(&orphan),
+            &links,
+            "",
+            false,
+            over(true),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity);
+        assert!(e.to_string().contains("no earlier backup"), "{e}");
+        // One whose header disagrees with its size is refused.
+        let mut member = incremental_member(1024, 1, &[(0, b'q')]);
+        member.pop();
+        let short = Tar::default()
+            .file("base/1/INCREMENTAL.16384", &member)
+            .end();
+        let e = run_layer(
+            &s.dest(),
+            &short,
+            &mut listing(&short),
+            &links,
+            "",
+            false,
+            over(true),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
+        // A link an earlier backup made must point where the record says.
+        let other = BTreeMap::from([(TS, s.outside())]);
+        let relinked = Tar::default().member("pg_tblspc/16384", b'2', "/x").end();
+        let e = run_layer(
+            &s.dest(),
+            &relinked,
+            &mut listing(&relinked),
+            &other,
+            "",
+            false,
+            over(false),
+        )
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity, "{e}");
+        s.assert_outside_unchanged();
     }
 }
