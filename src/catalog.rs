@@ -96,8 +96,9 @@ pub struct BackupRecord {
     pub stored: u64,
     /// The archives (tablespaces first, then `base.tar`, then `backup_manifest`).
     pub archives: Vec<Archive>,
-    /// For an incremental backup (record format 2), the id of the backup it was taken against.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// For an incremental backup (record format 2), the id of the backup it was taken against;
+    /// `null` for a full backup.
+    #[serde(default)]
     pub parent: Option<String>,
     /// For an incremental backup, SHA-256 (hex) of the parent's backup manifest as uploaded
     /// to the server: the chain is bound to that exact parent.
@@ -155,7 +156,10 @@ pub fn chain<'a>(backups: &'a [BackupRecord], id: &str) -> Result<Vec<&'a Backup
                 cur.id
             )));
         }
-        if p.system_identifier != cur.system_identifier || p.block_size != cur.block_size {
+        // (A full backup of an older walseal has no recorded block size.)
+        let other_geometry = p.block_size.is_some_and(|b| Some(b) != cur.block_size)
+            || p.relseg_size.is_some_and(|r| Some(r) != cur.relseg_size);
+        if p.system_identifier != cur.system_identifier || other_geometry {
             return Err(broken(format!(
                 "parent {parent} belongs to another cluster than {}",
                 cur.id
@@ -230,7 +234,7 @@ pub fn decode_record(key: &str, bytes: &[u8]) -> Result<BackupRecord> {
             || !record
                 .block_size
                 .is_some_and(|b| b.is_power_of_two() && (1024..=32768).contains(&b))
-            || !record.relseg_size.is_some_and(|r| r > 0))
+            || !record.relseg_size.is_some_and(|r| r > 0 && r <= 1 << 30))
     {
         return Err(bad("an incremental backup without its parent's manifest digest, block size or segment size".into()));
     }
@@ -327,6 +331,36 @@ pub async fn list(storage: &Storage, keyring: &Keyring) -> Result<Listing> {
         wal,
         newest_segment,
     })
+}
+
+/// Checks every part of every backup in `records` is in the repository at its recorded size
+/// (one listing per backup).
+///
+/// # Errors
+/// `Integrity` naming the first part missing or of another size; storage errors.
+pub async fn parts_present(storage: &Storage, records: &[&BackupRecord]) -> Result<()> {
+    for record in records {
+        let present: std::collections::HashMap<String, u64> = storage
+            .list(&format!("{BACKUPS}/{}/", record.id))
+            .await?
+            .into_iter()
+            .collect();
+        for part in record.archives.iter().flat_map(|a| &a.parts) {
+            if present.get(&part.key) != Some(&part.stored) {
+                let what = if present.contains_key(&part.key) {
+                    "has another size than its record says"
+                } else {
+                    "is missing"
+                };
+                return Err(Error::new(
+                    ErrorKind::Integrity,
+                    format!("part {} of backup {} {what}", part.key, record.id),
+                )
+                .hint("run `walseal verify`; restore an older complete backup"));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads a whole (small) archive into memory, e.g. the manifest.

@@ -219,10 +219,11 @@ pub enum Command {
     },
     /// Remove backups beyond the retention policy and the WAL no kept backup needs.
     ///
-    /// Never removes the newest complete backup or WAL a kept backup needs for recovery to any
-    /// point after it; also removes parts of interrupted backups.
+    /// Never removes the newest complete backup, a backup a kept incremental builds on, or WAL
+    /// a kept backup needs for recovery to any point after it; also removes parts of
+    /// interrupted backups.
     Retain {
-        /// Keep the newest N complete backups.
+        /// Keep the newest N complete full backups, each with the incrementals built on it.
         #[arg(long, value_name = "N")]
         keep_full: Option<usize>,
         /// Keep what recovery to any time in the last D days needs.

@@ -148,7 +148,8 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
         sync: !args.no_sync,
         raw: args.raw,
     };
-    let record = crate::block_on(base::restore(cfg, &opts))?;
+    let restored = crate::block_on(base::restore(cfg, &opts))?;
+    let record = &restored.record;
     let as_root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|t| {
@@ -168,10 +169,17 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
         json_out(&record)?;
     }
     eprintln!(
-        "walseal restore: backup {} restored to {} ({}){}",
+        "walseal restore: backup {}{} restored to {} ({}){}",
         record.id,
+        match restored.chain.len() {
+            0 | 1 => String::new(),
+            n => format!(
+                " (incremental: rebuilt from a chain of {n}, full backup {})",
+                restored.chain[0]
+            ),
+        },
         args.pgdata.display(),
-        human(record.size),
+        human(restored.bytes),
         match &opts.target {
             _ if opts.raw => " as stored, without recovery settings".to_string(),
             Target::Latest => "; start the server to recover to the end of the archive".to_string(),
@@ -213,12 +221,12 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
     }
     println!("repository {}", storage.display());
     println!(
-        "{:<18} {:<30} {:<30} {:>3} {:>12} {:>12} {:>10} {:>10}",
+        "{:<18} {:<30} {:<30} {:>3} {:>12} {:>12} {:>10} {:>10}  parent",
         "backup", "start", "stop", "tli", "start lsn", "stop lsn", "size", "stored"
     );
     for b in &listing.backups {
         println!(
-            "{:<18} {:<30} {:<30} {:>3} {:>12} {:>12} {:>10} {:>10}",
+            "{:<18} {:<30} {:<30} {:>3} {:>12} {:>12} {:>10} {:>10}  {}",
             b.id,
             b.start_time,
             b.stop_time,
@@ -226,7 +234,12 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
             b.start_lsn.to_string(),
             b.stop_lsn.to_string(),
             human(b.size),
-            human(b.stored)
+            human(b.stored),
+            match &b.parent {
+                None => "(full)".to_string(),
+                Some(p) if catalog::chain(&listing.backups, &b.id).is_ok() => p.clone(),
+                Some(p) => format!("{p} (MISSING: chain broken, not restorable)"),
+            }
         );
     }
     if listing.backups.is_empty() {
@@ -340,10 +353,21 @@ fn print_verify(r: &crate::verify::Report) {
     );
     for w in &r.windows {
         println!(
-            "backup {}: {} from {} to {} (last segment {})",
+            "backup {}{}: {} from {} to {} (last segment {})",
             w.backup,
+            if w.chain.len() > 1 {
+                format!(
+                    " (incremental, chain of {} from {})",
+                    w.chain.len(),
+                    w.chain[0]
+                )
+            } else {
+                String::new()
+            },
             if w.restorable {
                 "restorable"
+            } else if w.chain.is_empty() {
+                "NOT restorable (its chain is broken)"
             } else {
                 "NOT restorable (WAL missing before its end)"
             },

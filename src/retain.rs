@@ -1,10 +1,11 @@
 //! `walseal retain`: remove backups beyond the retention policy and the WAL no kept backup
 //! needs.
 //!
-//! Kept: the newest `--keep-full` complete backups; with `--keep-days D`, every backup that
-//! ended in the last D days plus the newest one that ended before that (so any time in the
-//! window stays recoverable). A backup either policy keeps is kept; the newest complete backup
-//! is always kept. WAL is removed only below the oldest kept backup's start segment, on every
+//! Kept: the newest `--keep-full` complete full backups, with the incrementals built on them;
+//! with `--keep-days D`, every backup that ended in the last D days plus the newest one that
+//! ended before that (so any time in the window stays recoverable). A backup either policy
+//! keeps is kept; the newest complete backup is always kept; and so is every backup a kept
+//! incremental needs (its chain back to its full backup). WAL is removed only below the oldest kept backup's start segment, on every
 //! timeline (LSNs only grow across timelines, so no recovery from a kept backup can need it);
 //! `.history` files are never removed. Parts of interrupted backups older than the newest
 //! complete backup are removed too.
@@ -24,7 +25,7 @@ use crate::wal::{SegmentSize, WalFile, WalKind};
 /// Retention policy.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Policy {
-    /// Keep this many newest complete backups.
+    /// Keep this many newest complete full backups (with their incrementals).
     pub keep_full: Option<usize>,
     /// Keep what is needed to recover to any time in the last this many days.
     pub keep_days: Option<f64>,
@@ -53,6 +54,67 @@ pub struct Plan {
 
 pub use crate::catalog::INCOMPLETE_GRACE_SECS;
 
+/// Which backups the policy keeps (`backups` oldest first): the newest `keep_full` full
+/// backups and every incremental built on them; with `keep_days`, every backup that ended
+/// in the window and the newest before it; the newest backup always; and every backup a kept
+/// one needs to be restored (its chain back to its full backup).
+pub fn keep_flags(backups: &[catalog::BackupRecord], policy: Policy, now: f64) -> Vec<bool> {
+    let n = backups.len();
+    let mut keep = vec![false; n];
+    let root_of = |i: usize| {
+        catalog::chain(backups, &backups[i].id)
+            .ok()
+            .and_then(|c| c.first().map(|r| r.id.clone()))
+    };
+    if let Some(k) = policy.keep_full {
+        let fulls: Vec<&str> = backups
+            .iter()
+            .filter(|b| !b.is_incremental())
+            .map(|b| b.id.as_str())
+            .collect();
+        let kept_fulls = &fulls[fulls.len().saturating_sub(k)..];
+        for (i, flag) in keep.iter_mut().enumerate() {
+            if root_of(i).is_some_and(|r| kept_fulls.contains(&r.as_str())) {
+                *flag = true;
+            }
+        }
+    }
+    if let Some(days) = policy.keep_days {
+        let cutoff = now - days * 86_400.0;
+        let mut newest_before: Option<usize> = None;
+        for (i, b) in backups.iter().enumerate() {
+            if b.stop_unix >= cutoff {
+                keep[i] = true;
+            } else {
+                newest_before = Some(i);
+            }
+        }
+        if let Some(i) = newest_before {
+            keep[i] = true;
+        }
+    }
+    if let Some(last) = keep.last_mut() {
+        *last = true;
+    }
+    // A kept backup's chain is kept with it.
+    for i in (0..n).rev() {
+        if !keep[i] {
+            continue;
+        }
+        let mut parent = backups[i].parent.clone();
+        while let Some(p) = parent {
+            match backups.iter().position(|b| b.id == p) {
+                Some(j) => {
+                    keep[j] = true;
+                    parent = backups[j].parent.clone();
+                }
+                None => break,
+            }
+        }
+    }
+    keep
+}
+
 /// Plans and (unless `dry_run`) applies the policy.
 ///
 /// # Errors
@@ -75,30 +137,7 @@ pub async fn retain(
     }
     let listing = catalog::list(storage, keyring).await?;
     let backups = &listing.backups;
-    let n = backups.len();
-    let mut keep = vec![false; n];
-    if let Some(k) = policy.keep_full {
-        for flag in keep.iter_mut().skip(n.saturating_sub(k)) {
-            *flag = true;
-        }
-    }
-    if let Some(days) = policy.keep_days {
-        let cutoff = crate::time::now() - days * 86_400.0;
-        let mut newest_before: Option<usize> = None;
-        for (i, b) in backups.iter().enumerate() {
-            if b.stop_unix >= cutoff {
-                keep[i] = true;
-            } else {
-                newest_before = Some(i);
-            }
-        }
-        if let Some(i) = newest_before {
-            keep[i] = true;
-        }
-    }
-    if let Some(last) = keep.last_mut() {
-        *last = true;
-    }
+    let keep = keep_flags(backups, policy, crate::time::now());
     let objects = storage.list_meta("").await?;
     let size_of = |key: &str| objects.iter().find(|o| o.key == key).map_or(0, |o| o.size);
     let mut plan = Plan {
@@ -210,4 +249,56 @@ pub async fn retain(
         .remove_stale_uploads(INCOMPLETE_GRACE_SECS, dry_run)
         .await?;
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::BackupRecord;
+
+    fn record(id: &str, stop_unix: f64, parent: Option<&str>) -> BackupRecord {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&crate::catalog::tests::record_json(16 << 20, 1)).unwrap();
+        v["id"] = id.into();
+        v["stop_unix"] = stop_unix.into();
+        if let Some(p) = parent {
+            v["format_version"] = 2.into();
+            v["parent"] = p.into();
+            v["parent_manifest_sha256"] = "00".into();
+            v["block_size"] = 8192.into();
+            v["relseg_size"] = 131_072.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn chains_are_kept_whole_and_keep_full_counts_full_backups() {
+        let day = 86_400.0;
+        let b = vec![
+            record("20261101T000000Z", 1.0 * day, None),
+            record("20261102T000000Z", 2.0 * day, Some("20261101T000000Z")),
+            record("20261103T000000Z", 3.0 * day, Some("20261102T000000Z")),
+            record("20261108T000000Z", 8.0 * day, None),
+            record("20261109T000000Z", 9.0 * day, Some("20261108T000000Z")),
+        ];
+        let keep = |p: Policy, now: f64| keep_flags(&b, p, now);
+        let full = |k| Policy {
+            keep_full: Some(k),
+            keep_days: None,
+        };
+        assert_eq!(keep(full(1), 10.0 * day), [false, false, false, true, true]);
+        assert_eq!(keep(full(2), 10.0 * day), [true; 5]);
+        // The window reaches into the first chain's second incremental: its whole chain stays.
+        let days = Policy {
+            keep_full: None,
+            keep_days: Some(6.5),
+        };
+        assert_eq!(keep(days, 9.0 * day), [true, true, true, true, true]);
+        let days = Policy {
+            keep_full: None,
+            keep_days: Some(0.5),
+        };
+        // Only the newest backup ended in the window; the newest before it is the full one.
+        assert_eq!(keep(days, 9.2 * day), [false, false, false, true, true]);
+    }
 }

@@ -51,7 +51,10 @@ pub struct Gap {
 pub struct Window {
     /// Backup id.
     pub backup: String,
-    /// Whether the WAL from the backup's start to its stop is all archived.
+    /// The backups a restore of it reads, oldest (its full backup) first, ending with it;
+    /// empty if its chain is broken.
+    pub chain: Vec<String>,
+    /// Whether its chain is whole and the WAL from its start to its stop is all archived.
     pub restorable: bool,
     /// Earliest time it can be restored to (the backup's end).
     pub earliest: String,
@@ -282,6 +285,41 @@ pub async fn verify(
                     }
                 }
             }
+        }
+    }
+
+    // Chains: every parent there, and (unless --quick) each one the very parent its
+    // incremental was taken against.
+    for b in &listing.backups {
+        let parent = match catalog::chain(&listing.backups, &b.id) {
+            Err(e) => {
+                report.backup_problems.push(Problem {
+                    object: catalog::record_key(&b.id),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+            Ok(c) if c.len() > 1 && !quick => c[c.len() - 2],
+            Ok(_) => continue,
+        };
+        let manifest = parent.archives.iter().find(|a| a.name == "backup_manifest");
+        let bytes = match manifest {
+            Some(m) => catalog::read_archive(storage, &keyring, m).await.ok(),
+            None => None,
+        };
+        let bound = bytes.is_some_and(|bytes| {
+            let sum = ring::digest::digest(&ring::digest::SHA256, &bytes);
+            b.parent_manifest_sha256.as_deref()
+                == Some(crate::keys::hex_encode(sum.as_ref()).as_str())
+        });
+        if !bound {
+            report.backup_problems.push(Problem {
+                object: catalog::record_key(&b.id),
+                reason: format!(
+                    "incremental backup {}: its parent {}'s manifest does not open or is not the one it was taken against",
+                    b.id, parent.id
+                ),
+            });
         }
     }
 
@@ -618,9 +656,13 @@ fn continuity(
         let first = size.segment_of(b.start_lsn);
         let stop = size.segment_of(Lsn(b.stop_lsn.0.saturating_sub(1)));
         let reached = reached(set, first);
+        let chain: Vec<String> = catalog::chain(backups, &b.id)
+            .map(|c| c.iter().map(|r| r.id.clone()).collect())
+            .unwrap_or_default();
         report.windows.push(Window {
             backup: b.id.clone(),
-            restorable: reached.is_some_and(|r| r >= stop),
+            restorable: reached.is_some_and(|r| r >= stop) && !chain.is_empty(),
+            chain,
             earliest: b.stop_time.clone(),
             latest_segment: reached.map(|r| segment_name(b.timeline, r, size)),
             latest: reached

@@ -25,6 +25,9 @@ pub struct Conn {
     /// ParameterStatus values the server reported (server_version, ...).
     pub server_params: HashMap<String, String>,
     what: String,
+    /// The first page-checksum warning the server sent (it names the damaged file), for the
+    /// error that ends the backup.
+    checksum_warning: Option<String>,
 }
 
 fn db_error(msg: String) -> Error {
@@ -106,6 +109,7 @@ impl Conn {
             wbuf: BytesMut::with_capacity(1024),
             server_params: HashMap::new(),
             what,
+            checksum_warning: None,
         };
         conn.startup(p).await?;
         Ok(conn)
@@ -130,10 +134,22 @@ impl Conn {
             let msg = self.next_raw().await?;
             match msg {
                 Message::ErrorResponse(body) => {
-                    return Err(server_error(&self.what, body.fields()))
+                    let e = server_error(&self.what, body.fields());
+                    return Err(match &self.checksum_warning {
+                        Some(w) if e.message().contains("SQLSTATE XX001") => {
+                            db_error(format!("{}; the first damaged page: {w}", e.message()))
+                            .hint("a page of that file is damaged on the server: find and repair it (pg_amcheck, restore the table from a backup); `walseal backup --no-verify-checksums` takes a backup anyway, damaged page included")
+                        }
+                        _ => e,
+                    });
                 }
                 Message::NoticeResponse(body) => {
                     let (text, _) = describe_fields(body.fields());
+                    if self.checksum_warning.is_none()
+                        && text.contains("checksum verification failed")
+                    {
+                        self.checksum_warning = Some(text.clone());
+                    }
                     tracing::warn!("server notice: {text}");
                 }
                 Message::ParameterStatus(body) => {
@@ -467,6 +483,7 @@ mod tests {
             wbuf: BytesMut::new(),
             server_params: HashMap::new(),
             what: "test server".into(),
+            checksum_warning: None,
         }
     }
 

@@ -115,7 +115,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     .await?;
 
     let (block_size, relseg_size) = page_geometry(&mut conn).await?;
-    let parent = choose_parent(&storage, &keyring, &mut conn, major, &pg_version, opts).await?;
+    let mut parent = choose_parent(&storage, &keyring, &mut conn, major, &pg_version, opts).await?;
     let standby = protocol::show(&mut conn, "in_hot_standby")
         .await
         .is_ok_and(|v| v == "on");
@@ -158,7 +158,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     if let Some(p) = &parent {
         conn.upload_manifest(&p.manifest).await.map_err(|e| {
             e.hint(format!(
-                "the server refused backup {}'s manifest as the parent; take a full backup (without --incremental)",
+                "the server refused backup {}'s manifest as the parent: take a full backup (drop --incremental and --full-every once)",
                 p.id
             ))
         })?;
@@ -170,7 +170,27 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         verify_checksums: opts.verify_checksums,
     }))
     .await?;
-    let start = protocol::read_position(&mut conn).await?;
+    let start = match protocol::read_position(&mut conn).await {
+        Err(e) if parent.is_some() && opts.full_every.is_some() => {
+            // E.g. no WAL summaries back to the parent (summarize_wal turned on since, or
+            // wal_summary_keep_time shorter than the period): --full-every takes a full one.
+            tracing::warn!("the server cannot take an incremental backup ({}): taking a full backup", e.message());
+            conn.wait_ready().await?;
+            parent = None;
+            conn.send_query(&protocol::base_backup_command(&StartOptions {
+                label: &label,
+                fast: opts.fast,
+                incremental: false,
+                verify_checksums: opts.verify_checksums,
+            }))
+            .await?;
+            protocol::read_position(&mut conn).await?
+        }
+        Err(e) if parent.is_some() => {
+            return Err(e.hint("the server cannot take this incremental backup: it needs WAL summaries back to the parent's start (summarize_wal = on since then, wal_summary_keep_time longer than the time since): take a full backup, or use --full-every, which falls back to one"))
+        }
+        r => r?,
+    };
     let tablespaces = protocol::read_tablespaces(&mut conn).await?;
     let total_hint = total_hint(&tablespaces);
     protocol::expect_copy_out(&mut conn).await?;
@@ -269,6 +289,15 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
             ),
         )
         .hint("something removed it (a retain run with a clock far off, or a bucket lifecycle rule on backups/): fix that, then run the backup again"));
+    }
+    if let Some(p) = &record.parent {
+        if !storage.exists(&catalog::record_key(p)).await? {
+            return Err(Error::new(
+                ErrorKind::Conflict,
+                format!("the parent backup {p} was removed while the incremental backup ran; the backup is not recorded"),
+            )
+            .hint("a retain run removed it: run the backup again (it picks a new parent or takes a full backup with --full-every)"));
+        }
     }
     let json = serde_json::to_vec_pretty(&record)
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode record: {e}")))?;
@@ -556,14 +585,32 @@ async fn choose_parent(
         tracing::info!("no earlier backup of this version: taking a full backup");
         return Ok(None);
     };
-    let chain = match catalog::chain(&listing.backups, &newest.id) {
+    let whole = match catalog::chain(&listing.backups, &newest.id) {
+        Ok(c) => catalog::parts_present(storage, &c).await.map(|()| c),
+        Err(e) => Err(e),
+    };
+    let chain = match whole {
         Ok(c) => c,
         Err(e) if opts.full_every.is_some() => {
-            tracing::warn!("taking a full backup: {e}");
+            tracing::warn!("taking a full backup: {}", e.message());
             return Ok(None);
         }
-        Err(e) => return Err(e),
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!("no incremental backup can be taken against {}: {}", newest.id, e.message()),
+            )
+            .hint("take a full backup (drop --incremental), or use --full-every, which takes one when the chain is broken"))
+        }
     };
+    if chain.len() > catalog::MAX_CHAIN {
+        tracing::warn!(
+            "the chain of {} is {} backups long, the most walseal restores: taking a full backup",
+            newest.id,
+            chain.len()
+        );
+        return Ok(None);
+    }
     if let (Some(period), Some(full)) = (opts.full_every, chain.first()) {
         if crate::time::now() - full.stop_unix >= period {
             tracing::info!(

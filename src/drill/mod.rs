@@ -51,6 +51,8 @@ struct Plan {
     /// The configuration with the repository id pinned (restore_command carries it).
     cfg: Config,
     record: BackupRecord,
+    /// Bytes the restore writes at most (the backup, or its whole chain).
+    restored_size: u64,
     bin: Binaries,
     queries: Option<Vec<checks::CheckQuery>>,
     /// The drill server's restore_command, made before anything is restored (a repository
@@ -81,7 +83,7 @@ pub async fn drill(cfg: &Config, opts: &DrillOptions) -> Result<(Report, Option<
             d.display()
         );
     }
-    check_space(&parent, plan.record.size)?;
+    check_space(&parent, plan.restored_size)?;
     let started_unix = crate::time::now();
     let (mut scratch, id) = make_scratch(&parent, &crate::time::format_id(started_unix))?;
     let mut report = Report {
@@ -185,10 +187,16 @@ async fn plan(cfg: &Config, opts: &DrillOptions) -> Result<Plan> {
     })?;
     let bin = Binaries::find(opts.pg_bin.as_deref(), major)?;
     let restore_command = base::restore_command(&cfg, opts.config_file.as_deref())?;
+    // What the restore may need on disk: a rebuilt chain is at most its backups together.
+    let restored_size = catalog::chain(&listing.backups, &record.id)?
+        .iter()
+        .map(|r| r.size)
+        .fold(0u64, u64::saturating_add);
     Ok(Plan {
         repo,
         cfg,
         record,
+        restored_size,
         bin,
         queries,
         restore_command,
@@ -257,9 +265,14 @@ async fn restore_phase(
     let record = &plan.record;
     let t0 = Instant::now();
     eprintln!(
-        "walseal drill: restoring backup {} ({}) into {}",
+        "walseal drill: restoring backup {} ({}{}) into {}",
         record.id,
-        crate::backup::human(record.size),
+        crate::backup::human(plan.restored_size),
+        if record.is_incremental() {
+            " at most: an incremental backup, rebuilt from its chain"
+        } else {
+            ""
+        },
         scratch.path().display()
     );
     let restore = RestoreOptions {
@@ -284,11 +297,11 @@ async fn restore_phase(
         sync: true,
         raw: false,
     };
-    base::restore(&plan.cfg, &restore).await?;
-    let restored = t0.elapsed().as_secs_f64();
-    report.restore = Some(Phase::new(restored, record.size));
+    let restored = base::restore(&plan.cfg, &restore).await?;
+    let secs = t0.elapsed().as_secs_f64();
+    report.restore = Some(Phase::new(secs, restored.bytes));
     eprintln!(
-        "walseal drill: restored in {restored:.1} s; starting PostgreSQL {} from {} and replaying WAL",
+        "walseal drill: restored in {secs:.1} s; starting PostgreSQL {} from {} and replaying WAL",
         plan.bin.version,
         plan.bin.dir.display()
     );

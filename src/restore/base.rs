@@ -161,7 +161,7 @@ fn ensure_empty_dir(dir: &Path, what: &str) -> Result<()> {
 /// # Errors
 /// `NotFound` (no such backup), `Target` (target before the backup's end), `Conflict`
 /// (non-empty destination), `Integrity` (parts or files that do not check out), and the usual.
-pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord> {
+pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<Restored> {
     let repo = Repository::open(cfg, Access::Open, "restore").await?;
     let (keyring, storage) = (repo.keyring.clone(), repo.storage.clone());
     // The restore_command written below pins this repository.
@@ -202,22 +202,40 @@ pub async fn restore(cfg: &Config, opts: &RestoreOptions) -> Result<BackupRecord
     }
     // The destinations were empty: on failure, empty them again so nothing half-restored can
     // be started by mistake.
-    if let Err(e) = fill(cfg, opts, &storage, &keyring, &chain, &map).await {
-        for dir in &targets {
-            if let Ok(entries) = fs::read_dir(dir) {
-                for entry in entries.flatten() {
-                    let p = entry.path();
-                    let _ = if p.is_dir() && !p.is_symlink() {
-                        fs::remove_dir_all(&p)
-                    } else {
-                        fs::remove_file(&p)
-                    };
+    let bytes = match fill(cfg, opts, &storage, &keyring, &chain, &map).await {
+        Ok(b) => b,
+        Err(e) => {
+            for dir in &targets {
+                if let Ok(entries) = fs::read_dir(dir) {
+                    for entry in entries.flatten() {
+                        let p = entry.path();
+                        let _ = if p.is_dir() && !p.is_symlink() {
+                            fs::remove_dir_all(&p)
+                        } else {
+                            fs::remove_file(&p)
+                        };
+                    }
                 }
             }
+            return Err(e);
         }
-        return Err(e);
-    }
-    Ok(record)
+    };
+    Ok(Restored {
+        bytes,
+        chain: chain.iter().map(|r| r.id.clone()).collect(),
+        record,
+    })
+}
+
+/// What `restore` restored.
+#[derive(Debug, Clone)]
+pub struct Restored {
+    /// The backup restored (the newest of its chain).
+    pub record: BackupRecord,
+    /// The chain it was rebuilt from, oldest first (just the backup for a full one).
+    pub chain: Vec<String>,
+    /// Bytes restored (the rebuilt cluster's size for a chain).
+    pub bytes: u64,
 }
 
 /// Where tablespace location `location` goes: its `--tablespace-map` entry, or itself.
@@ -228,7 +246,8 @@ fn mapped<'a>(map: &HashMap<&'a str, &'a str>, location: &'a str) -> &'a str {
 /// Downloads, checks and writes everything into the (empty) destinations: each archive of
 /// each backup of the chain (one backup unless it is incremental; see [`chain`]) is
 /// extracted beneath its destination's handle, its files checked against its manifest (see
-/// [`tar::extract`]), then everything is flushed to disk unless `opts.sync` is off.
+/// [`tar::extract`]), then everything is flushed to disk unless `opts.sync` is off. Returns
+/// the restored cluster's size in bytes.
 async fn fill(
     cfg: &Config,
     opts: &RestoreOptions,
@@ -236,7 +255,7 @@ async fn fill(
     keyring: &std::sync::Arc<Keyring>,
     chain: &[BackupRecord],
     map: &HashMap<&str, &str>,
-) -> Result<()> {
+) -> Result<u64> {
     let newest = chain
         .last()
         .ok_or_else(|| Error::new(ErrorKind::Internal, "an empty chain"))?;
@@ -268,27 +287,33 @@ async fn fill(
                 geometry: chain::geometry(record)?,
             }
         };
-        let (bytes, listing, dirs) = apply_backup(
-            opts, storage, keyring, record, newest, &links, &roots, layer,
-        )
-        .await?;
+        let (bytes, listing) = chain::load_manifest(storage, keyring, record).await?;
         if let Some(child) = chain.get(i + 1) {
             chain::check_binding(record, &bytes, child)?;
         }
+        // Files gone since the previous backup go first (a path may be a directory now).
+        let files = State::files_of(&listing);
+        state.remove_gone_files(&files, &roots)?;
+        let (listing, dirs) = apply_backup(
+            opts, storage, keyring, record, newest, &links, &roots, layer, listing,
+        )
+        .await?;
         let next = State::of(&listing, dirs);
-        if i > 0 {
-            state.remove_gone(&next, &roots)?;
-        }
+        state.remove_gone_dirs(&next, &roots)?;
         state = next;
         newest_manifest = bytes;
     }
-    let manifest = if chain.len() > 1 {
+    let (manifest, bytes) = if chain.len() > 1 {
         chain::finish(&opts.pgdata, &roots, &newest_manifest, &newest.id)?
     } else {
-        newest_manifest
+        (newest_manifest, newest.size)
     };
     write_file(&opts.pgdata.join("backup_manifest"), &manifest)?;
     if !opts.raw {
+        // A backup of a standby holds its standby.signal, which would make the restored
+        // cluster a standby (of the old primary, through primary_conninfo) instead of
+        // recovering from the archive to the target.
+        roots.data.remove(b"standby.signal", false)?;
         write_recovery(cfg, opts)?;
     }
     if opts.sync {
@@ -298,11 +323,11 @@ async fn fill(
             root.sync()?;
         }
     }
-    Ok(())
+    Ok(bytes)
 }
 
-/// Extracts one backup of the chain as `layer` says; returns its manifest's bytes, its
-/// checked file list and its directories. Tablespaces the newest backup no longer has are
+/// Extracts one backup of the chain as `layer` says, its files checked against `listing`
+/// (its manifest's); returns the listing with the files marked, and its directories. Tablespaces the newest backup no longer has are
 /// skipped (their archives are not read, their links not made).
 #[allow(clippy::too_many_arguments)]
 async fn apply_backup(
@@ -314,8 +339,8 @@ async fn apply_backup(
     links: &BTreeMap<u32, PathBuf>,
     roots: &Roots,
     layer: Layer,
-) -> Result<(Vec<u8>, Listing<ManifestFile>, Vec<Vec<u8>>)> {
-    let (bytes, mut listing) = chain::load_manifest(storage, keyring, record).await?;
+    mut listing: Listing<ManifestFile>,
+) -> Result<(Listing<ManifestFile>, Vec<Vec<u8>>)> {
     let mut skip = BTreeSet::new();
     for a in &record.archives {
         let Some(oid) = a.tablespace_oid else {
@@ -393,7 +418,7 @@ async fn apply_backup(
             ),
         ));
     }
-    Ok((bytes, listing, dirs))
+    Ok((listing, dirs))
 }
 
 pub(super) fn write_file(path: &Path, data: &[u8]) -> Result<()> {

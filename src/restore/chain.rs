@@ -15,13 +15,13 @@
 //! the size of the files; nothing of the older backups is kept on disk beyond the files
 //! being rebuilt.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::path::Path;
 
 use super::manifest::{self, decode_manifest, ManifestFile, Rebuilt};
 use super::tar::{incremental, Listing, Root};
-use crate::catalog::{self, BackupRecord, BACKUPS};
+use crate::catalog::{self, BackupRecord};
 use crate::error::{local_io, Error, ErrorKind, Result};
 use crate::keys::Keyring;
 use crate::storage::Storage;
@@ -99,31 +99,16 @@ pub fn geometry(record: &BackupRecord) -> Result<incremental::Geometry> {
 /// # Errors
 /// `Integrity` naming the backup and what is wrong; storage and key errors.
 pub async fn check(storage: &Storage, keyring: &Keyring, chain: &[BackupRecord]) -> Result<()> {
+    let refs: Vec<&BackupRecord> = chain.iter().collect();
+    catalog::parts_present(storage, &refs).await.map_err(|e| {
+        let newest = chain.last().map_or("", |r| r.id.as_str());
+        Error::new(
+            ErrorKind::Integrity,
+            format!("backup {newest} cannot be restored: {}", e.message()),
+        )
+        .hint("run `walseal verify`; restore an older complete backup")
+    })?;
     for (i, record) in chain.iter().enumerate() {
-        let present: HashMap<String, u64> = storage
-            .list(&format!("{BACKUPS}/{}/", record.id))
-            .await?
-            .into_iter()
-            .collect();
-        for part in record.archives.iter().flat_map(|a| &a.parts) {
-            if present.get(&part.key) != Some(&part.stored) {
-                let what = if present.contains_key(&part.key) {
-                    "has another size than its record says"
-                } else {
-                    "is missing"
-                };
-                return Err(Error::new(
-                    ErrorKind::Integrity,
-                    format!(
-                        "backup {} cannot be restored: part {} of backup {} {what}",
-                        chain[chain.len() - 1].id,
-                        part.key,
-                        record.id
-                    ),
-                )
-                .hint("run `walseal verify`; restore an older complete backup"));
-            }
-        }
         if chain.len() > 1 {
             let (bytes, _) = load_manifest(storage, keyring, record).await?;
             if let Some(child) = chain.get(i + 1) {
@@ -150,9 +135,7 @@ impl Roots {
     pub fn locate<'k>(&self, key: &'k [u8]) -> (&Root, &'k [u8]) {
         if let Some(rest) = key.strip_prefix(b"pg_tblspc/".as_slice()) {
             if let Some(slash) = rest.iter().position(|b| *b == b'/') {
-                let oid = std::str::from_utf8(&rest[..slash])
-                    .ok()
-                    .and_then(|o| o.parse::<u32>().ok());
+                let oid = super::tar::tablespace_oid(&rest[..slash]);
                 if let Some(root) = oid.and_then(|o| self.tablespaces.get(&o)) {
                     return (root, &rest[slash + 1..]);
                 }
@@ -171,26 +154,36 @@ pub struct State {
 }
 
 impl State {
+    /// The files a backup's manifest lists, by the path of the file each is or rebuilds.
+    pub fn files_of(listing: &Listing<ManifestFile>) -> HashSet<Vec<u8>> {
+        listing.paths().map(incremental::rebuilt_path).collect()
+    }
+
     /// The state one backup leaves: the files its manifest lists, and its directories.
     pub fn of(listing: &Listing<ManifestFile>, dirs: Vec<Vec<u8>>) -> State {
         State {
-            files: listing.paths().map(incremental::rebuilt_path).collect(),
+            files: Self::files_of(listing),
             dirs: dirs.into_iter().collect(),
         }
     }
 
-    /// Removes what this state holds and `next` does not: files first, then directories,
-    /// deepest first. Returns how many entries were removed.
+    /// Removes the files this state holds and `next_files` does not.
+    ///
+    /// # Errors
+    /// `LocalIo`.
+    pub fn remove_gone_files(&self, next_files: &HashSet<Vec<u8>>, roots: &Roots) -> Result<()> {
+        for f in self.files.iter().filter(|f| !next_files.contains(*f)) {
+            let (root, rel) = roots.locate(f);
+            root.remove(rel, false)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the directories this state holds and `next` does not, deepest first.
     ///
     /// # Errors
     /// `LocalIo` (e.g. a directory that still holds something).
-    pub fn remove_gone(&self, next: &State, roots: &Roots) -> Result<u64> {
-        let mut removed = 0;
-        for f in self.files.iter().filter(|f| !next.files.contains(*f)) {
-            let (root, rel) = roots.locate(f);
-            root.remove(rel, false)?;
-            removed += 1;
-        }
+    pub fn remove_gone_dirs(&self, next: &State, roots: &Roots) -> Result<()> {
         let mut dirs: Vec<&Vec<u8>> = self
             .dirs
             .iter()
@@ -201,10 +194,9 @@ impl State {
             let (root, rel) = roots.locate(d);
             if !rel.is_empty() {
                 root.remove(rel, true)?;
-                removed += 1;
             }
         }
-        Ok(removed)
+        Ok(())
     }
 }
 
@@ -250,7 +242,8 @@ fn fix_backup_label(pgdata: &Path) -> Result<()> {
 }
 
 /// After the newest backup of a chain was applied: the label fixed and the rebuilt cluster's
-/// manifest made (every rebuilt file read once for its CRC-32C). Returns the manifest.
+/// manifest made (every rebuilt file read once for its CRC-32C). Returns the manifest and
+/// the rebuilt cluster's size in bytes.
 ///
 /// # Errors
 /// `LocalIo`; `Integrity` for a manifest that does not decode.
@@ -259,7 +252,7 @@ pub fn finish(
     roots: &Roots,
     newest_manifest: &[u8],
     backup: &str,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, u64)> {
     fix_backup_label(pgdata)?;
     manifest::rebuilt_manifest(newest_manifest, backup, &mut |path| {
         let rebuilt = incremental::rebuilt_path(path);

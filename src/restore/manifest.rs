@@ -196,7 +196,7 @@ pub fn rebuilt_manifest(
     bytes: &[u8],
     backup: &str,
     fix: &mut dyn FnMut(&[u8]) -> Result<Option<Rebuilt>>,
-) -> Result<Vec<u8>> {
+) -> Result<(Vec<u8>, u64)> {
     let m: FullManifest = serde_json::from_slice(bytes).map_err(|e| {
         Error::new(
             ErrorKind::Integrity,
@@ -212,7 +212,9 @@ pub fn rebuilt_manifest(
         None => out += "{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n",
     }
     out += "\"Files\": [";
-    for (i, f) in m.files.into_iter().enumerate() {
+    let mut first = true;
+    let mut total = 0u64;
+    for f in m.files {
         let encoded = f.path.is_none();
         let path = match (f.path, &f.encoded_path) {
             (Some(p), _) => p.into_bytes(),
@@ -237,7 +239,8 @@ pub fn rebuilt_manifest(
             ),
             None => (path, f.size, f.algorithm, f.checksum),
         };
-        out += if i == 0 { "\n" } else { ",\n" };
+        out += if first { "\n" } else { ",\n" };
+        first = false;
         match std::str::from_utf8(&path) {
             Ok(p) if !encoded => out += &format!("{{ \"Path\": {}", json_str(p)),
             _ => {
@@ -247,19 +250,17 @@ pub fn rebuilt_manifest(
                 )
             }
         }
+        total = total.saturating_add(size);
         out += &format!(", \"Size\": {size}");
         if let Some(t) = &f.last_modified {
             out += &format!(", \"Last-Modified\": {}", json_str(t));
         }
-        match (algorithm, checksum) {
-            (Some(a), Some(c)) => {
-                out += &format!(
-                    ", \"Checksum-Algorithm\": {}, \"Checksum\": {}",
-                    json_str(&a),
-                    json_str(&c)
-                );
-            }
-            _ => {}
+        if let (Some(a), Some(c)) = (algorithm, checksum) {
+            out += &format!(
+                ", \"Checksum-Algorithm\": {}, \"Checksum\": {}",
+                json_str(&a),
+                json_str(&c)
+            );
         }
         out += " }";
     }
@@ -279,7 +280,7 @@ pub fn rebuilt_manifest(
         "\"Manifest-Checksum\": \"{}\"}}\n",
         crate::keys::hex_encode(sum.as_ref())
     );
-    Ok(out.into_bytes())
+    Ok((out.into_bytes(), total))
 }
 
 #[cfg(test)]
@@ -309,7 +310,7 @@ mod tests {
         );
         let old = format!("{body}\"Manifest-Checksum\": \"{sum}\"}}\n");
         decode_manifest(old.as_bytes(), "b", "7301000000000000001").unwrap();
-        let new = rebuilt_manifest(old.as_bytes(), "b", &mut |p| {
+        let (new, total) = rebuilt_manifest(old.as_bytes(), "b", &mut |p| {
             Ok((p == b"base/5/INCREMENTAL.16384").then(|| Rebuilt {
                 path: b"base/5/16384".to_vec(),
                 size: 8192,
@@ -317,6 +318,7 @@ mod tests {
             }))
         })
         .unwrap();
+        assert_eq!(total, 5 + 8192 + 1);
         let listing = decode_manifest(&new, "b", "7301000000000000001").unwrap();
         let mut paths: Vec<_> = listing.paths().map(<[u8]>::to_vec).collect();
         paths.sort();

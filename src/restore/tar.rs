@@ -449,7 +449,8 @@ impl<T> Extractor<'_, '_, '_, T> {
             return Err(self.malformed(m));
         }
         let (dir, name) = split_last(&h.path);
-        let crc = match (self.policy.layer, incremental::base_name(name)) {
+        let base = incremental::incremental_base(&key).map(|b| &name[name.len() - b.len()..]);
+        let crc = match (self.policy.layer, base) {
             (Layer::Over { newest, geometry }, Some(base)) => {
                 self.apply_incremental(h, dir, base, r, buf, map_read, (newest, geometry))?
             }
@@ -538,11 +539,11 @@ impl<T> Extractor<'_, '_, '_, T> {
         }
         r.read_exact(&mut fixed).map_err(map_read)?;
         let n = incremental::block_count(&fixed, geo).map_err(|w| bad(self, w))?;
-        let mut head = fixed.to_vec();
-        head.resize(fixed.len() + 4 * n as usize, 0);
-        if h.size < head.len() as u64 {
+        if h.size < fixed.len() as u64 + 4 * u64::from(n) {
             return Err(bad(self, "its header is cut short".into()));
         }
+        let mut head = fixed.to_vec();
+        head.resize(fixed.len() + 4 * n as usize, 0);
         r.read_exact(&mut head[fixed.len()..]).map_err(map_read)?;
         let parsed = incremental::parse(&head, h.size, geo).map_err(|w| bad(self, w))?;
         let mut crc = crc32c::crc32c(&head);
@@ -579,6 +580,13 @@ impl<T> Extractor<'_, '_, '_, T> {
         }
         let bs = u64::from(geo.block_size);
         let io_err = |x: &Self, what: &str, e: io::Error| x.fs_error(what, &target, e);
+        // Only whole pages of an earlier version count (pg_combinebackup reads a full file's
+        // length in whole pages); the newest version drops every page from T on.
+        let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if !len.is_multiple_of(bs) {
+            file.set_len(len - len % bs)
+                .map_err(|e| io_err(self, "truncate", e))?;
+        }
         if newest {
             file.set_len(u64::from(parsed.truncation) * bs)
                 .map_err(|e| io_err(self, "truncate", e))?;
@@ -685,7 +693,7 @@ fn forbidden(key: &[u8]) -> Option<&'static str> {
 }
 
 /// The oid a `pg_tblspc/` entry names: canonical decimal digits only (`016384` is not 16384).
-fn tablespace_oid(digits: &[u8]) -> Option<u32> {
+pub fn tablespace_oid(digits: &[u8]) -> Option<u32> {
     let text = std::str::from_utf8(digits).ok()?;
     let oid: u32 = text.parse().ok()?;
     (text.bytes().all(|b| b.is_ascii_digit()) && oid.to_string() == text).then_some(oid)

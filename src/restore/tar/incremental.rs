@@ -116,7 +116,7 @@ pub fn parse(bytes: &[u8], size: u64, geo: Geometry) -> Result<Header, String> {
     }
     let bs = u64::from(geo.block_size);
     let mut header_len = bytes.len() as u64;
-    if n > 0 && header_len % bs != 0 {
+    if n > 0 && !header_len.is_multiple_of(bs) {
         header_len += bs - header_len % bs;
     }
     let expected = header_len + u64::from(n) * bs;
@@ -148,14 +148,27 @@ pub fn base_name(name: &[u8]) -> Option<&[u8]> {
     name.strip_prefix(PREFIX).filter(|n| !n.is_empty())
 }
 
-/// A manifest path with an `INCREMENTAL.` last component mapped to the file it rebuilds.
-pub fn rebuilt_path(path: &[u8]) -> Vec<u8> {
+/// Whether files in directory `dir` (a manifest path) can be incremental: as for
+/// pg_combinebackup, `global`, database directories under `base/`, and everything in a
+/// tablespace; a user's `INCREMENTAL.notes` anywhere else is an ordinary file.
+pub fn in_incremental_dir(dir: &[u8]) -> bool {
+    dir == b"global" || dir.starts_with(b"base/") || dir.starts_with(b"pg_tblspc/")
+}
+
+/// The name without `INCREMENTAL.` if `path` (a manifest path) is an incremental file.
+pub fn incremental_base(path: &[u8]) -> Option<&[u8]> {
     let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
-        Some(i) => (&path[..=i], &path[i + 1..]),
+        Some(i) => (&path[..i], &path[i + 1..]),
         None => (&path[..0], path),
     };
-    match base_name(name) {
-        Some(base) => [dir, base].concat(),
+    base_name(name).filter(|_| in_incremental_dir(dir))
+}
+
+/// A manifest path of an incremental file mapped to the file it rebuilds; any other path
+/// as it is.
+pub fn rebuilt_path(path: &[u8]) -> Vec<u8> {
+    match incremental_base(path) {
+        Some(base) => [&path[..path.len() - PREFIX.len() - base.len()], base].concat(),
         None => path.to_vec(),
     }
 }
@@ -210,7 +223,18 @@ mod tests {
             rebuilt_path(b"base/5/INCREMENTAL.16384.1"),
             b"base/5/16384.1"
         );
-        assert_eq!(rebuilt_path(b"INCREMENTAL.x"), b"x");
+        assert_eq!(rebuilt_path(b"global/INCREMENTAL.1262"), b"global/1262");
+        assert_eq!(
+            rebuilt_path(b"pg_tblspc/16385/PG_18_1/5/INCREMENTAL.7"),
+            b"pg_tblspc/16385/PG_18_1/5/7"
+        );
+        // Elsewhere, as in pg_combinebackup, an ordinary file.
+        assert_eq!(rebuilt_path(b"INCREMENTAL.x"), b"INCREMENTAL.x");
+        assert_eq!(
+            rebuilt_path(b"pg_stat/INCREMENTAL.x"),
+            b"pg_stat/INCREMENTAL.x"
+        );
+        assert_eq!(rebuilt_path(b"base/INCREMENTAL.x"), b"base/INCREMENTAL.x");
         assert_eq!(rebuilt_path(b"base/5/16384"), b"base/5/16384");
         assert_eq!(rebuilt_path(b"base/5/INCREMENTAL."), b"base/5/INCREMENTAL.");
     }
