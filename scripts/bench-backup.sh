@@ -13,12 +13,18 @@
 #   walseal restore --buffered   the same through the page cache
 # Both backups take an immediate checkpoint and return only once the WAL they need is
 # archived; the cluster archives with walseal wal-push into the same repository.
+# Then (INCREMENTAL=1, the default) incremental backups, once, on a PostgreSQL 18 cluster of
+# the same scale (summarize_wal = on; the full 18.6 install, see lib.sh ensure_pg18_full):
+#   walseal backup (full), pgbench for LOAD_SECONDS, walseal backup --incremental, a skewed
+#   pgbench (a hot set) for LOAD_SECONDS, a second incremental; walseal restore of the full
+#   backup, and of each incremental (its chain rebuilt), checked with pg_verifybackup -n.
 # Every run is preceded by `sync`; the page cache is NOT dropped, so with enough RAM the
 # cluster is read from cache (warm-cache numbers; the report says how much RAM there is).
 #
 # Usage (as root):   bash scripts/bench-backup.sh
 #   SCALE=5 REPS=1 bash scripts/bench-backup.sh        # quick check (~80 MB)
-# Knobs: SCALE (pgbench scale, 200 = about 3 GiB), REPS (3), RESULTS_FILE (also write the
+# Knobs: SCALE (pgbench scale, 200 = about 3 GiB), REPS (3), INCREMENTAL (1), LOAD_SECONDS
+#        (pgbench run between the full and the incremental backup, 180), RESULTS_FILE (also write the
 #        report there), BENCH_TMPDIR (where the cluster, backups and restores go, /tmp),
 #        WALSEAL_BIN (use this binary instead of `cargo build --release`), KEEP_TMP=1.
 set -euo pipefail
@@ -29,6 +35,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 SCALE=${SCALE:-200}
 REPS=${REPS:-3}
+INCREMENTAL=${INCREMENTAL:-1}
+LOAD_SECONDS=${LOAD_SECONDS:-180}
+case $LOAD_SECONDS in '' | *[!0-9]* | 0) die "LOAD_SECONDS must be a positive integer (got '$LOAD_SECONDS')" ;; esac
 KEEP_TMP=${KEEP_TMP:-0}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
 case $SCALE in '' | *[!0-9]* | 0) die "SCALE must be a positive integer (got '$SCALE')" ;; esac
@@ -66,6 +75,7 @@ cleanup() {
     local rc=$?
     set +e
     pg_stop "$PGDIR"
+    [ -z "${PG18DIR:-}" ] || PG_BIN=$PG18_BIN pg_stop "$PG18DIR"
     if [ "$rc" -ne 0 ] && [ -s "$PGDIR.log" ]; then
         echo "--- last lines of $PGDIR.log" >&2
         tail -n 25 "$PGDIR.log" >&2
@@ -73,7 +83,7 @@ cleanup() {
     if [ "$KEEP_TMP" = 1 ]; then
         log "kept $WORK"
     else
-        rm -rf "$WORK" "$PGDIR.log" "$PGDIR.sock"
+        rm -rf "$WORK" "$PGDIR.log" "$PGDIR.sock" "${PG18DIR:-$PGDIR}.log" "${PG18DIR:-$PGDIR}.sock"
     fi
     exit "$rc"
 }
@@ -88,6 +98,7 @@ chmod 700 "$WORK/keys" "$REPO"
 as_pg "$BIN" keygen -o "$KEY" >/dev/null 2>&1 || die "walseal keygen failed"
 
 walseal() { as_pg env WALSEAL_REPO="file://$REPO" WALSEAL_KEY_FILE="$KEY" "$BIN" "$@"; }
+walseal init >/dev/null 2>&1 || die "walseal init failed"
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
@@ -175,6 +186,127 @@ for rep in $(seq 1 "$REPS"); do
     rm -rf "$dest" "${REPO:?}/backups/$id"
 done
 
+# ---------------------------------------------------------------------------- incremental
+# wait_archived PORT: switches WAL and waits until the archiver has stored that segment.
+wait_archived() {
+    local port=$1 seg t0=$SECONDS
+    seg=$(psql_at "$port" "SELECT pg_walfile_name(pg_switch_wal())")
+    until [ "$(psql_at "$port" "SELECT coalesce(last_archived_wal, '') COLLATE \"C\" >= '$seg' FROM pg_stat_archiver")" = t ]; do
+        [ $((SECONDS - t0)) -lt 3600 ] || die "the archiver did not reach $seg within an hour"
+        sleep 1
+    done
+}
+json_field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+INC_REPORT=''
+if [ "$INCREMENTAL" = 1 ]; then
+    pg_stop "$PGDIR"
+    PG15_BIN=$PG_BIN
+    PG18_BIN=$(ensure_pg18_full)
+    PG_BIN=$PG18_BIN
+    PG18DIR=$WORK/pg18
+    REPO18=$WORK/repo18
+    mkdir -p "$REPO18"
+    chown "$PG_USER:" "$REPO18"
+    chmod 700 "$REPO18"
+    as_pg env WALSEAL_REPO="file://$REPO18" WALSEAL_KEY_FILE="$KEY" "$BIN" init >/dev/null 2>&1 \
+        || die "walseal init ($REPO18) failed"
+    PORT18=$(free_port)
+    log "incremental: PostgreSQL 18 on 127.0.0.1:$PORT18 in $PG18DIR, summarize_wal = on, archiving into $REPO18"
+    pg_init "$PG18DIR" "$PORT18"
+    pg_conf "$PG18DIR" \
+        "archive_command = 'WALSEAL_REPO=file://$REPO18 WALSEAL_KEY_FILE=$KEY $BIN wal-push %p'" \
+        "summarize_wal = on" \
+        "shared_buffers = 256MB" \
+        "max_wal_size = 4GB"
+    pg_start "$PG18DIR"
+    log "incremental: pgbench -i -s $SCALE"
+    as_pg "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT18" -U postgres -i -s "$SCALE" -q postgres >"$WORK/pgbench18-init.log" 2>&1 \
+        || { cat "$WORK/pgbench18-init.log" >&2; die "pgbench -i (18) failed"; }
+    psql_at "$PORT18" "CHECKPOINT"
+    wait_archived "$PORT18"
+    timed inc-full 1 env WALSEAL_REPO="file://$REPO18" WALSEAL_KEY_FILE="$KEY" "$BIN" \
+        backup --fast --progress never --json --pg "host=127.0.0.1 port=$PORT18 user=postgres"
+    FULL_ID=$(json_field "$WORK/out/inc-full.1.out" id)
+    FULL_SIZE=$(json_field "$WORK/out/inc-full.1.out" size)
+    FULL_STORED=$(json_field "$WORK/out/inc-full.1.out" stored)
+    log "incremental: pgbench -c 4 -j 2 -T $LOAD_SECONDS"
+    as_pg "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT18" -U postgres -c 4 -j 2 -T "$LOAD_SECONDS" postgres >"$WORK/pgbench18-run.log" 2>&1 \
+        || { cat "$WORK/pgbench18-run.log" >&2; die "pgbench (18) failed"; }
+    TPS=$(awk '/^tps/ { printf "%.0f", $3; exit }' "$WORK/pgbench18-run.log")
+    wait_archived "$PORT18"
+    timed inc-incremental 1 env WALSEAL_REPO="file://$REPO18" WALSEAL_KEY_FILE="$KEY" "$BIN" \
+        backup --fast --incremental --progress never --json --pg "host=127.0.0.1 port=$PORT18 user=postgres"
+    INC_ID=$(json_field "$WORK/out/inc-incremental.1.out" id)
+    INC_SIZE=$(json_field "$WORK/out/inc-incremental.1.out" size)
+    INC_STORED=$(json_field "$WORK/out/inc-incremental.1.out" stored)
+    # The built-in pgbench picks accounts uniformly, so minutes of it touch most pages; real
+    # workloads have a hot set. A second incremental follows a skewed run (accounts drawn
+    # with random_exponential, parameter 10: 90 % of updates in the first quarter of the table).
+    cat > "$WORK/skewed.sql" <<'SQL'
+\set aid random_exponential(1, 100000 * :scale, 10)
+\set bid random(1, 1 * :scale)
+\set tid random(1, 10 * :scale)
+\set delta random(-5000, 5000)
+BEGIN;
+UPDATE pgbench_accounts SET abalance = abalance + :delta WHERE aid = :aid;
+SELECT abalance FROM pgbench_accounts WHERE aid = :aid;
+UPDATE pgbench_tellers SET tbalance = tbalance + :delta WHERE tid = :tid;
+UPDATE pgbench_branches SET bbalance = bbalance + :delta WHERE bid = :bid;
+INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (:tid, :bid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+SQL
+    chmod 644 "$WORK/skewed.sql"
+    log "incremental: skewed pgbench -c 4 -j 2 -T $LOAD_SECONDS"
+    as_pg "$PG_BIN/pgbench" -h 127.0.0.1 -p "$PORT18" -U postgres -c 4 -j 2 -T "$LOAD_SECONDS" \
+        -D scale="$SCALE" -f "$WORK/skewed.sql" postgres >"$WORK/pgbench18-skewed.log" 2>&1 \
+        || { cat "$WORK/pgbench18-skewed.log" >&2; die "skewed pgbench (18) failed"; }
+    TPS2=$(awk '/^tps/ { printf "%.0f", $3; exit }' "$WORK/pgbench18-skewed.log")
+    wait_archived "$PORT18"
+    timed inc-incremental2 1 env WALSEAL_REPO="file://$REPO18" WALSEAL_KEY_FILE="$KEY" "$BIN" \
+        backup --fast --incremental --progress never --json --pg "host=127.0.0.1 port=$PORT18 user=postgres"
+    INC2_ID=$(json_field "$WORK/out/inc-incremental2.1.out" id)
+    INC2_SIZE=$(json_field "$WORK/out/inc-incremental2.1.out" size)
+    INC2_STORED=$(json_field "$WORK/out/inc-incremental2.1.out" stored)
+    pg_stop "$PG18DIR"
+    dest=$WORK/restored18-full
+    timed inc-restore-full 1 env WALSEAL_REPO="file://$REPO18" WALSEAL_KEY_FILE="$KEY" "$BIN" restore "$FULL_ID" "$dest"
+    rm -rf "$dest"
+    dest=$WORK/restored18-chain
+    timed inc-restore-chain 1 env WALSEAL_REPO="file://$REPO18" WALSEAL_KEY_FILE="$KEY" "$BIN" restore "$INC_ID" "$dest"
+    CHAIN_BYTES=$(du -sb "$dest" | cut -f1)
+    as_pg "$PG_BIN/pg_verifybackup" -n -q -i postgresql.auto.conf -i recovery.signal "$dest" \
+        || die "pg_verifybackup -n of the rebuilt chain in $dest failed"
+    log "  pg_verifybackup -n of the rebuilt chain: OK"
+    rm -rf "$dest"
+    timed inc-restore-chain3 1 env WALSEAL_REPO="file://$REPO18" WALSEAL_KEY_FILE="$KEY" "$BIN" restore "$INC2_ID" "$dest"
+    CHAIN3_BYTES=$(du -sb "$dest" | cut -f1)
+    as_pg "$PG_BIN/pg_verifybackup" -n -q -i postgresql.auto.conf -i recovery.signal "$dest" \
+        || die "pg_verifybackup -n of the rebuilt chain of 3 in $dest failed"
+    rm -rf "$dest"
+    secs() { awk -v t="$1" '$1 == t { print $3 }' "$RUNS"; }
+    rss() { awk -v t="$1" '$1 == t { printf "%.0f", $4 / 1024 }' "$RUNS"; }
+    INC_REPORT=$WORK/incremental.txt
+    {
+        echo "incremental backups ($("$PG_BIN/postgres" --version), one run each; summarize_wal = on; same scale)"
+        echo "load before incremental 1: pgbench -c 4 -j 2 -T $LOAD_SECONDS ($TPS tps; accounts drawn uniformly)"
+        echo "load before incremental 2: the same transaction, accounts drawn with random_exponential(..., 10), -T $LOAD_SECONDS ($TPS2 tps)"
+        printf '%-30s %12s %12s %10s %12s\n' step 'data MiB' 'stored MiB' seconds 'peak RSS MiB'
+        printf '%-30s %12s %12s %10s %12s\n' "full backup" "$(mib "$FULL_SIZE")" "$(mib "$FULL_STORED")" "$(secs inc-full)" "$(rss inc-full)"
+        printf '%-30s %12s %12s %10s %12s\n' "incremental 1 (uniform load)" "$(mib "$INC_SIZE")" "$(mib "$INC_STORED")" "$(secs inc-incremental)" "$(rss inc-incremental)"
+        printf '%-30s %12s %12s %10s %12s\n' "incremental 2 (skewed load)" "$(mib "$INC2_SIZE")" "$(mib "$INC2_STORED")" "$(secs inc-incremental2)" "$(rss inc-incremental2)"
+        printf '%-30s %12s %12s %10s %12s\n' "restore of the full backup" "$(mib "$FULL_SIZE")" - "$(secs inc-restore-full)" "$(rss inc-restore-full)"
+        printf '%-30s %12s %12s %10s %12s\n' "restore of full + incr 1" "$(mib "$CHAIN_BYTES")" - "$(secs inc-restore-chain)" "$(rss inc-restore-chain)"
+        printf '%-30s %12s %12s %10s %12s\n' "restore of full + incr 1 + 2" "$(mib "$CHAIN3_BYTES")" - "$(secs inc-restore-chain3)" "$(rss inc-restore-chain3)"
+        echo "incremental 1 / full: stored $(ratio "$INC_STORED" "$FULL_STORED"), time $(ratio "$(secs inc-incremental)" "$(secs inc-full)")"
+        echo "incremental 2 / full: stored $(ratio "$INC2_STORED" "$FULL_STORED"), time $(ratio "$(secs inc-incremental2)" "$(secs inc-full)")"
+        echo "chain restore / full restore: 2 backups $(ratio "$(secs inc-restore-chain)" "$(secs inc-restore-full)"), 3 backups $(ratio "$(secs inc-restore-chain3)" "$(secs inc-restore-full)")"
+        echo "(each rebuilt chain passed pg_verifybackup -n; the restores ran after the cluster stopped)"
+    } > "$INC_REPORT"
+    PG_BIN=$PG15_BIN
+fi
+
 # ---------------------------------------------------------------------------- report
 # median TOOL FIELD (3 = seconds, 4 = peak RSS KiB)
 median() {
@@ -222,6 +354,10 @@ REPORT=$WORK/report.txt
     echo "walseal backup:  walseal backup --fast --progress never --json --pg 'host=127.0.0.1 port=P user=postgres' (file:// repository on the same disk)"
     echo "walseal restore: walseal restore ID NEWDIR (no target; files of 64 KiB and more written with O_DIRECT)"
     echo "walseal restore-buffered: walseal restore --buffered ID NEWDIR (through the page cache)"
+    if [ -n "$INC_REPORT" ]; then
+        echo
+        cat "$INC_REPORT"
+    fi
 } > "$REPORT"
 cat "$REPORT"
 if [ -n "${RESULTS_FILE:-}" ]; then

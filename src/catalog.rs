@@ -420,6 +420,72 @@ pub(crate) mod tests {
         )
     }
 
+    /// `record_json` made a chain link: `id`, its `parent` (format 2) or none (format 1).
+    fn link(id: &str, parent: Option<&str>, stop_unix: f64) -> BackupRecord {
+        let mut v: serde_json::Value = serde_json::from_str(&record_json(16 << 20, 1)).unwrap();
+        v["id"] = id.into();
+        v["stop_unix"] = stop_unix.into();
+        if let Some(p) = parent {
+            v["format_version"] = 2.into();
+            v["parent"] = p.into();
+            v["parent_manifest_sha256"] = "00".into();
+            v["block_size"] = 8192.into();
+            v["relseg_size"] = 131_072.into();
+        }
+        decode_record("k", v.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn incremental_records_need_their_parent_fields_and_no_other_format_decodes() {
+        let inc = serde_json::to_string(&link("20261128T081600Z", Some("20261128T081500Z"), 1.0))
+            .unwrap();
+        decode_record("k", inc.as_bytes()).unwrap();
+        let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut v: serde_json::Value = serde_json::from_str(&inc).unwrap();
+            f(&mut v);
+            decode_record("k", v.to_string().as_bytes()).map(|_| ())
+        };
+        assert!(edit(&|v| v["format_version"] = 1.into()).is_err());
+        assert!(edit(&|v| v["format_version"] = 3.into()).is_err());
+        assert!(edit(&|v| v["parent"] = serde_json::Value::Null).is_err());
+        assert!(edit(&|v| v["parent_manifest_sha256"] = serde_json::Value::Null).is_err());
+        assert!(edit(&|v| v["block_size"] = 1000.into()).is_err());
+        assert!(edit(&|v| v["relseg_size"] = 0.into()).is_err());
+        // A format-1 record (full backup) with a parent is refused too.
+        let mut full: serde_json::Value = serde_json::from_str(&record_json(16 << 20, 1)).unwrap();
+        full["parent"] = "20261128T081400Z".into();
+        assert!(decode_record("k", full.to_string().as_bytes()).is_err());
+    }
+
+    #[test]
+    fn chains_end_at_a_full_backup_older_than_each_link() {
+        let f = link("20261128T081500Z", None, 1.0);
+        let a = link("20261128T081600Z", Some("20261128T081500Z"), 2.0);
+        let b = link("20261128T081700Z", Some("20261128T081600Z"), 3.0);
+        let all = vec![f.clone(), a.clone(), b.clone()];
+        let ids: Vec<&str> = chain(&all, &b.id)
+            .unwrap()
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        assert_eq!(ids, [f.id.as_str(), a.id.as_str(), b.id.as_str()]);
+        // The middle link removed: broken, naming it.
+        let gap = vec![f.clone(), b.clone()];
+        let e = chain(&gap, &b.id).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity);
+        assert!(e.to_string().contains("20261128T081600Z"), "{e}");
+        // A parent that is not older (a forged loop) is refused.
+        let newer = link("20261128T081800Z", Some("20261128T081700Z"), 4.0);
+        let looped = link("20261128T081700Z", Some("20261128T081800Z"), 3.0);
+        let e = chain(&[newer, looped.clone()], &looped.id).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity);
+        // A parent of another cluster is refused.
+        let mut other = f.clone();
+        other.system_identifier = "1".into();
+        assert!(chain(&[other, a.clone()], &a.id).is_err());
+        assert_eq!(chain(&all, "nope").unwrap_err().kind(), ErrorKind::NotFound);
+    }
+
     #[test]
     fn records_with_impossible_values_are_refused_at_decode() {
         let key = record_key("20261128T081500Z");

@@ -188,13 +188,17 @@ pub enum Command {
     /// Connects like pg_basebackup (a role with REPLICATION, a `replication` line in
     /// pg_hba.conf), streams every tablespace and the backup manifest into sealed parts, waits
     /// until the WAL the backup needs is archived, then writes the backup's record. Only then is
-    /// the backup complete and listed.
+    /// the backup complete and listed. On PostgreSQL 17+ with summarize_wal = on,
+    /// --incremental or --full-every store only what changed since the newest backup. A
+    /// standby can be backed up too (its primary archives the last segment).
     Backup(BackupArgs),
     /// Restore a base backup into a new data directory, ready for point-in-time recovery.
     ///
     /// Checks every file against the backup manifest and writes recovery.signal plus
     /// restore_command and the recovery target into postgresql.auto.conf: start the server
-    /// afterwards. Run it as the OS user PostgreSQL runs as.
+    /// afterwards. An incremental backup is rebuilt from its chain (its full backup and the
+    /// incrementals up to it), as pg_combinebackup would. Run it as the OS user PostgreSQL
+    /// runs as.
     Restore(RestoreArgs),
     /// Restore drill: restore a backup into a scratch directory, start PostgreSQL on it (no
     /// network, no archiving), replay WAL, check the data, measure, and record the result.

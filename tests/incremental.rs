@@ -501,6 +501,29 @@ fn chain(major: u32, bin: &Path, combine: Option<&Path>) {
     structural_checks(&pgb, "PITR between the incrementals");
     pgb.stop();
 
+    if combine.is_some() {
+        // A restore drill of the chain (the full install has pg_amcheck and pg_checksums).
+        let dir = s.dir.path().join("drills");
+        std::fs::create_dir_all(&dir).unwrap();
+        chown_pg(&dir);
+        let out = s
+            .walseal_as_pg()
+            .args(["drill", "latest", "--json", "--dir"])
+            .arg(&dir)
+            .arg("--pg-bin")
+            .arg(bin)
+            .output()
+            .unwrap();
+        assert_eq!(code(&out), 0, "drill of the chain: {}", stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(
+            report["backup"].as_str(),
+            Some(incr2_id.as_str()),
+            "{report}"
+        );
+    }
+
     // Incremental 2 named explicitly cannot reach a time before it ended.
     let early = s.dir.path().join("early");
     let out = restore(&s, &early, &[&incr2_id, "--target-time", &time_b]);
@@ -902,5 +925,37 @@ fn incremental_refused_on_pg15_and_without_wal_summaries() {
     );
     let l = list(&s);
     assert_eq!(chain_of(&l).len(), 1, "{l}");
+    assert_eq!(l["incomplete"], serde_json::json!([]), "{l}");
+
+    // summarize_wal turned on after the full backup: the server has no summaries back to
+    // it, so --incremental fails saying what it needs, and --full-every takes a full one.
+    // (The summarizer starts at the newest checkpoint's redo point: make that later than the
+    // full backup's start.)
+    pg.psql("CREATE TABLE after_full AS SELECT generate_series(1, 1000) i");
+    pg.psql("CHECKPOINT");
+    pg.psql("ALTER SYSTEM SET summarize_wal = on");
+    pg.psql("SELECT pg_reload_conf()");
+    std::thread::sleep(Duration::from_secs(1));
+    let out = s.backup(&pg, &["--incremental", "--wal-timeout", "60"]);
+    assert_eq!(
+        code(&out),
+        10,
+        "no summaries back to the parent: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("WAL summaries"),
+        "the hint should name WAL summaries: {}",
+        stderr(&out)
+    );
+    let out = s.backup(
+        &pg,
+        &["--full-every", "7d", "--wal-timeout", "60", "--json"],
+    );
+    assert_eq!(code(&out), 0, "--full-every falls back: {}", stderr(&out));
+    let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(rec["parent"].is_null(), "a full backup was due: {rec}");
+    let l = list(&s);
+    assert_eq!(chain_of(&l).len(), 2, "{l}");
     assert_eq!(l["incomplete"], serde_json::json!([]), "{l}");
 }

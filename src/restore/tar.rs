@@ -591,12 +591,26 @@ impl<T> Extractor<'_, '_, '_, T> {
             file.set_len(u64::from(parsed.truncation) * bs)
                 .map_err(|e| io_err(self, "truncate", e))?;
         }
+        // Runs of consecutive pages (the server sends them in order) go out in one write of
+        // up to the buffer's size.
         let page = usize::try_from(bs).unwrap_or(8192);
-        for b in &parsed.blocks {
-            r.read_exact(&mut buf[..page]).map_err(map_read)?;
-            crc = crc32c::crc32c_append(crc, &buf[..page]);
-            std::os::unix::fs::FileExt::write_all_at(&file, &buf[..page], u64::from(*b) * bs)
+        let per_write = (buf.len() / page).max(1);
+        let mut i = 0;
+        while i < parsed.blocks.len() {
+            let first = parsed.blocks[i];
+            let mut run = 1;
+            while run < per_write
+                && i + run < parsed.blocks.len()
+                && u64::from(parsed.blocks[i + run]) == u64::from(first) + run as u64
+            {
+                run += 1;
+            }
+            let bytes = &mut buf[..run * page];
+            r.read_exact(bytes).map_err(map_read)?;
+            crc = crc32c::crc32c_append(crc, bytes);
+            std::os::unix::fs::FileExt::write_all_at(&file, bytes, u64::from(first) * bs)
                 .map_err(|e| io_err(self, "write", e))?;
+            i += run;
         }
         if newest {
             let want = u64::from(parsed.final_pages()) * bs;
