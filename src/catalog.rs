@@ -363,6 +363,28 @@ pub async fn parts_present(storage: &Storage, records: &[&BackupRecord]) -> Resu
     Ok(())
 }
 
+/// Reads a backup's manifest (its `backup_manifest` archive) into memory, unchecked.
+///
+/// # Errors
+/// `Integrity` if the record lists no manifest; as [`read_archive`].
+pub async fn read_manifest(
+    storage: &Storage,
+    keyring: &Keyring,
+    record: &BackupRecord,
+) -> Result<Vec<u8>> {
+    let archive = record
+        .archives
+        .iter()
+        .find(|a| a.name == "backup_manifest")
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Integrity,
+                format!("backup {} has no manifest", record.id),
+            )
+        })?;
+    read_archive(storage, keyring, archive).await
+}
+
 /// Reads a whole (small) archive into memory, e.g. the manifest.
 ///
 /// # Errors
@@ -421,7 +443,7 @@ pub(crate) mod tests {
     }
 
     /// `record_json` made a chain link: `id`, its `parent` (format 2) or none (format 1).
-    fn link(id: &str, parent: Option<&str>, stop_unix: f64) -> BackupRecord {
+    pub(crate) fn link(id: &str, parent: Option<&str>, stop_unix: f64) -> BackupRecord {
         let mut v: serde_json::Value = serde_json::from_str(&record_json(16 << 20, 1)).unwrap();
         v["id"] = id.into();
         v["stop_unix"] = stop_unix.into();

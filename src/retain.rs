@@ -257,18 +257,7 @@ mod tests {
     use crate::catalog::BackupRecord;
 
     fn record(id: &str, stop_unix: f64, parent: Option<&str>) -> BackupRecord {
-        let mut v: serde_json::Value =
-            serde_json::from_str(&crate::catalog::tests::record_json(16 << 20, 1)).unwrap();
-        v["id"] = id.into();
-        v["stop_unix"] = stop_unix.into();
-        if let Some(p) = parent {
-            v["format_version"] = 2.into();
-            v["parent"] = p.into();
-            v["parent_manifest_sha256"] = "00".into();
-            v["block_size"] = 8192.into();
-            v["relseg_size"] = 131_072.into();
-        }
-        serde_json::from_value(v).unwrap()
+        crate::catalog::tests::link(id, parent, stop_unix)
     }
 
     #[test]

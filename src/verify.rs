@@ -302,11 +302,7 @@ pub async fn verify(
             Ok(c) if c.len() > 1 && !quick => c[c.len() - 2],
             Ok(_) => continue,
         };
-        let manifest = parent.archives.iter().find(|a| a.name == "backup_manifest");
-        let bytes = match manifest {
-            Some(m) => catalog::read_archive(storage, &keyring, m).await.ok(),
-            None => None,
-        };
+        let bytes = catalog::read_manifest(storage, &keyring, parent).await.ok();
         let bound = bytes.is_some_and(|bytes| {
             let sum = ring::digest::digest(&ring::digest::SHA256, &bytes);
             b.parent_manifest_sha256.as_deref()

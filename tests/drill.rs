@@ -15,18 +15,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// The full PostgreSQL 18 install, or None (printing SKIPPED) when the run opted out.
-fn pg18_full() -> Option<PathBuf> {
-    match std::env::var("WALSEAL_TEST_PG18_FULL_BIN") {
-        Ok(p) => Some(PathBuf::from(p)),
-        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
-            eprintln!("SKIPPED: PostgreSQL 18 full install (WALSEAL_SKIP_PG_VERSIONS is set)");
-            None
-        }
-        Err(_) => panic!("WALSEAL_TEST_PG18_FULL_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL 18.6), or set WALSEAL_SKIP_PG_VERSIONS=1"),
-    }
-}
-
 /// A primary with pgbench tables, a backup taken under pgbench load, more load after it, and
 /// everything archived; the primary is stopped (nothing more reaches the archive).
 struct Archived {

@@ -30,34 +30,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The npm server binaries of `major` (17 or 18), or None (printing SKIPPED) when the run opted
-/// out of the extra versions.
-fn server_bin(major: u32) -> Option<PathBuf> {
-    if major == 15 {
-        return Some(pg_bin());
-    }
-    match std::env::var(format!("WALSEAL_TEST_PG{major}_BIN")) {
-        Ok(p) => Some(PathBuf::from(p)),
-        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
-            eprintln!("SKIPPED: PostgreSQL {major} (WALSEAL_SKIP_PG_VERSIONS is set)");
-            None
-        }
-        Err(_) => panic!("WALSEAL_TEST_PG{major}_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL {major}), or set WALSEAL_SKIP_PG_VERSIONS=1"),
-    }
-}
-
-/// The full PostgreSQL 18 install, or None (printing SKIPPED) when the run opted out.
-fn pg18_full() -> Option<PathBuf> {
-    match std::env::var("WALSEAL_TEST_PG18_FULL_BIN") {
-        Ok(p) => Some(PathBuf::from(p)),
-        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
-            eprintln!("SKIPPED: PostgreSQL 18 full install (WALSEAL_SKIP_PG_VERSIONS is set)");
-            None
-        }
-        Err(_) => panic!("WALSEAL_TEST_PG18_FULL_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL 18.6), or set WALSEAL_SKIP_PG_VERSIONS=1"),
-    }
-}
-
 /// Starts `pg` as `Pg::start` does, but moves it to another port if its port was taken in the
 /// meantime (`free_port` finds a port that was free a moment ago; tests run in parallel).
 fn start(pg: &mut Pg) {

@@ -7,25 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-fn server_bin(major: u32) -> Option<PathBuf> {
-    if major == 15 {
-        return Some(pg_bin());
-    }
-    match std::env::var(format!("WALSEAL_TEST_PG{major}_BIN")) {
-        Ok(p) => Some(PathBuf::from(p)),
-        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
-            eprintln!("SKIPPED: PostgreSQL {major} (WALSEAL_SKIP_PG_VERSIONS is set)");
-            None
-        }
-        Err(_) => panic!("WALSEAL_TEST_PG{major}_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL {major}), or set WALSEAL_SKIP_PG_VERSIONS=1"),
-    }
-}
 
 /// A primary archiving through walseal, with pg_hba lines for the authentication tests.
 fn primary(s: &Setup, bin: &Path) -> Pg {

@@ -18,20 +18,14 @@ use common::*;
 /// Server binaries with pg_basebackup beside them: Debian's 15, or the full 18 install; None
 /// (printing SKIPPED) when the run opted out of the other versions.
 fn server_bin(major: u32) -> Option<PathBuf> {
-    if major == 15 {
-        return Some(pg_bin());
-    }
-    assert_eq!(
-        major, 18,
+    assert!(
+        major == 15 || major == 18,
         "only 15 and the full 18 install have pg_basebackup"
     );
-    match std::env::var("WALSEAL_TEST_PG18_FULL_BIN") {
-        Ok(p) => Some(PathBuf::from(p)),
-        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
-            eprintln!("SKIPPED: PostgreSQL 18 full install (WALSEAL_SKIP_PG_VERSIONS is set)");
-            None
-        }
-        Err(_) => panic!("WALSEAL_TEST_PG18_FULL_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL 18.6), or set WALSEAL_SKIP_PG_VERSIONS=1"),
+    if major == 15 {
+        Some(pg_bin())
+    } else {
+        pg18_full()
     }
 }
 

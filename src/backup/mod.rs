@@ -620,17 +620,7 @@ async fn choose_parent(
             return Ok(None);
         }
     }
-    let manifest_archive = newest
-        .archives
-        .iter()
-        .find(|a| a.name == "backup_manifest")
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("backup {} has no manifest", newest.id),
-            )
-        })?;
-    let manifest = catalog::read_archive(storage, keyring, manifest_archive).await?;
+    let manifest = catalog::read_manifest(storage, keyring, newest).await?;
     let sha256 =
         crate::keys::hex_encode(ring::digest::digest(&ring::digest::SHA256, &manifest).as_ref());
     tracing::info!("taking an incremental backup against {}", newest.id);

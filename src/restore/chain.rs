@@ -35,17 +35,7 @@ pub async fn load_manifest(
     keyring: &Keyring,
     record: &BackupRecord,
 ) -> Result<(Vec<u8>, Listing<ManifestFile>)> {
-    let manifest_archive = record
-        .archives
-        .iter()
-        .find(|a| a.name == "backup_manifest")
-        .ok_or_else(|| {
-            Error::new(
-                ErrorKind::Integrity,
-                format!("backup {} has no manifest", record.id),
-            )
-        })?;
-    let bytes = catalog::read_archive(storage, keyring, manifest_archive).await?;
+    let bytes = catalog::read_manifest(storage, keyring, record).await?;
     let listing = decode_manifest(&bytes, &record.id, &record.system_identifier)?;
     Ok((bytes, listing))
 }

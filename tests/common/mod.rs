@@ -21,6 +21,36 @@ pub fn walseal_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_walseal"))
 }
 
+/// Server binaries of PostgreSQL `major`: Debian's for 15, else the npm build scripts/test.sh
+/// installs (`WALSEAL_TEST_PG{16,17,18}_BIN`); None (printing SKIPPED) when the run opted out
+/// of the extra versions with `WALSEAL_SKIP_PG_VERSIONS`.
+pub fn server_bin(major: u32) -> Option<PathBuf> {
+    if major == 15 {
+        return Some(pg_bin());
+    }
+    match std::env::var(format!("WALSEAL_TEST_PG{major}_BIN")) {
+        Ok(p) => Some(PathBuf::from(p)),
+        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
+            eprintln!("SKIPPED: PostgreSQL {major} (WALSEAL_SKIP_PG_VERSIONS is set)");
+            None
+        }
+        Err(_) => panic!("WALSEAL_TEST_PG{major}_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL {major}), or set WALSEAL_SKIP_PG_VERSIONS=1"),
+    }
+}
+
+/// The full PostgreSQL 18 install (every client tool: pg_combinebackup, pg_amcheck, ...), or
+/// None (printing SKIPPED) when the run opted out.
+pub fn pg18_full() -> Option<PathBuf> {
+    match std::env::var("WALSEAL_TEST_PG18_FULL_BIN") {
+        Ok(p) => Some(PathBuf::from(p)),
+        Err(_) if std::env::var_os("WALSEAL_SKIP_PG_VERSIONS").is_some() => {
+            eprintln!("SKIPPED: PostgreSQL 18 full install (WALSEAL_SKIP_PG_VERSIONS is set)");
+            None
+        }
+        Err(_) => panic!("WALSEAL_TEST_PG18_FULL_BIN is not set: run the tests with scripts/test.sh (it installs PostgreSQL 18.6), or set WALSEAL_SKIP_PG_VERSIONS=1"),
+    }
+}
+
 /// A directory under /tmp owned by postgres and removed on drop.
 pub struct PgDir(pub PathBuf);
 
