@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench-backup.sh - base backup and restore speed: walseal backup / walseal restore against
-# pg_basebackup, on one throwaway PostgreSQL 15 cluster filled by pgbench -i.
+# pg_basebackup, on one throwaway PostgreSQL 15 cluster filled by pgbench -i; then
+# (INCREMENTAL=1) incremental backups on a PostgreSQL 18 one.
 #
 # Measured, REPS times each, interleaved (pg_basebackup, walseal backup, walseal restore in
 # every repetition), wall time and peak RSS from /usr/bin/time -f '%e %M':
@@ -17,14 +18,14 @@
 # the same scale (summarize_wal = on; the full 18.6 install, see lib.sh ensure_pg18_full):
 #   walseal backup (full), pgbench for LOAD_SECONDS, walseal backup --incremental, a skewed
 #   pgbench (a hot set) for LOAD_SECONDS, a second incremental; walseal restore of the full
-#   backup, and of each incremental (its chain rebuilt), checked with pg_verifybackup -n.
+#   backup, and of each incremental (its chain rebuilt, checked with pg_verifybackup -n).
 # Every run is preceded by `sync`; the page cache is NOT dropped, so with enough RAM the
 # cluster is read from cache (warm-cache numbers; the report says how much RAM there is).
 #
 # Usage (as root):   bash scripts/bench-backup.sh
-#   SCALE=5 REPS=1 bash scripts/bench-backup.sh        # quick check (~80 MB)
+#   SCALE=5 REPS=1 LOAD_SECONDS=10 bash scripts/bench-backup.sh   # quick check (~80 MB)
 # Knobs: SCALE (pgbench scale, 200 = about 3 GiB), REPS (3), INCREMENTAL (1), LOAD_SECONDS
-#        (pgbench run between the full and the incremental backup, 180), RESULTS_FILE (also write the
+#        (each of the two pgbench runs before an incremental, 180), RESULTS_FILE (also write the
 #        report there), BENCH_TMPDIR (where the cluster, backups and restores go, /tmp),
 #        WALSEAL_BIN (use this binary instead of `cargo build --release`), KEEP_TMP=1.
 set -euo pipefail
@@ -76,9 +77,10 @@ cleanup() {
     set +e
     pg_stop "$PGDIR"
     [ -z "${PG18DIR:-}" ] || PG_BIN=$PG18_BIN pg_stop "$PG18DIR"
-    if [ "$rc" -ne 0 ] && [ -s "$PGDIR.log" ]; then
-        echo "--- last lines of $PGDIR.log" >&2
-        tail -n 25 "$PGDIR.log" >&2
+    if [ "$rc" -ne 0 ]; then
+        for f in "$PGDIR.log" "${PG18DIR:-$PGDIR}.log"; do
+            [ -s "$f" ] && { echo "--- last lines of $f" >&2; tail -n 25 "$f" >&2; }
+        done
     fi
     if [ "$KEEP_TMP" = 1 ]; then
         log "kept $WORK"

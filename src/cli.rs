@@ -296,7 +296,8 @@ pub enum Command {
     },
     /// List complete backups and the archived WAL per timeline.
     List {
-        /// JSON output: an object with `backups` (oldest first), `incomplete` and `wal`.
+        /// JSON output: an object with `backups` (oldest first, each with its `parent` and `chain`),
+        /// `incomplete`, `wal` and `drills`.
         #[arg(long)]
         json: bool,
     },
@@ -326,15 +327,18 @@ pub struct BackupArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
     pub progress: String,
     /// Incremental backup (PostgreSQL 17+, summarize_wal = on): only what changed since the
-    /// newest complete backup, which becomes its parent. Restore rebuilds the chain itself.
-    #[arg(long)]
+    /// newest complete backup, which becomes its parent; once the parent's chain holds 400
+    /// incrementals, a full backup instead. Restore rebuilds the chain itself.
+    #[arg(long, conflicts_with = "full_every")]
     pub incremental: bool,
-    /// A full backup when the newest full one is older than this (e.g. 7d, 36h), an
-    /// incremental otherwise: one cron line for "weekly full, daily incremental".
+    /// PostgreSQL 17+, summarize_wal = on: a full backup when the newest full one is older than
+    /// this (e.g. 7d, 36h), when there is no usable parent or the server cannot take the
+    /// incremental; an incremental otherwise. One cron line for "weekly full, daily incremental".
     #[arg(long, value_name = "PERIOD", value_parser = parse_period)]
     pub full_every: Option<f64>,
-    /// Do not let the server verify page checksums while reading. A damaged page is then
-    /// backed up as it is instead of failing the backup: accept that only knowingly.
+    /// Do not let the server verify page checksums while reading (on clusters with data
+    /// checksums). A damaged page is then backed up as it is instead of failing the backup:
+    /// accept that only knowingly.
     #[arg(long)]
     pub no_verify_checksums: bool,
 }

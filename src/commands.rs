@@ -217,6 +217,15 @@ pub fn list(cfg: &Config, json: bool) -> Result<()> {
         let mut v = serde_json::to_value(&listing)
             .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot encode JSON: {e}")))?;
         v["drills"] = serde_json::Value::Array(drill_rows);
+        // Each backup's chain (oldest first, ending with it; empty if broken).
+        if let Some(rows) = v["backups"].as_array_mut() {
+            for (row, b) in rows.iter_mut().zip(&listing.backups) {
+                let chain: Vec<String> = catalog::chain(&listing.backups, &b.id)
+                    .map(|c| c.iter().map(|r| r.id.clone()).collect())
+                    .unwrap_or_default();
+                row["chain"] = serde_json::json!(chain);
+            }
+        }
         return json_out(&v);
     }
     println!("repository {}", storage.display());

@@ -173,6 +173,16 @@ fn incremental_files(root: &Path) -> Vec<String> {
 }
 
 /// Panics unless `dest` is absent or an empty directory (a refused restore wrote nothing).
+/// A destination the refused restore must not even have created (refused before anything is
+/// written, not written and emptied again).
+fn assert_never_created(dest: &Path, what: &str) {
+    assert!(
+        !dest.exists(),
+        "{what}: the refused restore created {}",
+        dest.display()
+    );
+}
+
 fn assert_nothing_written(dest: &Path, what: &str) {
     if dest.exists() {
         let left: Vec<_> = std::fs::read_dir(dest)
@@ -337,6 +347,12 @@ fn chain(major: u32, bin: &Path, combine: Option<&Path>) {
             (incr2_id.clone(), Some(incr1_id.clone())),
         ],
         "list --json: ids and parents"
+    );
+    let l = list(&s);
+    assert_eq!(
+        l["backups"][2]["chain"],
+        serde_json::json!([full_id, incr1_id, incr2_id]),
+        "list --json: the newest backup's chain"
     );
     let v = s.walseal_as_pg().arg("verify").output().unwrap();
     assert_eq!(
@@ -505,7 +521,7 @@ fn chain(major: u32, bin: &Path, combine: Option<&Path>) {
         "incremental 2 to a time before its end: {}",
         stderr(&out)
     );
-    assert_nothing_written(&early, "a target before the backup");
+    assert_never_created(&early, "a target before the backup");
 
     broken_chain(&s, &full_id, &incr1_id);
 }
@@ -552,7 +568,7 @@ fn broken_chain(s: &Setup, full_id: &str, incr1_id: &str) {
             "{id}: the missing full backup {full_id} is not named: {}",
             stderr(&out)
         );
-        assert_nothing_written(&dest, "the full backup removed");
+        assert_never_created(&dest, "the full backup removed");
     }
     std::fs::rename(&aside, backups.join(full_id)).unwrap();
 }
@@ -813,7 +829,7 @@ fn pg18_incremental_refusals_retain_and_broken_chains() {
         let dest = s.dir.path().join(format!("broken{i}"));
         let out = restore(&s, &dest, &[&b1]);
         assert_eq!(code(&out), 5, "{what}: {}", stderr(&out));
-        assert_nothing_written(&dest, what);
+        assert_never_created(&dest, what);
         std::fs::write(path, good).unwrap();
     }
     // Put back, the chain restores again (the refusals above came from the damage).
@@ -857,7 +873,7 @@ fn pg18_incremental_refusals_retain_and_broken_chains() {
         "latest with its parent removed: {}",
         stderr(&out)
     );
-    assert_nothing_written(
+    assert_never_created(
         &s.dir.path().join("orphan-latest"),
         "latest, parent removed",
     );

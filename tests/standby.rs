@@ -342,9 +342,14 @@ fn pg18_checksum_failures_fail_the_backup() {
     let out = s.backup(&pg, &[]);
     let err = stderr(&out);
     assert_eq!(code(&out), 10, "backup of a damaged cluster: {err}");
+    // The error line itself names it (not only the server's WARNING, logged beside it).
+    let error_line = err
+        .lines()
+        .find(|l| l.contains("walseal backup: error"))
+        .unwrap_or_default();
     assert!(
-        err.contains(&rel),
-        "the damaged file {rel} is not named: {err}"
+        error_line.contains(&rel),
+        "the error does not name the damaged file {rel}: {err}"
     );
     let list = listing(&s);
     assert_eq!(list["backups"], serde_json::json!([]), "{list}");

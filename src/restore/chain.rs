@@ -258,3 +258,28 @@ pub fn finish(
         }))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_incremental_is_bound_to_its_parents_exact_manifest() {
+        let parent = catalog::tests::link("20261128T081500Z", None, 1.0);
+        let manifest = b"{ \"Files\": [] }\n".to_vec();
+        let mut child = catalog::tests::link("20261128T081600Z", Some(&parent.id), 2.0);
+        child.parent_manifest_sha256 = Some(sha256_hex(&manifest));
+        check_binding(&parent, &manifest, &child).unwrap();
+        let mut other = manifest.clone();
+        other[3] ^= 1;
+        let e = check_binding(&parent, &other, &child).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Integrity);
+        assert!(
+            e.to_string().contains("not the one it was taken against"),
+            "{e}"
+        );
+        // Upper-case hex is another digest: the comparison is exact.
+        child.parent_manifest_sha256 = Some(sha256_hex(&manifest).to_uppercase());
+        assert!(check_binding(&parent, &manifest, &child).is_err());
+    }
+}

@@ -1598,3 +1598,39 @@ mod tests {
         s.assert_outside_unchanged();
     }
 }
+
+#[cfg(test)]
+mod remove_tests {
+    use super::*;
+
+    #[test]
+    fn removals_resolve_no_link_and_stay_beneath_the_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dest, outside) = (tmp.path().join("dest"), tmp.path().join("outside"));
+        std::fs::create_dir_all(dest.join("base/1")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("x"), b"keep").unwrap();
+        std::fs::write(dest.join("base/1/f"), b"gone").unwrap();
+        // A link planted where a removed file's directory would be, and one as the file.
+        std::os::unix::fs::symlink(&outside, dest.join("base/2")).unwrap();
+        std::os::unix::fs::symlink(outside.join("x"), dest.join("base/1/l")).unwrap();
+        let root = Root::open(&dest).unwrap();
+        root.remove(b"base/1/f", false).unwrap();
+        assert!(!dest.join("base/1/f").exists());
+        // Through the link: refused, nothing outside touched.
+        assert!(root.remove(b"base/2/x", false).is_err());
+        assert!(root.remove(b"base/2", true).is_err());
+        // The link itself is removed, never its target.
+        root.remove(b"base/1/l", false).unwrap();
+        assert_eq!(std::fs::read(outside.join("x")).unwrap(), b"keep");
+        // A directory with something left in it is not removed; an empty one is; a missing
+        // one is fine.
+        std::fs::write(dest.join("base/1/g"), b"").unwrap();
+        assert!(root.remove(b"base/1", true).is_err());
+        std::fs::remove_file(dest.join("base/1/g")).unwrap();
+        root.remove(b"base/1", true).unwrap();
+        root.remove(b"base/9", true).unwrap();
+        assert!(!dest.join("base/1").exists());
+        assert_eq!(std::fs::read(outside.join("x")).unwrap(), b"keep");
+    }
+}
