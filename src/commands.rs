@@ -533,6 +533,12 @@ pub fn status(cfg: &Config, pg: Option<&str>, json: bool, prometheus: Option<&Pa
             st.newest_backup.as_deref().unwrap_or("none"),
             age(st.newest_backup_age_seconds)
         );
+        if st.newest_full_backup_age_seconds != st.newest_backup_age_seconds {
+            println!(
+                "newest full backup    {}",
+                age(st.newest_full_backup_age_seconds)
+            );
+        }
         println!(
             "repository size       {} in {} objects",
             human(st.repository_bytes),

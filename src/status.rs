@@ -35,6 +35,9 @@ pub struct Status {
     pub newest_backup: Option<String>,
     /// Seconds since it ended.
     pub newest_backup_age_seconds: Option<f64>,
+    /// Seconds since the newest complete full (not incremental) backup ended; `None` without
+    /// one, or on a push-only host (which cannot open records).
+    pub newest_full_backup_age_seconds: Option<f64>,
     /// Interrupted backups.
     pub incomplete_backups: usize,
     /// Objects stored.
@@ -74,10 +77,17 @@ pub async fn status(
     // Push-only, or sealing to a recipient whose identity is elsewhere: records do not open.
     let push_only = !keyring.opens_own();
     // (backup count, newest id, its end as unix time, incomplete count)
+    let mut newest_full_end = None;
     let backups = if push_only {
         from_listing(&objects)
     } else {
         let listing = catalog::list(storage, keyring).await?;
+        newest_full_end = listing
+            .backups
+            .iter()
+            .rev()
+            .find(|b| !b.is_incremental())
+            .map(|b| b.stop_unix);
         let newest = listing.backups.last();
         (
             listing.backups.len(),
@@ -164,6 +174,7 @@ pub async fn status(
         backups: backup_count,
         newest_backup,
         newest_backup_age_seconds: newest_backup_end.map(|t| (now - t).max(0.0)),
+        newest_full_backup_age_seconds: newest_full_end.map(|t| (now - t).max(0.0)),
         incomplete_backups,
         repository_objects: objects.len() as u64,
         repository_bytes: objects.iter().map(|o| o.size).sum(),
@@ -291,6 +302,11 @@ pub fn prometheus(s: &Status) -> String {
         "newest_backup_age_seconds",
         "Seconds since the newest complete backup ended.",
         s.newest_backup_age_seconds,
+    );
+    metric(
+        "newest_full_backup_age_seconds",
+        "Seconds since the newest complete full (not incremental) backup ended.",
+        s.newest_full_backup_age_seconds,
     );
     metric(
         "repository_bytes",

@@ -354,6 +354,25 @@ fn chain(major: u32, bin: &Path, combine: Option<&Path>) {
         serde_json::json!([full_id, incr1_id, incr2_id]),
         "list --json: the newest backup's chain"
     );
+    let st = s
+        .walseal_as_pg()
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(
+        st["newest_backup"].as_str(),
+        Some(incr2_id.as_str()),
+        "{st}"
+    );
+    let (newest, full) = (
+        st["newest_backup_age_seconds"].as_f64().unwrap(),
+        st["newest_full_backup_age_seconds"].as_f64().unwrap(),
+    );
+    assert!(
+        full > newest,
+        "the full backup is older than incremental 2: {st}"
+    );
     let v = s.walseal_as_pg().arg("verify").output().unwrap();
     assert_eq!(
         code(&v),
