@@ -119,6 +119,12 @@ impl BackupRecord {
     }
 }
 
+/// The most pages per relation segment file a record may give (128 GiB segments of 8 KiB
+/// pages; PostgreSQL's default is 131 072, 1 GiB): bounds what one incremental file's header
+/// can make a restore hold (4 bytes a page for its block numbers, one bit a page to find
+/// duplicates).
+pub const MAX_RELSEG_SIZE: u32 = 1 << 24;
+
 /// The longest chain walseal restores: a full backup and this many incrementals after it
 /// (`--full-every` keeps chains short; each link costs a stream during restore).
 pub const MAX_CHAIN: usize = 400;
@@ -234,7 +240,9 @@ pub fn decode_record(key: &str, bytes: &[u8]) -> Result<BackupRecord> {
             || !record
                 .block_size
                 .is_some_and(|b| b.is_power_of_two() && (1024..=32768).contains(&b))
-            || !record.relseg_size.is_some_and(|r| r > 0 && r <= 1 << 30))
+            || !record
+                .relseg_size
+                .is_some_and(|r| r > 0 && r <= MAX_RELSEG_SIZE))
     {
         return Err(bad("an incremental backup without its parent's manifest digest, block size or segment size".into()));
     }
@@ -473,6 +481,8 @@ pub(crate) mod tests {
         assert!(edit(&|v| v["parent_manifest_sha256"] = serde_json::Value::Null).is_err());
         assert!(edit(&|v| v["block_size"] = 1000.into()).is_err());
         assert!(edit(&|v| v["relseg_size"] = 0.into()).is_err());
+        assert!(edit(&|v| v["relseg_size"] = (MAX_RELSEG_SIZE + 1).into()).is_err());
+        edit(&|v| v["relseg_size"] = MAX_RELSEG_SIZE.into()).unwrap();
         // A format-1 record (full backup) with a parent is refused too.
         let mut full: serde_json::Value = serde_json::from_str(&record_json(16 << 20, 1)).unwrap();
         full["parent"] = "20261128T081400Z".into();

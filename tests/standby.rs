@@ -29,6 +29,15 @@ fn server_bin(major: u32) -> Option<PathBuf> {
     }
 }
 
+/// Waits until `pg` (a standby archiving itself) has archived segment `seg` or a later one.
+fn wait_archived_by(pg: &Pg, seg: &str) {
+    pg.wait_for(
+        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
+        Duration::from_secs(60),
+        |last| last.len() >= 24 && last[..24] >= *seg,
+    );
+}
+
 /// A started primary of version `bin` archiving through `s`'s walseal.
 fn archiving_primary(s: &Setup, bin: &Path) -> Pg {
     let pg = s.primary(bin, &["max_wal_senders = 10".into()]);
@@ -218,11 +227,7 @@ fn pg15_standby_archiving_always_into_the_same_repository() {
     let seg = primary.switch_and_wait_archived();
     wait_replayed(&primary, &standby);
     // The standby archived the same segment the primary did (already in the repository).
-    standby.wait_for(
-        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        Duration::from_secs(60),
-        |last| last.len() >= 24 && last[..24] >= seg[..],
-    );
+    wait_archived_by(&standby, &seg);
 
     let (out, took) = standby_backup(&s, &standby, &primary, &[], Duration::from_secs(120));
     assert_eq!(
@@ -234,11 +239,7 @@ fn pg15_standby_archiving_always_into_the_same_repository() {
     primary.psql("INSERT INTO t SELECT g, 'after ' || g FROM generate_series(101, 200) g");
     let seg = primary.switch_and_wait_archived();
     wait_replayed(&primary, &standby);
-    standby.wait_for(
-        "SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver",
-        Duration::from_secs(60),
-        |last| last.len() >= 24 && last[..24] >= seg[..],
-    );
+    wait_archived_by(&standby, &seg);
     for (who, pg) in [("primary", &primary), ("standby", &standby)] {
         let stats = pg.psql(
             "SELECT archived_count || ' ' || failed_count || ' ' || coalesce(last_failed_wal, '-') FROM pg_stat_archiver",

@@ -530,7 +530,7 @@ async fn page_geometry(conn: &mut Conn) -> Result<(u32, u32)> {
     let relseg = protocol::parse_guc_size(&seg_text)
         .map(|b| b / u64::from(block_size))
         .and_then(|r| u32::try_from(r).ok())
-        .filter(|r| *r > 0)
+        .filter(|r| *r > 0 && *r <= catalog::MAX_RELSEG_SIZE)
         .ok_or_else(|| bad("segment_size", &seg_text))?;
     Ok((block_size, relseg))
 }

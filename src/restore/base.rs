@@ -361,7 +361,8 @@ async fn apply_backup(
                         "backup {}: tablespace {oid} is at {:?} in backup {} but at {:?} in {}",
                         newest.id, a.location, record.id, n.location, newest.id
                     ),
-                ))
+                )
+                .hint("a tablespace never moves: the chain was altered; restore an older complete chain (`walseal list`) and take a new full backup"))
             }
             Some(_) => {}
         }

@@ -183,7 +183,9 @@ impl State {
         for d in dirs {
             let (root, rel) = roots.locate(d);
             if !rel.is_empty() {
-                root.remove(rel, true)?;
+                root.remove(rel, true).map_err(|e| {
+                    e.hint("a directory a later backup no longer holds still holds files: restore into an empty directory; if it was empty, the backup was altered")
+                })?;
             }
         }
         Ok(())
@@ -219,6 +221,20 @@ fn crc_of(root: &Root, rel: &[u8]) -> Result<(u64, u32)> {
 /// to start on an incremental backup's label, as pg_combinebackup's output drops them too).
 fn fix_backup_label(pgdata: &Path) -> Result<()> {
     let path = pgdata.join("backup_label");
+    // A label is a few hundred bytes; the server's says what it says, within reason.
+    let size = std::fs::symlink_metadata(&path)
+        .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?
+        .len();
+    if size > 1 << 20 {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!(
+                "{}: a backup_label of {size} bytes is no backup label",
+                path.display()
+            ),
+        )
+        .hint("the backup was altered; restore another backup"));
+    }
     let text = std::fs::read(&path)
         .map_err(|e| local_io(format!("cannot read {}", path.display()), &e))?;
     let kept: Vec<&[u8]> = text

@@ -16,8 +16,6 @@
 //! truncating anything; the newest one first truncates the file to `T` pages (dropping every
 //! older page at or beyond `T`), then writes its pages (the gaps read as zeros).
 
-use std::collections::BTreeSet;
-
 /// `INCREMENTAL_MAGIC`.
 pub const MAGIC: u32 = 0xd3ae_1f0d;
 
@@ -99,7 +97,8 @@ pub fn parse(bytes: &[u8], size: u64, geo: Geometry) -> Result<Header, String> {
     if bytes.len() != FIXED_LEN + 4 * n_usize {
         return Err("its header is cut short".into());
     }
-    let mut seen = BTreeSet::new();
+    // One bit per page of a segment file (at most `catalog::MAX_RELSEG_SIZE` / 8 bytes).
+    let mut seen = vec![0u64; (geo.relseg_size as usize).div_ceil(64)];
     let mut blocks = Vec::with_capacity(n_usize);
     for i in 0..n_usize {
         let b = u32_at(bytes, FIXED_LEN + 4 * i);
@@ -109,9 +108,11 @@ pub fn parse(bytes: &[u8], size: u64, geo: Geometry) -> Result<Header, String> {
                 geo.relseg_size
             ));
         }
-        if !seen.insert(b) {
+        let (word, bit) = (b as usize / 64, 1u64 << (b % 64));
+        if seen[word] & bit != 0 {
             return Err(format!("it holds page {b} twice"));
         }
+        seen[word] |= bit;
         blocks.push(b);
     }
     let bs = u64::from(geo.block_size);
