@@ -155,42 +155,7 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
         ));
     }
     let label = format!("walseal {id}");
-    if let Some(p) = &parent {
-        conn.upload_manifest(&p.manifest).await.map_err(|e| {
-            e.hint(format!(
-                "the server refused backup {}'s manifest as the parent: take a full backup (drop --incremental and --full-every once)",
-                p.id
-            ))
-        })?;
-    }
-    conn.send_query(&protocol::base_backup_command(&StartOptions {
-        label: &label,
-        fast: opts.fast,
-        incremental: parent.is_some(),
-        verify_checksums: opts.verify_checksums,
-    }))
-    .await?;
-    let start = match protocol::read_position(&mut conn).await {
-        Err(e) if parent.is_some() && opts.full_every.is_some() => {
-            // E.g. no WAL summaries back to the parent (summarize_wal turned on since, or
-            // wal_summary_keep_time shorter than the period): --full-every takes a full one.
-            tracing::warn!("the server cannot take an incremental backup ({}): taking a full backup", e.message());
-            conn.wait_ready().await?;
-            parent = None;
-            conn.send_query(&protocol::base_backup_command(&StartOptions {
-                label: &label,
-                fast: opts.fast,
-                incremental: false,
-                verify_checksums: opts.verify_checksums,
-            }))
-            .await?;
-            protocol::read_position(&mut conn).await?
-        }
-        Err(e) if parent.is_some() => {
-            return Err(e.hint("the server cannot take this incremental backup: it needs WAL summaries back to the parent's start (summarize_wal = on since then, wal_summary_keep_time longer than the time since): take a full backup, or use --full-every, which falls back to one"))
-        }
-        r => r?,
-    };
+    let start = start_base_backup(&mut conn, &label, opts, &mut parent).await?;
     let tablespaces = protocol::read_tablespaces(&mut conn).await?;
     let total_hint = total_hint(&tablespaces);
     protocol::expect_copy_out(&mut conn).await?;
@@ -470,6 +435,52 @@ fn seal_parts(
         finish(p, a)?;
     }
     Ok(archives)
+}
+
+/// Starts BASE_BACKUP (after UPLOAD_MANIFEST for an incremental one) and reads its start
+/// position. When the server cannot take the incremental (e.g. no WAL summaries back to the
+/// parent: summarize_wal turned on since, or wal_summary_keep_time shorter than the period),
+/// `--full-every` asks for a full backup instead and clears `parent`; `--incremental` fails
+/// with what to fix.
+async fn start_base_backup(
+    conn: &mut Conn,
+    label: &str,
+    opts: &BackupOptions,
+    parent: &mut Option<Parent>,
+) -> Result<protocol::Position> {
+    let command = |incremental| {
+        protocol::base_backup_command(&StartOptions {
+            label,
+            fast: opts.fast,
+            incremental,
+            verify_checksums: opts.verify_checksums,
+        })
+    };
+    let Some(p) = parent.as_ref() else {
+        conn.send_query(&command(false)).await?;
+        return protocol::read_position(conn).await;
+    };
+    conn.upload_manifest(&p.manifest).await.map_err(|e| {
+        e.hint(format!(
+            "the server refused backup {}'s manifest as the parent: take a full backup (drop --incremental and --full-every once)",
+            p.id
+        ))
+    })?;
+    conn.send_query(&command(true)).await?;
+    match protocol::read_position(conn).await {
+        Err(e) if opts.full_every.is_some() => {
+            tracing::warn!(
+                "the server cannot take an incremental backup ({}): taking a full backup",
+                e.message()
+            );
+            conn.wait_ready().await?;
+            *parent = None;
+            conn.send_query(&command(false)).await?;
+            protocol::read_position(conn).await
+        }
+        Err(e) => Err(e.hint("the server cannot take this incremental backup: it needs WAL summaries back to the parent's start (summarize_wal = on since then, wal_summary_keep_time longer than the time since): take a full backup, or use --full-every, which falls back to one")),
+        ok => ok,
+    }
 }
 
 /// How the backup waits for its stop segment to reach the repository.
