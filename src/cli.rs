@@ -101,6 +101,22 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "WALSEAL_STORAGE_RETRIES", value_name = "N",
           value_parser = clap::value_parser!(u64).range(0..=20))]
     pub storage_retries: Option<u64>,
+    /// How new objects are compressed: lz4 (default), zstd, zstd:LEVEL (1-19, default 3) or
+    /// none (config `compression`). Every walseal that knows zstd reads all of them.
+    #[arg(long, global = true, env = "WALSEAL_COMPRESSION", value_name = "METHOD")]
+    pub compression: Option<String>,
+    /// wal-push: also archive up to N-1 further segments PostgreSQL has marked ready,
+    /// concurrently, so that its later calls for them return at once (config
+    /// `push_parallel`, default 4; 1 turns push-ahead off).
+    #[arg(long, global = true, env = "WALSEAL_PUSH_PARALLEL", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(1..=16))]
+    pub push_parallel: Option<u64>,
+    /// wal-fetch: fetch the next N segments in the background into a spool in pg_wal, so
+    /// that recovery's later calls are served at once (config `fetch_prefetch`, default 8;
+    /// 0 turns prefetch off).
+    #[arg(long, global = true, env = "WALSEAL_FETCH_PREFETCH", value_name = "N",
+          value_parser = clap::value_parser!(u64).range(0..=64))]
+    pub fetch_prefetch: Option<u64>,
     /// Audit log: a JSON line per operation that uses a key, hash-chained (see README).
     #[arg(long, global = true, env = "WALSEAL_AUDIT_LOG", value_name = "FILE")]
     pub audit_log: Option<PathBuf>,

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
 use crate::error::{Error, ErrorKind, Result};
+use crate::seal::Compression;
 
 /// The config file, as written by the user. Its `Debug` masks the `[storage]` values and the
 /// credentials in `repo`.
@@ -51,6 +52,12 @@ pub struct FileConfig {
     pub storage_retries: Option<usize>,
     /// Give up on a storage request after this many seconds (all retries included).
     pub storage_timeout_secs: Option<u64>,
+    /// Compression of new objects: `lz4`, `zstd`, `zstd:LEVEL` or `none`.
+    pub compression: Option<String>,
+    /// wal-push: segments archived per call at most (push-ahead).
+    pub push_parallel: Option<u64>,
+    /// wal-fetch: segments prefetched ahead.
+    pub fetch_prefetch: Option<u64>,
 }
 
 /// Resolved settings. Its `Debug` masks the `[storage]` values (access keys, account keys,
@@ -87,6 +94,39 @@ pub struct Config {
     pub storage_retries: usize,
     /// Total storage timeout per request.
     pub storage_timeout: Duration,
+    /// Compression of new objects, and the zstd level.
+    pub compression: (Compression, i32),
+    /// wal-push: segments archived per call at most (1: no push-ahead).
+    pub push_parallel: usize,
+    /// wal-fetch: segments prefetched ahead (0: none).
+    pub fetch_prefetch: usize,
+}
+
+/// Default of `push_parallel`.
+pub const DEFAULT_PUSH_PARALLEL: usize = 4;
+/// Default of `fetch_prefetch`.
+pub const DEFAULT_FETCH_PREFETCH: usize = 8;
+
+/// Parses a `compression` setting: `lz4`, `none`, `zstd` (level 3) or `zstd:LEVEL` (1-19).
+///
+/// # Errors
+/// `Config` naming the value and what is accepted.
+pub fn parse_compression(text: &str) -> Result<(Compression, i32)> {
+    let t = text.trim().to_ascii_lowercase();
+    let level = |l: &str| l.parse::<i32>().ok().filter(|l| crate::seal::ZSTD_LEVELS.contains(l));
+    match t.as_str() {
+        "lz4" => Ok((Compression::Lz4, 3)),
+        "none" => Ok((Compression::None, 3)),
+        "zstd" => Ok((Compression::Zstd, 3)),
+        _ => match t.strip_prefix("zstd:").and_then(level) {
+            Some(l) => Ok((Compression::Zstd, l)),
+            None => Err(Error::new(
+                ErrorKind::Config,
+                format!("compression {text:?} is not one walseal knows"),
+            )
+            .hint("use lz4, none, zstd or zstd:LEVEL with LEVEL from 1 to 19")),
+        },
+    }
 }
 
 /// `[storage]` keys with their values masked.
@@ -140,6 +180,9 @@ impl fmt::Debug for Config {
             .field("keys", &self.keys)
             .field("storage_retries", &self.storage_retries)
             .field("storage_timeout", &self.storage_timeout)
+            .field("compression", &self.compression)
+            .field("push_parallel", &self.push_parallel)
+            .field("fetch_prefetch", &self.fetch_prefetch)
             .finish()
     }
 }
@@ -202,6 +245,22 @@ impl Config {
                     .or(file.storage_timeout_secs)
                     .unwrap_or(60),
             ),
+            compression: match args.compression.as_deref().or(file.compression.as_deref()) {
+                Some(text) => parse_compression(text)?,
+                None => (Compression::Lz4, 3),
+            },
+            push_parallel: bounded(
+                "push_parallel",
+                args.push_parallel.or(file.push_parallel),
+                1..=16,
+                DEFAULT_PUSH_PARALLEL,
+            )?,
+            fetch_prefetch: bounded(
+                "fetch_prefetch",
+                args.fetch_prefetch.or(file.fetch_prefetch),
+                0..=64,
+                DEFAULT_FETCH_PREFETCH,
+            )?,
         })
     }
 
@@ -214,6 +273,28 @@ impl Config {
             Error::new(ErrorKind::Config, "no repository configured")
                 .hint("set WALSEAL_REPO (e.g. file:///var/lib/walseal or s3://bucket/prefix) or repo in the config file")
         })
+    }
+}
+
+/// A count setting within `range`, else its default.
+fn bounded(
+    name: &str,
+    value: Option<u64>,
+    range: std::ops::RangeInclusive<u64>,
+    default: usize,
+) -> Result<usize> {
+    match value {
+        None => Ok(default),
+        Some(v) if range.contains(&v) => Ok(usize::try_from(v).unwrap_or(default)),
+        Some(v) => Err(Error::new(
+            ErrorKind::Config,
+            format!("{name} = {v} is out of range"),
+        )
+        .hint(format!(
+            "set {name} from {} to {}",
+            range.start(),
+            range.end()
+        ))),
     }
 }
 
@@ -255,6 +336,9 @@ mod tests {
             storage_retries: None,
             log_level: None,
             audit_log: None,
+            compression: None,
+            push_parallel: None,
+            fetch_prefetch: None,
         }
     }
 

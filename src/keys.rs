@@ -178,6 +178,8 @@ pub struct Keyring {
     trusted: Vec<SignerPublic>,
     allow_legacy: bool,
     repository: Option<RepositoryId>,
+    /// How new objects are compressed (`compression` setting), and the zstd level.
+    compression: (crate::seal::Compression, i32),
 }
 
 impl Keyring {
@@ -209,6 +211,7 @@ impl Keyring {
             trusted: Vec::new(),
             allow_legacy: false,
             repository: None,
+            compression: (crate::seal::Compression::Lz4, 3),
         })
     }
 
@@ -222,6 +225,7 @@ impl Keyring {
             trusted: vec![signer],
             allow_legacy: false,
             repository: None,
+            compression: (crate::seal::Compression::Lz4, 3),
         }
     }
 
@@ -275,6 +279,16 @@ impl Keyring {
     }
 
     /// The signer, shared (for [`crate::seal::SealOptions`]).
+    /// Sets how new objects are compressed (`compression` setting).
+    pub fn set_compression(&mut self, compression: crate::seal::Compression, zstd_level: i32) {
+        self.compression = (compression, zstd_level);
+    }
+
+    /// How new objects are compressed, and the zstd level.
+    pub fn compression(&self) -> (crate::seal::Compression, i32) {
+        self.compression
+    }
+
     pub(crate) fn signer_arc(&self) -> Option<Arc<Signer>> {
         self.signer.clone()
     }

@@ -179,6 +179,7 @@ impl Keyring {
         if let Some(path) = &cfg.signer_file {
             keyring = keyring.with_signer(crate::signer::load_signer_file(path)?);
         }
+        keyring.set_compression(cfg.compression.0, cfg.compression.1);
         crate::audit::remember(&keyring);
         Ok(keyring)
     }

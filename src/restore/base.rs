@@ -810,6 +810,9 @@ mod recovery_tests {
             }],
             storage_retries: 3,
             storage_timeout: std::time::Duration::from_secs(60),
+            compression: (crate::seal::Compression::Lz4, 3),
+            push_parallel: 4,
+            fetch_prefetch: 8,
         }
     }
 

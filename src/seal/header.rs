@@ -487,6 +487,7 @@ impl Header {
         let compression = match raw[9] {
             0 => Compression::None,
             1 => Compression::Lz4,
+            2 => Compression::Zstd,
             _ => return Err(SealError::Malformed("unknown compression")),
         };
         let chunk_shift = raw[10];

@@ -26,7 +26,18 @@ pub enum Compression {
     None = 0,
     /// One LZ4 frame (lz4 frame format, as `lz4_flex` writes it).
     Lz4 = 1,
+    /// Zstandard frames (RFC 8878), as libzstd writes them; the level is a sealing option
+    /// ([`SealOptions::zstd_level`]), not recorded.
+    Zstd = 2,
 }
+
+/// Largest zstd window a reader accepts (2^23 = 8 MiB, what level 19 uses for large inputs):
+/// a frame asking for more is refused rather than allowed to make a reader allocate it.
+pub const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The zstd levels walseal seals with (above 19, libzstd's "ultra" levels need windows
+/// larger than [`ZSTD_WINDOW_LOG_MAX`]).
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
 
 /// Why an object could not be sealed or opened. Never contains key material or plaintext.
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +99,8 @@ pub enum SealError {
     /// rewrapped.
     #[error("it is a format-1 object sealed to a recipient: nothing proves who wrote it, so rekey leaves it as it is")]
     LegacyUnsigned,
-    /// The lz4 frame inside the authenticated payload is invalid (should be impossible).
+    /// The lz4 or zstd frame inside the authenticated payload is invalid (should be
+    /// impossible for an object walseal sealed).
     #[error("decompression failed: {0}")]
     Decompress(String),
     /// The object name is longer than the format allows.
@@ -350,9 +362,12 @@ impl crate::keys::Keyring {
         if matches!(self.active(), crate::keys::Sealer::Recipient(_)) && self.signer().is_none() {
             return Err(SealError::NeedSigner.into_error("sealing to the recipient"));
         }
+        let (compression, zstd_level) = self.compression();
         Ok(SealOptions {
             repository,
             signer: self.signer_arc(),
+            compression,
+            zstd_level,
             ..SealOptions::default()
         })
     }

@@ -27,6 +27,8 @@ use crate::signer::{Signer, SignerPublic};
 pub struct SealOptions {
     /// Payload compression.
     pub compression: Compression,
+    /// The zstd level (1..=19) when `compression` is zstd.
+    pub zstd_level: i32,
     /// Payload chunk size is `1 << chunk_shift` (12..=24).
     pub chunk_shift: u8,
     /// For a recipient: the content digest to record in a digest slot (kind 0x03), from
@@ -49,6 +51,7 @@ impl Default for SealOptions {
     fn default() -> Self {
         SealOptions {
             compression: Compression::Lz4,
+            zstd_level: 3,
             chunk_shift: 16,
             content_digest: None,
             repository: [0u8; 16],
@@ -129,6 +132,7 @@ impl<W: Write> Write for ChunkSealer<W> {
 enum Sink<W: Write> {
     Plain(Box<ChunkSealer<W>>),
     Lz4(Box<FrameEncoder<ChunkSealer<W>>>),
+    Zstd(Box<zstd::stream::write::Encoder<'static, ChunkSealer<W>>>),
 }
 
 /// A `Write` that seals everything written to it; call [`SealWriter::finish`] at the end.
@@ -229,6 +233,7 @@ pub fn seal<'k, W: SealSink>(
                 .block_mode(BlockMode::Linked);
             Sink::Lz4(Box::new(FrameEncoder::with_frame_info(info, sealer)))
         }
+        Compression::Zstd => Sink::Zstd(Box::new(zstd_encoder(sealer, opts.zstd_level)?)),
     };
     Ok(SealWriter {
         sink,
@@ -245,6 +250,7 @@ impl<W: Write> Write for SealWriter<W> {
         match &mut self.sink {
             Sink::Plain(s) => s.write(data),
             Sink::Lz4(e) => e.write(data),
+            Sink::Zstd(e) => e.write(data),
         }
     }
 
@@ -327,6 +333,7 @@ impl<W: SealSink> SealWriter<W> {
         let (mut out, payload_sha256) = match self.sink {
             Sink::Plain(s) => (*s).finish()?,
             Sink::Lz4(enc) => enc.finish().map_err(io::Error::other)?.finish()?,
+            Sink::Zstd(enc) => enc.finish()?.finish()?,
         };
         let key = SealedKey {
             dek: self.dek,
@@ -385,10 +392,18 @@ pub struct ChunkOpener<R: Read> {
     /// SHA-256 of the chunks read, when the caller asked for it, and its value at the end.
     tally: Option<digest::Context>,
     tallied: Option<[u8; 32]>,
+    /// An error came from `src` (or from authentication), not from a decoder above.
+    src_failed: bool,
 }
 
 impl<R: Read> ChunkOpener<R> {
     fn next_chunk(&mut self) -> Result<(), SealError> {
+        let r = self.read_chunk();
+        self.src_failed |= r.is_err();
+        r
+    }
+
+    fn read_chunk(&mut self) -> Result<(), SealError> {
         let full = self.chunk + TAG_LEN;
         self.filled = 0;
         if let Some(b) = self.carry.take() {
@@ -468,6 +483,45 @@ impl<R: Read> Read for ChunkOpener<R> {
 enum Source<R: Read> {
     Plain(Box<ChunkOpener<R>>),
     Lz4(Box<FrameDecoder<ChunkOpener<R>>>),
+    Zstd(Box<ZstdDecoder<R>>),
+}
+
+type ZstdDecoder<R> = zstd::stream::read::Decoder<'static, io::BufReader<ChunkOpener<R>>>;
+
+/// A zstd encoder at `level` that writes one frame with neither checksum nor content size
+/// (the AEAD authenticates the payload), window within [`super::ZSTD_WINDOW_LOG_MAX`].
+fn zstd_encoder<W: Write>(
+    sealer: ChunkSealer<W>,
+    level: i32,
+) -> Result<zstd::stream::write::Encoder<'static, ChunkSealer<W>>, SealError> {
+    if !super::ZSTD_LEVELS.contains(&level) {
+        return Err(SealError::Malformed("zstd level out of range (1..=19)"));
+    }
+    let mut enc = zstd::stream::write::Encoder::new(sealer, level)?;
+    enc.include_checksum(false)?;
+    enc.include_contentsize(false)?;
+    enc.window_log(super::ZSTD_WINDOW_LOG_MAX.min(zstd_default_window_log(level)))?;
+    Ok(enc)
+}
+
+/// libzstd's window log for inputs over 256 KiB at `level` (its parameter table), so that
+/// asking for it changes nothing but the cap.
+fn zstd_default_window_log(level: i32) -> u32 {
+    match level {
+        ..=1 => 19,
+        2 => 20,
+        3..=4 => 21,
+        5..=16 => 22,
+        _ => 23,
+    }
+}
+
+/// A zstd decoder over the opened chunks that refuses windows above
+/// [`super::ZSTD_WINDOW_LOG_MAX`].
+fn zstd_decoder<R: Read>(opener: ChunkOpener<R>) -> io::Result<ZstdDecoder<R>> {
+    let mut d = zstd::stream::read::Decoder::new(opener)?;
+    d.window_log_max(super::ZSTD_WINDOW_LOG_MAX)?;
+    Ok(d)
 }
 
 /// The opened object: a `Read` of its plaintext. Every chunk is authenticated before its bytes
@@ -488,6 +542,7 @@ impl<R: Read> OpenReader<R> {
         match &self.source {
             Source::Plain(o) => o,
             Source::Lz4(d) => d.get_ref(),
+            Source::Zstd(d) => d.get_ref().get_ref(),
         }
     }
 
@@ -499,6 +554,7 @@ impl<R: Read> OpenReader<R> {
         let opener = match &mut self.source {
             Source::Plain(o) => &mut **o,
             Source::Lz4(d) => d.get_mut(),
+            Source::Zstd(d) => d.get_mut().get_mut(),
         };
         if opener.counter == 0 && opener.filled == 0 {
             opener.tally = Some(digest::Context::new(&digest::SHA256));
@@ -519,6 +575,20 @@ impl<R: Read> Read for OpenReader<R> {
             Source::Lz4(d) => d
                 .read(out)
                 .map_err(|e| io::Error::from(seal_error_from_io(e)))?,
+            Source::Zstd(d) => match d.read(out) {
+                Ok(n) => n,
+                // An error of the source (storage, authentication) passes unchanged; any
+                // other is libzstd's verdict on the (authenticated) frame.
+                Err(e) if d.get_ref().get_ref().src_failed => {
+                    return Err(io::Error::from(seal_error_from_io(e)))
+                }
+                Err(e) => match seal_error_from_io(e) {
+                    SealError::Io(e) => {
+                        return Err(SealError::Decompress(e.to_string()).into())
+                    }
+                    other => return Err(other.into()),
+                },
+            },
         };
         if n == 0 && !out.is_empty() && !self.opener().done {
             return Err(SealError::Truncated.into());
@@ -540,13 +610,13 @@ pub fn open<R: Read>(
 ) -> Result<OpenReader<R>, SealError> {
     let header = Header::read(&mut src)?;
     let unlocked = header.unlock(keyring, name.as_bytes())?;
-    Ok(open_payload(
+    open_payload(
         src,
         header,
         &unlocked.dek,
         name,
         unlocked.payload_sha256,
-    ))
+    )
 }
 
 /// The data key of an object this process just sealed ([`SealWriter::finish_with_key`]): lets
@@ -593,7 +663,7 @@ pub fn open_with_key<R: Read>(
         }
         None => None,
     };
-    Ok(open_payload(src, header, &key.dek, name, payload_sha256))
+    open_payload(src, header, &key.dek, name, payload_sha256)
 }
 
 fn open_payload<R: Read>(
@@ -602,7 +672,7 @@ fn open_payload<R: Read>(
     dek: &DataKey,
     name: &str,
     payload_sha256: Option<[u8; 32]>,
-) -> OpenReader<R> {
+) -> Result<OpenReader<R>, SealError> {
     let chunk = header.chunk_size();
     let opener = ChunkOpener {
         src,
@@ -619,10 +689,12 @@ fn open_payload<R: Read>(
         hash: payload_sha256.map(|sha| (digest::Context::new(&digest::SHA256), sha)),
         tally: None,
         tallied: None,
+        src_failed: false,
     };
     let source = match header.compression {
         Compression::None => Source::Plain(Box::new(opener)),
         Compression::Lz4 => Source::Lz4(Box::new(FrameDecoder::new(opener))),
+        Compression::Zstd => Source::Zstd(Box::new(zstd_decoder(opener)?)),
     };
-    OpenReader { source, header }
+    Ok(OpenReader { source, header })
 }

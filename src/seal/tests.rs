@@ -276,11 +276,12 @@ fn test_vectors_reproduce_and_open() {
                 let mut salt = [0u8; 32];
                 salt.copy_from_slice(&unhex(&v["salt"]));
                 let opts = SealOptions {
-                    compression: if v["compression"] == "lz4" {
-                        Compression::Lz4
-                    } else {
-                        Compression::None
+                    compression: match v["compression"].as_str() {
+                        "lz4" => Compression::Lz4,
+                        "zstd" => Compression::Zstd,
+                        _ => Compression::None,
                     },
+                    zstd_level: v.get("zstd_level").map_or(3, |l| l.parse().unwrap()),
                     chunk_shift: v["chunk_shift"].parse().unwrap(),
                     content_digest: v.get("content_digest").map(|h| {
                         let mut d = [0u8; 32];
@@ -322,6 +323,127 @@ fn test_vectors_reproduce_and_open() {
     );
 }
 
+/// Writes the zstd vectors (compression 0x02, added without a version change) into
+/// `testdata/vectors/` (run with `cargo test --lib -- --ignored write_zstd_vectors`).
+#[test]
+#[ignore]
+fn write_zstd_vectors() {
+    let dir = vectors_dir();
+    let master_hex = hex_encode(&(0u8..32).collect::<Vec<_>>());
+    let master = master_from_hex(&master_hex);
+    let dek: [u8; 32] = std::array::from_fn(|i| 0xd0 ^ i as u8);
+    let salt: [u8; 32] = std::array::from_fn(|i| 0x50 ^ i as u8);
+    let name = "wal/00000001/000000010000000000000003";
+    let repo: [u8; 16] = std::array::from_fn(|i| 0xa0 ^ i as u8);
+    let opts = |c: Compression, level: i32| SealOptions {
+        compression: c,
+        zstd_level: level,
+        chunk_shift: 12,
+        content_digest: None,
+        repository: repo,
+        signer: None,
+        fixed_secrets: Some((dek, salt)),
+    };
+    let write = |file: &str, desc: &str, level: i32, plain: &[u8], sealed: &[u8], expect: &str| {
+        let mut t = format!("# walseal sealed-object test vector, see docs/FORMAT.md section 7\ndescription: {desc}\nmaster_key: {master_hex}\n");
+        t += &format!("name: {name}\nrepository: {}\ndata_key: {}\nsalt: {}\ncompression: zstd\nzstd_level: {level}\nchunk_shift: 12\n", hex_encode(&repo), hex_encode(&dek), hex_encode(&salt));
+        t += &format!(
+            "plaintext: {}\nexpect: {expect}\nsealed: {}\n",
+            hex_encode(plain),
+            hex_encode(sealed)
+        );
+        std::fs::write(dir.join(format!("v2_{file}")), t).unwrap();
+    };
+    // A header that says zstd over a payload sealed as is: the chunks authenticate (their
+    // key and associated data do not depend on the header), the frame inside does not decode.
+    let rehead = |payload: &[u8]| -> Vec<u8> {
+        let raw = seal_bytes(&master, name, payload, &opts(Compression::None, 3));
+        let h = Header::read(&mut &raw[..]).unwrap();
+        let key = super::header::DataKey(Zeroizing::new(dek));
+        let mut out =
+            Header::new(Compression::Zstd, 12, repo, h.slots.clone(), &key, name.as_bytes())
+                .to_bytes();
+        out.extend_from_slice(&raw[h.len()..]);
+        out
+    };
+    let wal = sample(20_000);
+    write(
+        "ok_empty_zstd",
+        "empty payload, zstd level 3",
+        3,
+        b"",
+        &seal_bytes(&master, name, b"", &opts(Compression::Zstd, 3)),
+        "ok",
+    );
+    let s_wal = seal_bytes(&master, name, &wal, &opts(Compression::Zstd, 3));
+    write(
+        "ok_zstd_chunked",
+        "20000 compressible bytes, zstd level 3, 4096-byte chunks",
+        3,
+        &wal,
+        &s_wal,
+        "ok",
+    );
+    write(
+        "ok_zstd_level_19",
+        "20000 compressible bytes, zstd level 19",
+        19,
+        &wal,
+        &seal_bytes(&master, name, &wal, &opts(Compression::Zstd, 19)),
+        "ok",
+    );
+    let mut flipped = s_wal.clone();
+    let last = flipped.len() - 20;
+    flipped[last] ^= 0x01;
+    write(
+        "bad_zstd_payload_byte_flipped",
+        "zstd object with one payload bit flipped",
+        3,
+        &wal,
+        &flipped,
+        "chunk authentication",
+    );
+    write(
+        "bad_zstd_not_a_frame",
+        "header says zstd, the authenticated payload is not a zstd frame",
+        3,
+        b"hello, walseal",
+        &rehead(b"hello, walseal"),
+        "decompress",
+    );
+    // A valid frame whose window (2^27) is larger than readers accept (2^23).
+    let mut big = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    big.window_log(27).unwrap();
+    big.long_distance_matching(true).unwrap();
+    big.include_contentsize(false).unwrap();
+    big.write_all(&wal).unwrap();
+    let frame = big.finish().unwrap();
+    write(
+        "bad_zstd_window_too_large",
+        "header says zstd, the payload is a valid zstd frame that needs a 128 MiB window",
+        3,
+        &wal,
+        &rehead(&frame),
+        "decompress",
+    );
+    let mut tail = seal_bytes(&master, name, b"", &opts(Compression::Zstd, 3));
+    let payload = {
+        let mut p = zstd::stream::encode_all(&wal[..], 3).unwrap();
+        p.extend_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+        p
+    };
+    tail.clear();
+    tail.extend_from_slice(&rehead(&payload));
+    write(
+        "bad_zstd_truncated_frame",
+        "header says zstd, the payload is a frame followed by the start of another",
+        3,
+        &wal,
+        &tail,
+        "decompress",
+    );
+}
+
 /// Regenerates `testdata/vectors/` (run with `cargo test -- --ignored write_test_vectors`).
 #[test]
 #[ignore]
@@ -358,6 +480,7 @@ fn write_test_vectors() {
     };
     let opts = |c: Compression, shift: u8| SealOptions {
         compression: c,
+        zstd_level: 3,
         chunk_shift: shift,
         content_digest: None,
         repository: repo,
@@ -759,6 +882,7 @@ fn write_recipient_test_vectors() {
     let signer = std::sync::Arc::new(Signer::from_seed(Zeroizing::new(seed)).unwrap());
     let with_digest = SealOptions {
         compression: Compression::Lz4,
+        zstd_level: 3,
         chunk_shift: 16,
         content_digest: Some(digest),
         repository: repo,
@@ -767,6 +891,7 @@ fn write_recipient_test_vectors() {
     };
     let plain = SealOptions {
         compression: Compression::None,
+        zstd_level: 3,
         chunk_shift: 12,
         content_digest: None,
         repository: repo,

@@ -570,6 +570,9 @@ impl RepoEnv {
             storage_retries: 2,
             storage_timeout: Duration::from_secs(30),
             keys: vec![],
+            compression: (walseal::seal::Compression::Lz4, 3),
+            push_parallel: 1,
+            fetch_prefetch: 0,
         };
         walseal::storage::Storage::open(&cfg, walseal::storage::Create::Yes).unwrap()
     }
