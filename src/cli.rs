@@ -103,7 +103,12 @@ pub struct GlobalArgs {
     pub storage_retries: Option<u64>,
     /// How new objects are compressed: lz4 (default), zstd, zstd:LEVEL (1-19, default 3) or
     /// none (config `compression`). Every walseal that knows zstd reads all of them.
-    #[arg(long, global = true, env = "WALSEAL_COMPRESSION", value_name = "METHOD")]
+    #[arg(
+        long,
+        global = true,
+        env = "WALSEAL_COMPRESSION",
+        value_name = "METHOD"
+    )]
     pub compression: Option<String>,
     /// wal-push: also archive up to N-1 further segments PostgreSQL has marked ready,
     /// concurrently, so that its later calls for them return at once (config

@@ -113,7 +113,11 @@ pub const DEFAULT_FETCH_PREFETCH: usize = 8;
 /// `Config` naming the value and what is accepted.
 pub fn parse_compression(text: &str) -> Result<(Compression, i32)> {
     let t = text.trim().to_ascii_lowercase();
-    let level = |l: &str| l.parse::<i32>().ok().filter(|l| crate::seal::ZSTD_LEVELS.contains(l));
+    let level = |l: &str| {
+        l.parse::<i32>()
+            .ok()
+            .filter(|l| crate::seal::ZSTD_LEVELS.contains(l))
+    };
     match t.as_str() {
         "lz4" => Ok((Compression::Lz4, 3)),
         "none" => Ok((Compression::None, 3)),
@@ -286,15 +290,13 @@ fn bounded(
     match value {
         None => Ok(default),
         Some(v) if range.contains(&v) => Ok(usize::try_from(v).unwrap_or(default)),
-        Some(v) => Err(Error::new(
-            ErrorKind::Config,
-            format!("{name} = {v} is out of range"),
-        )
-        .hint(format!(
-            "set {name} from {} to {}",
-            range.start(),
-            range.end()
-        ))),
+        Some(v) => {
+            Err(
+                Error::new(ErrorKind::Config, format!("{name} = {v} is out of range")).hint(
+                    format!("set {name} from {} to {}", range.start(), range.end()),
+                ),
+            )
+        }
     }
 }
 

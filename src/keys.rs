@@ -279,6 +279,29 @@ impl Keyring {
     }
 
     /// The signer, shared (for [`crate::seal::SealOptions`]).
+    /// A key for the MACs over walseal's own files in pg_wal (push-ahead records, the
+    /// prefetch spool's sidecars), derived from the first secret this host holds (a master
+    /// key, else an identity, else the signer) and `context`; `None` on a host that holds
+    /// none (a bare recipient).
+    pub(crate) fn local_state_key(&self, context: &[u8]) -> Option<hmac::Key> {
+        let secret: Zeroizing<[u8; 32]> = match (
+            self.keys.first(),
+            self.identities.first(),
+            self.signer.as_deref(),
+        ) {
+            (Some(k), _, _) => Zeroizing::new(*k.secret()),
+            (None, Some(i), _) => i.secret_bytes(),
+            (None, None, Some(s)) => Zeroizing::new(*s.seed()),
+            (None, None, None) => return None,
+        };
+        let outer = hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref());
+        let mut ctx = hmac::Context::with_key(&outer);
+        ctx.update(b"walseal/v1 local state\0");
+        ctx.update(context);
+        let derived = Zeroizing::new(ctx.sign().as_ref().to_vec());
+        Some(hmac::Key::new(hmac::HMAC_SHA256, &derived))
+    }
+
     /// Sets how new objects are compressed (`compression` setting).
     pub fn set_compression(&mut self, compression: crate::seal::Compression, zstd_level: i32) {
         self.compression = (compression, zstd_level);

@@ -19,6 +19,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod keys;
 pub mod keysource;
+pub mod pgwal;
 pub mod recipient;
 pub mod redact;
 pub mod rekey;
@@ -114,9 +115,13 @@ pub fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::WalFetch { name, dest } => {
+            let object = match std::env::var_os(restore::prefetch::WORKER_ENV) {
+                Some(_) => format!("prefetch after {name}"),
+                None => name.clone(),
+            };
             match block_on(restore::wal_fetch(&cfg, &name, &dest)) {
-                Ok(bytes) => (Ok(()), name, bytes),
-                Err(e) => (Err(e), name, 0),
+                Ok(bytes) => (Ok(()), object, bytes),
+                Err(e) => (Err(e), object, 0),
             }
         }
         Command::Backup(args) => (commands::backup(&cfg, &args), "base backup".into(), 0),

@@ -160,6 +160,11 @@ impl Identity {
         &self.recipient
     }
 
+    /// The secret bytes, for key derivation inside this crate only (wiped on drop).
+    pub(crate) fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
+        Zeroizing::new(self.secret.to_bytes())
+    }
+
     /// X25519 with `public` (an ephemeral key from a slot); `None` for a non-contributory
     /// (all-zero) result, which only a malicious slot produces.
     pub(crate) fn agree(&self, public: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {

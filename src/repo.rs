@@ -99,6 +99,15 @@ pub struct Repository {
 }
 
 impl Repository {
+    /// The keyring the configuration names, without touching the storage (not bound to a
+    /// repository: for local state only, never for sealing or opening objects).
+    ///
+    /// # Errors
+    /// As [`Repository::from_config`].
+    pub fn keyring_only(cfg: &Config) -> Result<Keyring> {
+        Keyring::from_config(cfg)
+    }
+
     /// Loads the keyring, opens the storage and reads the repository record; `what` names
     /// the command in errors.
     ///

@@ -149,6 +149,11 @@ impl Signer {
         Self::from_seed(seed)
     }
 
+    /// The seed, for key derivation inside this crate only.
+    pub(crate) fn seed(&self) -> &[u8; 32] {
+        &self.seed
+    }
+
     /// The public half.
     pub fn public(&self) -> &SignerPublic {
         &self.public

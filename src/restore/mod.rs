@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 pub mod base;
 pub mod chain;
 pub mod manifest;
+pub mod prefetch;
 pub mod tar;
 
 use crate::config::Config;
@@ -34,28 +35,51 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
         Error::new(ErrorKind::Usage, format!("{name:?} is not a WAL file name"))
             .hint("restore_command must be 'walseal wal-fetch %f %p'")
     })?;
+    if let Some(dir) = std::env::var_os(prefetch::WORKER_ENV) {
+        return prefetch::worker(cfg, Path::new(&dir)).await.map(|()| 0);
+    }
+    // A segment prefetched by an earlier call is served without asking the storage: the
+    // spool's sidecar proves walseal authenticated exactly this file for this repository.
+    let spool = match wal.kind {
+        WalKind::Segment => crate::repo::Repository::keyring_only(cfg)
+            .ok()
+            .and_then(|k| prefetch::Spool::new(dest, cfg, &k)),
+        _ => None,
+    };
+    if let Some(sp) = &spool {
+        if let Some(bytes) = sp.serve(&wal, dest, cfg.storage_timeout) {
+            sp.request(&wal, bytes);
+            tracing::info!(
+                "served {name} from the prefetch spool to {}",
+                dest.display()
+            );
+            return Ok(bytes);
+        }
+    }
     // Before looking for the object: "not found" (exit 1) would end recovery as if the
     // archive ended here, so a push-only host, or a location that holds no repository
     // (unmounted, mistyped), fails first.
     let repo = Repository::open(cfg, Access::Open, "wal-fetch").await?;
-    let storage = repo.storage.clone();
     let key = wal.object_key();
     // A segment is checked against the cluster the repository belongs to before PostgreSQL
     // sees it ("WAL file is from different database system" would end recovery early).
     let expect = match wal.kind {
         WalKind::Segment | WalKind::Partial => {
-            let id = crate::repository::load(&storage, &repo.keyring)
+            let id = crate::repository::load(&repo.storage, &repo.keyring)
                 .await?
                 .ok_or_else(|| {
                     Error::new(
                         ErrorKind::Integrity,
                         format!(
                             "{} has WAL but no identity record (walseal.id)",
-                            storage.display()
+                            repo.storage.display()
                         ),
                     )
                     .hint("restore walseal.id from a copy of the repository")
                 })?;
+            if let Some(sp) = &spool {
+                sp.request(&wal, id.wal_segment_size);
+            }
             Some(SegmentCheck {
                 wal: wal.clone(),
                 identity: id,
@@ -63,18 +87,44 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
         }
         _ => None,
     };
-    let keyring = repo.keyring.clone();
-    let Some(object) = storage.get(&key).await? else {
+    let tmp = temp_path(dest)?;
+    let Some(bytes) = fetch_into(&repo, &key, &tmp, expect, false).await? else {
         return Err(Error::new(
             ErrorKind::NotFound,
-            format!("{name} is not in the archive {}", storage.display()),
+            format!("{name} is not in the archive {}", repo.storage.display()),
         ));
     };
-    let tmp = temp_path(dest)?;
+    std::fs::rename(&tmp, dest).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        local_io(
+            format!("cannot move restored file into place at {}", dest.display()),
+            &e,
+        )
+    })?;
+    tracing::info!("restored {name} ({bytes} bytes) to {}", dest.display());
+    Ok(bytes)
+}
+
+/// Streams object `key` into the new file `tmp`, authenticated chunk by chunk (and, with
+/// `expect`, checked as that segment); `None` if there is no such object. With `sync`, the
+/// file is flushed to disk. On failure `tmp` is removed.
+async fn fetch_into(
+    repo: &Repository,
+    key: &str,
+    tmp: &Path,
+    expect: Option<SegmentCheck>,
+    sync: bool,
+) -> Result<Option<u64>> {
+    let Some(object) = repo.storage.get(key).await? else {
+        return Ok(None);
+    };
+    let keyring = repo.keyring.clone();
     let (tx, rx) = mpsc::channel::<Result<Bytes>>(8);
     let writer = {
-        let (tmp, key) = (tmp.clone(), key.clone());
-        tokio::task::spawn_blocking(move || open_into(rx, &keyring, &key, &tmp, expect.as_ref()))
+        let (tmp, key) = (tmp.to_path_buf(), key.to_string());
+        tokio::task::spawn_blocking(move || {
+            open_into(rx, &keyring, &key, &tmp, expect.as_ref(), sync)
+        })
     };
     let mut stream = object.stream;
     while let Some(item) = stream.next().await {
@@ -88,23 +138,10 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
         .await
         .map_err(|e| Error::new(ErrorKind::Internal, format!("restore task failed: {e}")))
         .and_then(|r| r);
-    match result {
-        Ok(bytes) => {
-            std::fs::rename(&tmp, dest).map_err(|e| {
-                let _ = std::fs::remove_file(&tmp);
-                local_io(
-                    format!("cannot move restored file into place at {}", dest.display()),
-                    &e,
-                )
-            })?;
-            tracing::info!("restored {name} ({bytes} bytes) to {}", dest.display());
-            Ok(bytes)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
     }
+    result.map(Some)
 }
 
 /// The exit status of a failed `wal-fetch` into `dest` (restore_command's `%p`).
@@ -195,6 +232,7 @@ fn open_into(
     key: &str,
     tmp: &Path,
     expect: Option<&SegmentCheck>,
+    sync: bool,
 ) -> Result<u64> {
     let mut reader = seal::open(
         ChannelReader {
@@ -227,6 +265,10 @@ fn open_into(
         if head.len() < LONG_HEADER_LEN {
             check.verify(key, &head)?;
         }
+    }
+    if sync {
+        out.sync_all()
+            .map_err(|e| local_io(format!("cannot flush {}", tmp.display()), &e))?;
     }
     Ok(total)
 }

@@ -583,9 +583,7 @@ impl<R: Read> Read for OpenReader<R> {
                     return Err(io::Error::from(seal_error_from_io(e)))
                 }
                 Err(e) => match seal_error_from_io(e) {
-                    SealError::Io(e) => {
-                        return Err(SealError::Decompress(e.to_string()).into())
-                    }
+                    SealError::Io(e) => return Err(SealError::Decompress(e.to_string()).into()),
                     other => return Err(other.into()),
                 },
             },
@@ -610,13 +608,7 @@ pub fn open<R: Read>(
 ) -> Result<OpenReader<R>, SealError> {
     let header = Header::read(&mut src)?;
     let unlocked = header.unlock(keyring, name.as_bytes())?;
-    open_payload(
-        src,
-        header,
-        &unlocked.dek,
-        name,
-        unlocked.payload_sha256,
-    )
+    open_payload(src, header, &unlocked.dek, name, unlocked.payload_sha256)
 }
 
 /// The data key of an object this process just sealed ([`SealWriter::finish_with_key`]): lets

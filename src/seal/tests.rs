@@ -360,9 +360,15 @@ fn write_zstd_vectors() {
         let raw = seal_bytes(&master, name, payload, &opts(Compression::None, 3));
         let h = Header::read(&mut &raw[..]).unwrap();
         let key = super::header::DataKey(Zeroizing::new(dek));
-        let mut out =
-            Header::new(Compression::Zstd, 12, repo, h.slots.clone(), &key, name.as_bytes())
-                .to_bytes();
+        let mut out = Header::new(
+            Compression::Zstd,
+            12,
+            repo,
+            h.slots.clone(),
+            &key,
+            name.as_bytes(),
+        )
+        .to_bytes();
         out.extend_from_slice(&raw[h.len()..]);
         out
     };

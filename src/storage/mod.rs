@@ -471,6 +471,22 @@ impl Storage {
         Ok(Some(out))
     }
 
+    /// An object's size, or `None` if there is none.
+    ///
+    /// # Errors
+    /// `Storage` for anything but "not found".
+    pub async fn size_of(&self, key: &str) -> Result<Option<u64>> {
+        match self.store.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(storage_error(
+                &self.display,
+                &format!("cannot check {key}"),
+                &e,
+            )),
+        }
+    }
+
     /// Whether an object exists.
     ///
     /// # Errors

@@ -1,7 +1,8 @@
 //! `wal-push`: PostgreSQL's `archive_command`.
 //!
-//! Seal → self-check (open what we sealed and compare length and CRC-32 with the source) →
-//! conditional put. Exit 0 means the object is durably stored under its name. A second push of
+//! Seal → self-check (open what we sealed and compare length and CRC-32 with the source,
+//! pipelined beside the sealing) → conditional put. With push-ahead ([`ahead`]) one call
+//! archives several segments PostgreSQL marked ready. Exit 0 means the object is durably stored under its name. A second push of
 //! the same name succeeds only if the stored object opens and holds exactly the same bytes.
 
 use std::fs::File;
@@ -19,6 +20,9 @@ use crate::seal::{self, seal_error_from_io, SealError, SealOptions, SealSink};
 use crate::storage::{PutOutcome, Storage};
 use crate::wal::{LongPageHeader, WalFile, WalKind, LONG_HEADER_LEN};
 
+pub mod ahead;
+mod selfcheck;
+
 /// What `wal-push` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -28,14 +32,16 @@ pub enum PushOutcome {
     AlreadyArchived,
 }
 
-const READ_BUF: usize = 1 << 20;
+const READ_BUF: usize = 256 << 10;
 
-/// Archives the WAL file at `path`.
+/// Archives the WAL file at `path`, and with `push_parallel` > 1 up to that many − 1
+/// further segments PostgreSQL marked ready (push-ahead, [`ahead`]).
 ///
 /// # Errors
 /// `Usage` for a file name PostgreSQL would not archive; `Integrity` for a segment whose
 /// header is not a WAL segment's; `Conflict` for another cluster's segment or different content
-/// under an archived name; `Config`, `Storage`, `LocalIo` as their names say.
+/// under an archived name; `Config`, `Storage`, `LocalIo` as their names say. A push-ahead
+/// segment's failure is only logged: PostgreSQL's own call for it pushes it again.
 pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
     let started = Instant::now();
     let name = path
@@ -47,54 +53,182 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
             .hint("archive_command must pass %p, the path of a WAL segment, .partial, .history or .backup file")
     })?;
     let repo = Repository::open(cfg, Access::Seal, "wal-push").await?;
-    let (storage, keyring) = (&repo.storage, &*repo.keyring);
-    let mut file =
-        File::open(path).map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
-    let size = file
-        .metadata()
+    let state = ahead::State::new(path, &repo, cfg);
+    if let Some(st) = &state {
+        st.end_of_recovery_cleanup();
+        if st.confirm(&repo.storage, &wal, path).await? {
+            tracing::info!("{} was archived ahead by an earlier call", wal.name);
+            return Ok(PushOutcome::AlreadyArchived);
+        }
+    }
+    let size = std::fs::metadata(path)
         .map_err(|e| local_io(format!("cannot stat {}", path.display()), &e))?
         .len();
-
-    if matches!(wal.kind, WalKind::Segment | WalKind::Partial) {
+    let identity = if matches!(wal.kind, WalKind::Segment | WalKind::Partial) {
+        let mut file = File::open(path)
+            .map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
         let candidate = check_segment(&mut file, path, &wal, size)?;
-        repository::ensure(storage, keyring, &candidate).await?;
+        Some(repository::ensure(&repo.storage, &repo.keyring, &candidate).await?)
+    } else {
+        None
+    };
+    let ahead = match (&state, &identity) {
+        (Some(st), Some(_)) if cfg.push_parallel > 1 && wal.kind == WalKind::Segment => {
+            st.claim_ready(&wal, cfg.push_parallel - 1)
+        }
+        _ => ahead::Claim::none(),
+    };
+    // One sealing at a time per core: memory stays a few sealed segments, and the requested
+    // segment goes first.
+    let permits = tokio::sync::Semaphore::new(sealing_threads());
+    let main = async {
+        let _p = permits.acquire().await;
+        push_file(&repo, path, &wal, size, false).await
+    };
+    let others = futures::future::join_all(ahead.files.iter().map(|(p, w)| async {
+        let _p = permits.acquire().await;
+        let (Some(st), Some(id)) = (&state, &identity) else {
+            return;
+        };
+        st.push_ahead(&repo, p, w, id).await;
+    }));
+    let (outcome, _) = futures::join!(main, others);
+    drop(ahead);
+    let (outcome, sealed_len) = outcome?;
+    match outcome {
+        PushOutcome::Stored => tracing::info!(
+            "archived {} to {} ({} -> {} bytes) in {} ms",
+            wal.name,
+            wal.object_key(),
+            size,
+            sealed_len,
+            started.elapsed().as_millis()
+        ),
+        PushOutcome::AlreadyArchived => {
+            tracing::info!("{} was already archived with identical content", wal.name)
+        }
     }
+    Ok(outcome)
+}
 
+/// How many segments are sealed at once: one per core, at most 4.
+fn sealing_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// Seals the file at `path` (`size` bytes, already checked) and stores it under its
+/// object key; an existing object must hold exactly its bytes. Returns the outcome and the
+/// sealed length.
+pub(crate) async fn push_file(
+    repo: &Repository,
+    path: &Path,
+    wal: &WalFile,
+    size: u64,
+    _ahead: bool,
+) -> Result<(PushOutcome, u64)> {
+    let storage = &repo.storage;
     let key = wal.object_key();
-    // Sealed to a recipient, the object also records a digest of its content, so that a host
-    // that cannot open objects (push-only) can still tell an identical re-push from a
-    // conflicting one. The digest is computed on a second thread while the file is sealed.
+    let sealed = {
+        let (keyring, path, key) = (repo.keyring.clone(), path.to_path_buf(), key.clone());
+        tokio::task::spawn_blocking(move || seal_segment(&keyring, &path, &key, size))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Internal, format!("seal task failed: {e}")))??
+    };
+    let Sealed {
+        body,
+        crc,
+        sealed_key,
+        digest,
+        len: sealed_len,
+    } = sealed;
+    let outcome = match body {
+        Body::Memory(bytes) => storage.put_new(&key, bytes.into()).await?,
+        Body::Spool(spool) => {
+            let outcome = storage.put_new_file(&key, spool, sealed_len).await?;
+            if outcome == PutOutcome::Created {
+                // The object came into place by a server-side copy of a staging object,
+                // which anyone who can write to the bucket could have replaced meanwhile:
+                // read back what is there now and authenticate it before PostgreSQL may
+                // recycle the file.
+                check_stored(storage, repo.keyring.clone(), sealed_key, &key, size, crc).await?;
+            }
+            outcome
+        }
+    };
+    match outcome {
+        PutOutcome::Created => Ok((PushOutcome::Stored, sealed_len)),
+        PutOutcome::AlreadyExists => {
+            let keyring = repo.keyring.clone();
+            compare_with_archived(storage, keyring, &key, path, digest, sealed_len).await?;
+            Ok((PushOutcome::AlreadyArchived, sealed_len))
+        }
+    }
+}
+
+/// A sealed, self-checked segment ready to store.
+struct Sealed {
+    body: Body,
+    crc: u32,
+    sealed_key: seal::SealedKey,
+    digest: Option<[u8; 32]>,
+    len: u64,
+}
+
+enum Body {
+    Memory(Vec<u8>),
+    Spool(File),
+}
+
+/// Seals the file at `path` and checks that the result opens to its bytes.
+///
+/// A segment of the default size is sealed in memory; with a master key, the self-check
+/// opens each sealed chunk on a second thread as it is produced ([`selfcheck`]), so it
+/// costs little wall time. Larger files go through an unnamed spool file (it holds only
+/// sealed bytes and vanishes with the process) and are checked from there, so memory stays a
+/// few buffers whatever the segment size. Sealed to a recipient, the object also records a
+/// digest of its content, computed on another thread's own read of the file, so that a host
+/// that cannot open objects (push-only) can still tell an identical re-push from a
+/// conflicting one.
+fn seal_segment(keyring: &Keyring, path: &Path, key: &str, size: u64) -> Result<Sealed> {
+    let mut file =
+        File::open(path).map_err(|e| local_io(format!("cannot open {}", path.display()), &e))?;
     let recipient = match keyring.active() {
         Sealer::Recipient(r) => Some(*r),
         Sealer::Master(_) => None,
     };
-    let sealed_len;
-    let (outcome, digest) = if size <= IN_MEMORY_MAX {
-        // A segment of the default size: sealed in memory, stored with one PUT.
+    if size <= IN_MEMORY_MAX {
         let estimate = usize::try_from(size / 3).unwrap_or(0) + 4096;
-        let (sealed, crc, sealed_key, digest) = std::thread::scope(|scope| {
+        std::thread::scope(|scope| {
             let job = start_digest(scope, path, recipient)?;
-            seal_file(
-                Vec::with_capacity(estimate),
-                &mut file,
-                path,
-                keyring,
-                &key,
-                size,
-                job,
-            )
-        })?;
-        self_check(keyring, &sealed_key, &key, || Ok(&sealed[..]), size, crc)?;
-        sealed_len = sealed.len() as u64;
-        (storage.put_new(&key, sealed.into()).await?, digest)
+            let checker = match recipient {
+                None => Some(selfcheck::Checker::start(scope, keyring, key)?),
+                Some(_) => None,
+            };
+            let sink = selfcheck::Tee::new(Vec::with_capacity(estimate), checker.as_ref());
+            let (sink, crc, sealed_key, digest) =
+                seal_file(sink, &mut file, path, keyring, key, size, job)?;
+            let (sealed, checked) = sink.finish();
+            match (checker, checked) {
+                (Some(c), true) => c.finish(key, size, crc)?,
+                (c, _) => {
+                    drop(c);
+                    self_check(keyring, &sealed_key, key, || Ok(&sealed[..]), size, crc)?;
+                }
+            }
+            let len = sealed.len() as u64;
+            Ok(Sealed {
+                body: Body::Memory(sealed),
+                crc,
+                sealed_key,
+                digest,
+                len,
+            })
+        })
     } else {
-        // Larger: sealed into an unnamed spool file (it holds only sealed bytes and vanishes
-        // with the process), checked from there and uploaded in parts, so memory stays a
-        // few parts whatever the segment size.
         let spool = crate::storage::spool_file(path.parent())?;
         let (spool, crc, sealed_key, digest) = std::thread::scope(|scope| {
             let job = start_digest(scope, path, recipient)?;
-            seal_file(spool, &mut file, path, keyring, &key, size, job)
+            seal_file(spool, &mut file, path, keyring, key, size, job)
         })?;
         let reread = || {
             use std::io::Seek;
@@ -103,38 +237,18 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
                 .map_err(|e| local_io("cannot read the spool file", &e))?;
             Ok(std::io::BufReader::with_capacity(1 << 20, f))
         };
-        self_check(keyring, &sealed_key, &key, reread, size, crc)?;
-        sealed_len = spool
+        self_check(keyring, &sealed_key, key, reread, size, crc)?;
+        let len = spool
             .metadata()
             .map_err(|e| local_io("cannot stat the spool file", &e))?
             .len();
-        let outcome = storage.put_new_file(&key, spool, sealed_len).await?;
-        if outcome == PutOutcome::Created {
-            // The object came into place by a server-side copy of a staging object, which
-            // anyone who can write to the bucket could have replaced meanwhile: read back
-            // what is there now and authenticate it before PostgreSQL may recycle the file.
-            check_stored(storage, repo.keyring.clone(), sealed_key, &key, size, crc).await?;
-        }
-        (outcome, digest)
-    };
-    match outcome {
-        PutOutcome::Created => {
-            tracing::info!(
-                "archived {} to {} ({} -> {} bytes) in {} ms",
-                wal.name,
-                key,
-                size,
-                sealed_len,
-                started.elapsed().as_millis()
-            );
-            Ok(PushOutcome::Stored)
-        }
-        PutOutcome::AlreadyExists => {
-            let keyring = repo.keyring.clone();
-            compare_with_archived(storage, keyring, &key, path, digest, sealed_len).await?;
-            tracing::info!("{} was already archived with identical content", wal.name);
-            Ok(PushOutcome::AlreadyArchived)
-        }
+        Ok(Sealed {
+            body: Body::Spool(spool),
+            crc,
+            sealed_key,
+            digest,
+            len,
+        })
     }
 }
 
