@@ -334,6 +334,10 @@ pub struct BackupArgs {
     /// Request an immediate checkpoint instead of a spread one (PostgreSQL's default).
     #[arg(long)]
     pub fast: bool,
+    /// Parts sealed at once (1 to 64; default: one per core, at most 4). Memory is about
+    /// 2 × --part-size per job.
+    #[arg(long, value_parser = parse_jobs)]
+    pub jobs: Option<usize>,
     /// Plaintext bytes per sealed part (KiB, MiB, GiB), 1MiB to 1GiB. Memory use is about
     /// three parts.
     #[arg(long, default_value = "32MiB", value_name = "SIZE", value_parser = part_size)]
@@ -393,6 +397,10 @@ fn parse_period(s: &str) -> std::result::Result<f64, String> {
 pub struct RestoreArgs {
     /// Backup id (see `walseal list`) or `latest`.
     pub backup: String,
+    /// Parts downloaded and opened at once (1 to 64; default: one per core, at most 4).
+    /// Memory is about 1.5 × --part-size of the backup per job.
+    #[arg(long, value_parser = parse_jobs)]
+    pub jobs: Option<usize>,
     /// Data directory to create; must not exist or be empty.
     pub pgdata: PathBuf,
     /// Recover to this time (e.g. '2026-11-28 08:15:00+00'; no zone means UTC).
@@ -551,6 +559,11 @@ impl Command {
             Command::Status { .. } => "status",
         }
     }
+}
+
+/// The default of `backup --jobs` and `restore --jobs`: one per core, at most 4.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
 }
 
 /// `--jobs`: each job streams one object through a blocking thread (and, for large objects,

@@ -61,6 +61,7 @@ pub fn backup(cfg: &Config, args: &BackupArgs) -> Result<()> {
         incremental: args.incremental,
         full_every: args.full_every,
         verify_checksums: !args.no_verify_checksums,
+        jobs: args.jobs.unwrap_or_else(crate::cli::default_jobs),
     };
     let started = std::time::Instant::now();
     let record = crate::block_on(backup::backup(cfg, &opts))?;
@@ -147,6 +148,7 @@ pub fn restore(cfg: &Config, config_file: Option<&Path>, args: &RestoreArgs) -> 
         direct_io: !args.buffered,
         sync: !args.no_sync,
         raw: args.raw,
+        jobs: args.jobs.unwrap_or_else(crate::cli::default_jobs),
     };
     let restored = crate::block_on(base::restore(cfg, &opts))?;
     let record = &restored.record;

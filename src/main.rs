@@ -7,6 +7,9 @@ use walseal::cli::{Cli, Command};
 use walseal::error::ErrorKind;
 
 fn main() -> ExitCode {
+    if std::env::args().any(|a| a == "wal-push" || a == "wal-fetch") {
+        return_freed_buffers();
+    }
     let is_fetch = std::env::args().nth(1).is_some_and(|a| a == "wal-fetch")
         || std::env::args().any(|a| a == "wal-fetch");
     let cli = match Cli::try_parse() {
@@ -45,5 +48,19 @@ fn main() -> ExitCode {
             }
             ExitCode::from(code)
         }
+    }
+}
+
+/// Makes glibc hand buffers of 128 KiB and more straight back to the system when freed,
+/// instead of keeping up to twice the largest one freed so far: push-ahead seals several
+/// segments one after another, and the process's peak memory should be that of the
+/// sealings running at once (`docs/bench`: wal-push ≤ 16 MiB), not of all of them.
+fn return_freed_buffers() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator parameters. It runs first thing in main, before
+    // this process has started any other thread, which is how glibc documents its use.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

@@ -18,7 +18,7 @@ use crate::keys::Keyring;
 use crate::seal::{self, SealSink};
 
 /// Sealed pieces in flight to the checker at most (each a chunk, about 64 KiB).
-const IN_FLIGHT: usize = 32;
+const IN_FLIGHT: usize = 8;
 
 /// The checking thread.
 pub struct Checker<'s> {

@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
 use crate::keys::Keyring;
 use crate::repository::{self, Identity};
-use crate::seal::{self, seal_error_from_io, SealWriter};
+use crate::seal::{self, seal_error_from_io};
 use crate::storage::{PutOutcome, Storage};
 use conn::Conn;
 use protocol::{CopyMessage, StartOptions};
@@ -48,6 +48,8 @@ pub struct BackupOptions {
     pub full_every: Option<f64>,
     /// Let the server verify page checksums (on unless `--no-verify-checksums`).
     pub verify_checksums: bool,
+    /// Parts sealed at once.
+    pub jobs: usize,
 }
 
 /// The backup an incremental one is taken against, with its manifest.
@@ -164,7 +166,10 @@ pub async fn backup(cfg: &Config, opts: &BackupOptions) -> Result<BackupRecord> 
     let (up_tx, mut up_rx) = mpsc::channel::<Upload>(1);
     let sealer = {
         let (keyring, id, part_size) = (keyring.clone(), id.clone(), opts.part_size);
-        tokio::task::spawn_blocking(move || seal_parts(feed_rx, &up_tx, &keyring, &id, part_size))
+        let jobs = opts.jobs.max(1);
+        tokio::task::spawn_blocking(move || {
+            seal_parts(feed_rx, &up_tx, &keyring, &id, part_size, jobs)
+        })
     };
     let uploader = {
         let storage = storage.clone();
@@ -334,41 +339,133 @@ async fn stream_copy(
     }
 }
 
-struct PartState {
-    key: String,
-    writer: SealWriter<Vec<u8>>,
-    plain: u64,
-}
-
-/// The sealing thread: archives in, sealed parts out.
+/// The sealing thread: archives in, sealed parts out. Each part's plaintext is gathered,
+/// then sealed by one of `jobs` threads (so memory is about `jobs` parts in plaintext and
+/// sealed, plus the one being gathered); parts are uploaded as they are sealed and listed
+/// in order.
 fn seal_parts(
     mut feed: mpsc::Receiver<Feed>,
     up: &mpsc::Sender<Upload>,
     keyring: &Keyring,
     id: &str,
     part_size: u64,
+    jobs: usize,
 ) -> Result<Vec<Archive>> {
     let opts = keyring.seal_options()?;
+    let cap = usize::try_from(part_size).unwrap_or(1 << 20);
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<PartJob>(0);
+    let job_rx = std::sync::Mutex::new(job_rx);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<(usize, usize, Part)>>();
+    // After a failure, the threads only drain what is still sent, and the gathering stops
+    // at its next part.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let (job_rx, done_tx, opts, stop) = (&job_rx, done_tx.clone(), &opts, &stop);
+            scope.spawn(move || loop {
+                let next = job_rx.lock().map(|rx| rx.recv());
+                let Ok(Ok(job)) = next else { return };
+                if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                let r = seal_part(keyring, opts, job, up);
+                if r.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                let _ = done_tx.send(r);
+            });
+        }
+        drop(done_tx);
+        let gathered = gather_parts(&mut feed, &job_tx, id, part_size, cap, &stop);
+        drop(job_tx);
+        let mut sealed = Vec::new();
+        for r in done_rx.iter() {
+            sealed.push(r?);
+        }
+        let mut archives = gathered?;
+        sealed.sort_by_key(|(archive, index, _)| (*archive, *index));
+        for (archive, _, part) in sealed {
+            archives[archive].parts.push(part);
+        }
+        let parts: usize = archives.iter().map(|a| a.parts.len()).sum();
+        let expected: usize = archives
+            .iter()
+            .map(|a| a.size.div_ceil(part_size.max(1)) as usize)
+            .sum();
+        if parts != expected {
+            return Err(Error::new(
+                ErrorKind::Internal,
+                format!("{parts} parts sealed, {expected} expected"),
+            ));
+        }
+        Ok(archives)
+    })
+}
+
+/// A part's plaintext, to be sealed as `key`.
+struct PartJob {
+    archive: usize,
+    index: usize,
+    key: String,
+    plain: Vec<u8>,
+}
+
+/// Seals one part and hands it to the uploader.
+fn seal_part(
+    keyring: &Keyring,
+    opts: &seal::SealOptions,
+    job: PartJob,
+    up: &mpsc::Sender<Upload>,
+) -> Result<(usize, usize, Part)> {
+    let mut writer = seal::seal(
+        Vec::with_capacity(job.plain.len() / 2 + 4096),
+        keyring.active(),
+        &job.key,
+        opts,
+    )
+    .map_err(|e| e.into_error(&job.key))?;
+    writer
+        .write_all(&job.plain)
+        .map_err(|e| seal_error_from_io(e).into_error(&job.key))?;
+    let size = job.plain.len() as u64;
+    drop(job.plain);
+    let bytes = writer
+        .finish()
+        .map_err(|e| seal_error_from_io(e).into_error(&job.key))?;
+    let sha256 = seal::payload_digest(&bytes).map_err(|e| e.into_error(&job.key))?;
+    let part = Part {
+        key: job.key.clone(),
+        size,
+        stored: bytes.len() as u64,
+        sha256,
+    };
+    up.blocking_send(Upload {
+        key: job.key,
+        bytes,
+    })
+    .map_err(|_| Error::new(ErrorKind::Internal, "the upload task stopped"))?;
+    Ok((job.archive, job.index, part))
+}
+
+/// Reads the feed into archives and part plaintexts of `part_size`, sent to the sealing
+/// threads as they fill. Returns the archives (without their parts).
+fn gather_parts(
+    feed: &mut mpsc::Receiver<Feed>,
+    jobs: &std::sync::mpsc::SyncSender<PartJob>,
+    id: &str,
+    part_size: u64,
+    cap: usize,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Result<Vec<Archive>> {
     let mut archives: Vec<Archive> = Vec::new();
-    let mut part: Option<PartState> = None;
-    let cap = usize::try_from(part_size / 2).unwrap_or(1 << 20);
-    let finish = |part: PartState, archive: &mut Archive| -> Result<()> {
-        let bytes = part
-            .writer
-            .finish()
-            .map_err(|e| seal_error_from_io(e).into_error(&part.key))?;
-        let sha256 = seal::payload_digest(&bytes).map_err(|e| e.into_error(&part.key))?;
-        archive.parts.push(Part {
-            key: part.key.clone(),
-            size: part.plain,
-            stored: bytes.len() as u64,
-            sha256,
-        });
-        up.blocking_send(Upload {
-            key: part.key,
-            bytes,
-        })
-        .map_err(|_| Error::new(ErrorKind::Internal, "the upload task stopped"))
+    let mut counts: Vec<usize> = Vec::new();
+    let mut part: Option<PartJob> = None;
+    let stopped = || Error::new(ErrorKind::Internal, "sealing stopped");
+    let send = |p: PartJob| -> Result<()> {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(stopped());
+        }
+        jobs.send(p).map_err(|_| stopped())
     };
     while let Some(item) = feed.blocking_recv() {
         match item {
@@ -377,8 +474,8 @@ fn seal_parts(
                 location,
                 oid,
             } => {
-                if let (Some(p), Some(a)) = (part.take(), archives.last_mut()) {
-                    finish(p, a)?;
+                if let Some(p) = part.take() {
+                    send(p)?;
                 }
                 archives.push(Archive {
                     name,
@@ -387,9 +484,10 @@ fn seal_parts(
                     size: 0,
                     parts: Vec::new(),
                 });
+                counts.push(0);
             }
             Feed::Data(mut data) => {
-                let archive = archives.last_mut().ok_or_else(|| {
+                let index = archives.len().checked_sub(1).ok_or_else(|| {
                     Error::new(
                         ErrorKind::Database,
                         "BASE_BACKUP sent data before naming an archive",
@@ -402,37 +500,34 @@ fn seal_parts(
                             let key = format!(
                                 "{}/{id}/{}.{:05}",
                                 catalog::BACKUPS,
-                                archive.name,
-                                archive.parts.len()
+                                archives[index].name,
+                                counts[index]
                             );
-                            let writer =
-                                seal::seal(Vec::with_capacity(cap), keyring.active(), &key, &opts)
-                                    .map_err(|e| e.into_error(&key))?;
-                            part.insert(PartState {
+                            counts[index] += 1;
+                            part.insert(PartJob {
+                                archive: index,
+                                index: counts[index] - 1,
                                 key,
-                                writer,
-                                plain: 0,
+                                plain: Vec::with_capacity(cap.min(8 << 20)),
                             })
                         }
                     };
-                    let room = usize::try_from(part_size - p.plain).unwrap_or(usize::MAX);
+                    let room =
+                        usize::try_from(part_size - p.plain.len() as u64).unwrap_or(usize::MAX);
                     let chunk = data.split_to(room.min(data.len()));
-                    p.writer
-                        .write_all(&chunk)
-                        .map_err(|e| seal_error_from_io(e).into_error(&p.key))?;
-                    p.plain += chunk.len() as u64;
-                    archive.size += chunk.len() as u64;
-                    if p.plain == part_size {
+                    p.plain.extend_from_slice(&chunk);
+                    archives[index].size += chunk.len() as u64;
+                    if p.plain.len() as u64 == part_size {
                         if let Some(full) = part.take() {
-                            finish(full, archive)?;
+                            send(full)?;
                         }
                     }
                 }
             }
         }
     }
-    if let (Some(p), Some(a)) = (part.take(), archives.last_mut()) {
-        finish(p, a)?;
+    if let Some(p) = part.take() {
+        send(p)?;
     }
     Ok(archives)
 }

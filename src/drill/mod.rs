@@ -296,6 +296,7 @@ async fn restore_phase(
         direct_io: true,
         sync: true,
         raw: false,
+        jobs: crate::cli::default_jobs(),
     };
     let restored = base::restore(&plan.cfg, &restore).await?;
     let secs = t0.elapsed().as_secs_f64();

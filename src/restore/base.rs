@@ -5,6 +5,7 @@
 //! the current one is opened and extracted), checks every file against the backup manifest,
 //! writes `backup_manifest`, `recovery.signal` and the recovery settings.
 
+use futures::StreamExt;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::{self, Read};
@@ -64,6 +65,8 @@ pub struct RestoreOptions {
     pub sync: bool,
     /// Only this backup, as PostgreSQL sent it: no chain, no recovery settings.
     pub raw: bool,
+    /// Parts downloaded and opened at once (memory: about 1.5 parts each).
+    pub jobs: usize,
 }
 
 fn target_error(msg: String) -> Error {
@@ -401,7 +404,7 @@ async fn apply_backup(
             skip: skip.clone(),
             dirs,
         };
-        (listing, dirs) = extract_archive(storage, keyring, archive, job).await?;
+        (listing, dirs) = extract_archive(storage, keyring, archive, job, opts.jobs).await?;
     }
     let skipped = |p: &[u8]| {
         skip.iter()
@@ -610,16 +613,37 @@ async fn extract_archive(
     keyring: &std::sync::Arc<Keyring>,
     archive: &Archive,
     job: Extraction,
+    jobs: usize,
 ) -> Result<(Listing<ManifestFile>, Vec<Vec<u8>>)> {
     let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>, u64)>>(1);
+    // With more than one job, parts are downloaded and opened (authenticated, decompressed)
+    // `jobs` at a time, ahead of the extraction, and handed over in order as plaintext.
     let feeder = {
-        let storage = storage.clone();
+        let (storage, keyring) = (storage.clone(), keyring.clone());
         let parts = archive.parts.clone();
         tokio::spawn(async move {
-            for p in parts {
-                let item = catalog::fetch_part(&storage, &p)
-                    .await
-                    .map(|b| (p.key.clone(), b, p.size));
+            let opened = futures::stream::iter(parts)
+                .map(|p| {
+                    let (storage, keyring) = (storage.clone(), keyring.clone());
+                    async move {
+                        let sealed = catalog::fetch_part(&storage, &p).await?;
+                        if jobs <= 1 {
+                            return Ok((p.key.clone(), sealed, p.size));
+                        }
+                        let key = p.key.clone();
+                        let plain = tokio::task::spawn_blocking(move || {
+                            open_part(&keyring, &key, &sealed, p.size)
+                        })
+                        .await
+                        .map_err(|e| {
+                            Error::new(ErrorKind::Internal, format!("open task failed: {e}"))
+                        })??;
+                        Ok((String::new(), plain, p.size))
+                    }
+                })
+                .buffered(jobs.max(1));
+            futures::pin_mut!(opened);
+            while let Some(item) = opened.next().await {
                 let failed = item.is_err();
                 if tx.send(item).await.is_err() || failed {
                     break;
@@ -633,6 +657,7 @@ async fn extract_archive(
         rx,
         keyring: keyring.clone(),
         current: None,
+        plain: None,
         key: String::new(),
         expected: 0,
         got: 0,
@@ -671,6 +696,29 @@ async fn extract_archive(
     let _ = opener.await;
     feeder.abort();
     result
+}
+
+/// Opens a whole sealed part into memory and checks its length.
+fn open_part(keyring: &Keyring, key: &str, sealed: &[u8], size: u64) -> Result<Vec<u8>> {
+    let mut reader = seal::open(sealed, keyring, key).map_err(|e| e.into_error(key))?;
+    let mut plain = Vec::with_capacity(usize::try_from(size).unwrap_or(0).min(1 << 30));
+    let got = seal::for_each_block(&mut reader, key, |block| {
+        if (plain.len() + block.len()) as u64 > size {
+            return Err(Error::new(
+                ErrorKind::Integrity,
+                format!("{key}: more than the {size} bytes its backup record names"),
+            ));
+        }
+        plain.extend_from_slice(block);
+        Ok(())
+    })?;
+    if got != size {
+        return Err(Error::new(
+            ErrorKind::Integrity,
+            format!("{key}: {got} bytes instead of {size}"),
+        ));
+    }
+    Ok(plain)
 }
 
 /// Moves `r`'s bytes into `tx` in 1 MiB blocks until the end, an error, or the receiver leaves.
@@ -740,6 +788,8 @@ struct PartsReader {
     rx: mpsc::Receiver<Result<(String, Vec<u8>, u64)>>,
     keyring: std::sync::Arc<Keyring>,
     current: Option<OpenReader<io::Cursor<Vec<u8>>>>,
+    /// A part opened ahead (already checked whole).
+    plain: Option<io::Cursor<Vec<u8>>>,
     key: String,
     expected: u64,
     got: u64,
@@ -748,6 +798,13 @@ struct PartsReader {
 impl Read for PartsReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         loop {
+            if let Some(plain) = self.plain.as_mut() {
+                let n = plain.read(out)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                self.plain = None;
+            }
             if let Some(cur) = self.current.as_mut() {
                 let n = cur.read(out)?;
                 if n > 0 {
@@ -768,6 +825,11 @@ impl Read for PartsReader {
             match self.rx.blocking_recv() {
                 None => return Ok(0),
                 Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok((key, bytes, size))) if key.is_empty() => {
+                    self.plain = Some(io::Cursor::new(bytes));
+                    self.expected = size;
+                    self.got = 0;
+                }
                 Some(Ok((key, bytes, size))) => {
                     let reader = seal::open(io::Cursor::new(bytes), &self.keyring, &key)
                         .map_err(|e| io::Error::other(e.into_error(&key)))?;
