@@ -34,6 +34,8 @@ const SUBDIR: &str = "prefetch";
 /// The environment variable that makes a `wal-fetch` process the spool's worker (set only
 /// by walseal itself when it starts one).
 pub const WORKER_ENV: &str = "WALSEAL_INTERNAL_PREFETCH_WORKER";
+/// Segments a worker fetches at once.
+const WORKER_FETCHES: usize = 2;
 /// A worker with nothing to do exits after this long.
 const IDLE_EXIT: Duration = Duration::from_secs(2);
 
@@ -239,16 +241,36 @@ pub async fn worker(cfg: &Config, dir: &Path) -> Result<()> {
         };
         let keep = targets(&wal, size, cfg.fetch_prefetch);
         prune(dir, &keep);
-        let next = keep.iter().find(|w| !dir.join(&w.name).exists());
-        let Some(next) = next else {
+        // Two at a time: one opens (decrypts, decompresses) on each core while PostgreSQL
+        // replays on whatever is left.
+        let missing: Vec<&WalFile> = keep
+            .iter()
+            .filter(|w| !dir.join(&w.name).exists())
+            .take(WORKER_FETCHES)
+            .collect();
+        if missing.is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
-        };
-        match fetch_one(&repo, &identity, &key, dir, next).await {
-            Ok(true) => idle = Instant::now(),
-            // Not archived (yet): the archive ends here for now; look again later.
-            Ok(false) => tokio::time::sleep(Duration::from_millis(100)).await,
-            Err(_) => return Ok(()),
+        }
+        let fetched = futures::future::join_all(
+            missing
+                .iter()
+                .map(|w| fetch_one(&repo, &identity, &key, dir, w)),
+        )
+        .await;
+        // In order: the first segment not archived (yet) ends this round; look again later.
+        let mut progress = false;
+        for r in fetched {
+            match r {
+                Ok(true) => progress = true,
+                Ok(false) => break,
+                Err(_) => return Ok(()),
+            }
+        }
+        if progress {
+            idle = Instant::now();
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     drop(lock);
