@@ -566,9 +566,11 @@ fn storage_down_during_recovery_stops_it_and_a_standby_rides_it_out() {
     let data = copy("recovering");
     std::fs::write(data.join("recovery.signal"), "").unwrap();
     chown_pg(&data);
+    // Without prefetch: the outage is placed by counting WAL GETs through the proxy, and the
+    // prefetch worker's GETs would move it.
     let settings = [
         "archive_mode = off".to_string(),
-        f.setting("restore_command", "wal-fetch %f %p"),
+        f.setting("restore_command", "--fetch-prefetch 0 wal-fetch %f %p"),
         "recovery_target_action = promote".into(),
     ];
     let recovering = Pg::existing(f.s.dir.path(), "recovering", &settings);

@@ -187,24 +187,18 @@ impl State {
         }
     }
 
-    /// Archives the ready segment at `path` ahead and records it. Failures are logged only:
+    /// Archives the ready segment at `path` ahead and records it. A failure only means
     /// PostgreSQL's own call for the segment archives it (and reports what is wrong).
-    pub async fn push_ahead(&self, repo: &Repository, path: &Path, wal: &WalFile, id: &Identity) {
-        match self.try_push_ahead(repo, path, wal, id).await {
-            Ok(()) => {}
-            Err(e) => tracing::warn!(
-                "push-ahead of {} failed (PostgreSQL's own call will archive it): {e}",
-                wal.name
-            ),
-        }
-    }
-
-    async fn try_push_ahead(
+    ///
+    /// # Errors
+    /// As [`push_file`].
+    pub async fn push_ahead(
         &self,
         repo: &Repository,
         path: &Path,
         wal: &WalFile,
         id: &Identity,
+        after: &tokio::sync::RwLock<()>,
     ) -> crate::error::Result<()> {
         let Some(before) = FileId::of(path) else {
             return Ok(()); // archived and removed meanwhile
@@ -220,7 +214,7 @@ impl State {
             ));
         }
         let started = std::time::Instant::now();
-        let (outcome, sealed_len) = push_file(repo, path, wal, before.size, true).await?;
+        let (outcome, sealed_len) = push_file(repo, path, wal, before.size, Some(after)).await?;
         // Recorded only for the file that was sealed, unchanged meanwhile.
         if FileId::of(path) != Some(before) {
             return Ok(());

@@ -81,20 +81,34 @@ pub async fn wal_push(cfg: &Config, path: &Path) -> Result<PushOutcome> {
     // One sealing at a time per core: memory stays a few sealed segments, and the requested
     // segment goes first.
     let permits = tokio::sync::Semaphore::new(sealing_threads());
+    // The requested segment's upload comes first: the others may seal meanwhile, but store
+    // only after it, so that on a slow link push-ahead never makes PostgreSQL's own segment
+    // share the bandwidth (and time out where it alone would not).
+    let gate = tokio::sync::RwLock::new(());
+    let first = gate.try_write().ok();
     let main = async {
         let _p = permits.acquire().await;
-        push_file(&repo, path, &wal, size, false).await
+        let r = push_file(&repo, path, &wal, size, None).await;
+        drop(first);
+        r
     };
     let others = futures::future::join_all(ahead.files.iter().map(|(p, w)| async {
         let _p = permits.acquire().await;
         let (Some(st), Some(id)) = (&state, &identity) else {
-            return;
+            return Ok(());
         };
-        st.push_ahead(&repo, p, w, id).await;
+        st.push_ahead(&repo, p, w, id, &gate)
+            .await
+            .map_err(|e| (w.name.clone(), e))
     }));
-    let (outcome, _) = futures::join!(main, others);
+    let (outcome, others) = futures::join!(main, others);
     drop(ahead);
+    // When the requested segment failed too, its one error line says it all (the storage is
+    // down, say); otherwise a push-ahead failure is worth a warning: its own call will retry.
     let (outcome, sealed_len) = outcome?;
+    for (name, e) in others.into_iter().filter_map(std::result::Result::err) {
+        tracing::warn!("push-ahead of {name} failed (PostgreSQL's own call will archive it): {e}");
+    }
     match outcome {
         PushOutcome::Stored => tracing::info!(
             "archived {} to {} ({} -> {} bytes) in {} ms",
@@ -124,7 +138,7 @@ pub(crate) async fn push_file(
     path: &Path,
     wal: &WalFile,
     size: u64,
-    _ahead: bool,
+    after: Option<&tokio::sync::RwLock<()>>,
 ) -> Result<(PushOutcome, u64)> {
     let storage = &repo.storage;
     let key = wal.object_key();
@@ -141,6 +155,10 @@ pub(crate) async fn push_file(
         digest,
         len: sealed_len,
     } = sealed;
+    let _after = match after {
+        Some(gate) => Some(gate.read().await),
+        None => None,
+    };
     let outcome = match body {
         Body::Memory(bytes) => storage.put_new(&key, bytes.into()).await?,
         Body::Spool(spool) => {

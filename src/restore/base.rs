@@ -693,8 +693,8 @@ async fn extract_archive(
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Internal, format!("restore task failed: {e}")))?;
-    let _ = opener.await;
     feeder.abort();
+    let _ = opener.await;
     result
 }
 

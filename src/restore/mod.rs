@@ -35,15 +35,18 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
         Error::new(ErrorKind::Usage, format!("{name:?} is not a WAL file name"))
             .hint("restore_command must be 'walseal wal-fetch %f %p'")
     })?;
-    if let Some(dir) = std::env::var_os(prefetch::WORKER_ENV) {
-        return prefetch::worker(cfg, Path::new(&dir)).await.map(|()| 0);
+    if let Some(dir) = prefetch::worker_dir(dest) {
+        return prefetch::worker(cfg, &dir).await.map(|()| 0);
     }
     // A segment prefetched by an earlier call is served without asking the storage: the
     // spool's sidecar proves walseal authenticated exactly this file for this repository.
+    // (The cheap conditions first: the keyring is loaded only where a spool can be.)
     let spool = match wal.kind {
-        WalKind::Segment => crate::repo::Repository::keyring_only(cfg)
-            .ok()
-            .and_then(|k| prefetch::Spool::new(dest, cfg, &k)),
+        WalKind::Segment if prefetch::applies(dest, cfg) => {
+            crate::repo::Repository::keyring_only(cfg)
+                .ok()
+                .and_then(|k| prefetch::Spool::new(dest, cfg, &k))
+        }
         _ => None,
     };
     if let Some(sp) = &spool {
@@ -77,9 +80,6 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
                     )
                     .hint("restore walseal.id from a copy of the repository")
                 })?;
-            if let Some(sp) = &spool {
-                sp.request(&wal, id.wal_segment_size);
-            }
             Some(SegmentCheck {
                 wal: wal.clone(),
                 identity: id,
@@ -102,6 +102,11 @@ pub async fn wal_fetch(cfg: &Config, name: &str, dest: &Path) -> Result<u64> {
         )
     })?;
     tracing::info!("restored {name} ({bytes} bytes) to {}", dest.display());
+    // Only once the segment exists: a probe for one not archived yet (a standby polling,
+    // another timeline) leaves the spool and its worker alone.
+    if let Some(sp) = &spool {
+        sp.request(&wal, bytes);
+    }
     Ok(bytes)
 }
 

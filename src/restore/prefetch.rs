@@ -39,6 +39,28 @@ const WORKER_FETCHES: usize = 2;
 /// A worker with nothing to do exits after this long.
 const IDLE_EXIT: Duration = Duration::from_secs(2);
 
+/// Whether prefetch can apply to a `wal-fetch` into `dest`: it is on, and `dest` is
+/// PostgreSQL's own recovery file, `pg_wal/RECOVERYXLOG` (not `pg_rewind`'s or a person's
+/// fetch of a named file, which must not get a spool and a worker beside them).
+pub fn applies(dest: &Path, cfg: &Config) -> bool {
+    cfg.fetch_prefetch > 0
+        && dest.file_name().is_some_and(|n| n == "RECOVERYXLOG")
+        && PgWal::of_fetch_dest(dest).is_some()
+}
+
+/// The spool this process is the worker of: walseal sets [`WORKER_ENV`] to the spool of the
+/// call that started it, and the variable counts only when it names exactly the spool of
+/// `dest` (so a stray variable never turns PostgreSQL's call into a worker that answers
+/// without a file, nor points the worker at another directory).
+pub fn worker_dir(dest: &Path) -> Option<PathBuf> {
+    let named = PathBuf::from(std::env::var_os(WORKER_ENV)?);
+    let own = PgWal::of_fetch_dest(dest)?
+        .existing_state_dir(SUBDIR)?
+        .canonicalize()
+        .ok()?;
+    (named == own).then_some(own)
+}
+
 /// The prefetch spool of one `pg_wal`.
 pub struct Spool {
     dir: PathBuf,
@@ -50,7 +72,7 @@ impl Spool {
     /// The spool for a `wal-fetch` into `dest`, when prefetch is on, `dest` is in a
     /// `pg_wal`, and the host holds a secret for the sidecars' MAC.
     pub fn new(dest: &Path, cfg: &Config, keyring: &crate::keys::Keyring) -> Option<Spool> {
-        if cfg.fetch_prefetch == 0 {
+        if !applies(dest, cfg) {
             return None;
         }
         let pg_wal = PgWal::of_fetch_dest(dest)?;
@@ -109,22 +131,19 @@ impl Spool {
         }
     }
 
-    /// Waits while a live worker has `name` in progress.
+    /// Waits while a worker (it holds the spool's lock) has `name` in progress: its
+    /// temporary exists, or the file is in place but its sidecar not yet written.
     fn wait_for_fetch(&self, name: &str, wait: Duration) {
         let started = Instant::now();
         let prefix = format!(".{name}.");
         while started.elapsed() < wait {
-            let busy = std::fs::read_dir(&self.dir).ok().is_some_and(|entries| {
-                entries.flatten().any(|e| {
-                    let n = e.file_name();
-                    let n = n.to_string_lossy();
-                    n.starts_with(&prefix)
-                        && pgwal::temp_pid(&n)
-                            .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists())
-                })
-            });
-            if !busy {
-                return;
+            let in_progress = std::fs::read_dir(&self.dir).ok().is_some_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            }) || (self.dir.join(name).exists() && !self.sidecar(name).exists());
+            if !in_progress || pgwal::try_lock(&self.dir.join("lock")).is_some() {
+                return; // nothing in progress, or no worker alive to finish it
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -178,6 +197,11 @@ fn prune(dir: &Path, keep: &[WalFile]) {
         let name = e.file_name();
         let Some(name) = name.to_str() else { continue };
         let base = name.strip_suffix(".ok").unwrap_or(name);
+        // a temporary `.<name>.<pid>.tmp` of a name no longer wanted goes too
+        let base = match pgwal::temp_pid(name) {
+            Some(_) => name[1..].split('.').next().unwrap_or(base),
+            None => base,
+        };
         if WalFile::parse(base).is_some() && !keep.iter().any(|w| w.name == base) {
             let _ = std::fs::remove_file(e.path());
         }
