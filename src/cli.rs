@@ -335,7 +335,7 @@ pub struct BackupArgs {
     #[arg(long)]
     pub fast: bool,
     /// Parts sealed at once (1 to 64; default: one per core, at most 4). Memory is about
-    /// 2 × --part-size per job.
+    /// (N + 3) × --part-size.
     #[arg(long, value_parser = parse_jobs)]
     pub jobs: Option<usize>,
     /// Plaintext bytes per sealed part (KiB, MiB, GiB), 1MiB to 1GiB. Memory use is about
@@ -398,7 +398,7 @@ pub struct RestoreArgs {
     /// Backup id (see `walseal list`) or `latest`.
     pub backup: String,
     /// Parts downloaded and opened at once (1 to 64; default: one per core, at most 4).
-    /// Memory is about 1.5 × --part-size of the backup per job.
+    /// Memory is about (N + 2) × the backup's --part-size.
     #[arg(long, value_parser = parse_jobs)]
     pub jobs: Option<usize>,
     /// Data directory to create; must not exist or be empty.
