@@ -73,7 +73,7 @@ report=$TMP/report
 {
     echo "# walseal compression methods on $n real WAL segments (pgbench scale 50, full_page_writes on), $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo "host: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'); one process per segment; local repository in the page cache"
-    echo "cpu = user+system ms of one wal-push / wal-fetch (median); wall = median wall ms"
+    echo "cpu = task-clock ms (perf stat: every thread) of one wal-push / wal-fetch, median; wall = median wall ms; push without push-ahead, fetch without prefetch"
     printf '%-9s %10s %7s %12s %12s %12s %12s\n' method stored_MiB ratio push_cpu_ms push_wall_ms fetch_cpu_ms fetch_wall_ms
 } > "$report"
 for m in $METHODS; do
