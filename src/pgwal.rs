@@ -90,12 +90,16 @@ impl PgWal {
     }
 
     /// The state directory `pg_wal/.walseal/<sub>` if it exists (nothing is created).
+    /// Both components must be real directories owned by this user: a planted
+    /// `.walseal` symlink must not make the spool's removal reach outside `pg_wal`.
     pub fn existing_state_dir(&self, sub: &str) -> Option<PathBuf> {
-        let dir = self.dir.join(STATE_DIR).join(sub);
-        std::fs::symlink_metadata(&dir)
-            .ok()
-            .filter(std::fs::Metadata::is_dir)
-            .map(|_| dir)
+        let top = self.dir.join(STATE_DIR);
+        let dir = top.join(sub);
+        let me = rustix::process::geteuid().as_raw();
+        [&top, &dir]
+            .iter()
+            .all(|d| std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir() && m.uid() == me))
+            .then_some(dir)
     }
 }
 
@@ -347,6 +351,22 @@ mod tests {
         // without ctime (a record that survives PostgreSQL's own renames of .ready files)
         let loose = encode_state(&k, "pushed", &fields, &id(), false);
         assert!(decode_state(&k, "pushed", &loose, &fields, &[], &other, false).is_some());
+    }
+
+    #[test]
+    fn a_state_directory_behind_a_symlink_is_not_ours() {
+        let base = tempfile::tempdir().unwrap();
+        let pg_wal = base.path().join("pg_wal");
+        let elsewhere = base.path().join("elsewhere");
+        std::fs::create_dir_all(pg_wal.join("archive_status")).unwrap();
+        std::fs::create_dir_all(elsewhere.join("prefetch")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, pg_wal.join(STATE_DIR)).unwrap();
+        let w = PgWal::of_push_path(&pg_wal.join("000000010000000000000001")).unwrap();
+        assert!(w.existing_state_dir("prefetch").is_none());
+        assert!(w.state_dir("prefetch").is_none());
+        std::fs::remove_file(pg_wal.join(STATE_DIR)).unwrap();
+        assert!(w.state_dir("prefetch").is_some());
+        assert!(w.existing_state_dir("prefetch").is_some());
     }
 
     #[test]

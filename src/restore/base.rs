@@ -615,7 +615,7 @@ async fn extract_archive(
     job: Extraction,
     jobs: usize,
 ) -> Result<(Listing<ManifestFile>, Vec<Vec<u8>>)> {
-    let (tx, rx) = mpsc::channel::<Result<(String, Vec<u8>, u64)>>(1);
+    let (tx, rx) = mpsc::channel::<Result<Piece>>(1);
     // With more than one job, parts are downloaded and opened (authenticated, decompressed)
     // `jobs` at a time, ahead of the extraction, and handed over in order as plaintext.
     let feeder = {
@@ -628,7 +628,7 @@ async fn extract_archive(
                     async move {
                         let sealed = catalog::fetch_part(&storage, &p).await?;
                         if jobs <= 1 {
-                            return Ok((p.key.clone(), sealed, p.size));
+                            return Ok(Piece::Sealed(p.key.clone(), sealed, p.size));
                         }
                         let key = p.key.clone();
                         let plain = tokio::task::spawn_blocking(move || {
@@ -638,7 +638,7 @@ async fn extract_archive(
                         .map_err(|e| {
                             Error::new(ErrorKind::Internal, format!("open task failed: {e}"))
                         })??;
-                        Ok((String::new(), plain, p.size))
+                        Ok(Piece::Opened(plain))
                     }
                 })
                 .buffered(jobs.max(1));
@@ -783,9 +783,16 @@ impl Read for BlockReader {
     }
 }
 
+/// A part handed to the extraction: sealed (key, bytes, plaintext size), opened here as it is
+/// read; or already opened ahead (`--jobs` > 1), authenticated and its size checked.
+enum Piece {
+    Sealed(String, Vec<u8>, u64),
+    Opened(Vec<u8>),
+}
+
 /// A `Read` over the plaintext of consecutive sealed parts.
 struct PartsReader {
-    rx: mpsc::Receiver<Result<(String, Vec<u8>, u64)>>,
+    rx: mpsc::Receiver<Result<Piece>>,
     keyring: std::sync::Arc<Keyring>,
     current: Option<OpenReader<io::Cursor<Vec<u8>>>>,
     /// A part opened ahead (already checked whole).
@@ -825,12 +832,8 @@ impl Read for PartsReader {
             match self.rx.blocking_recv() {
                 None => return Ok(0),
                 Some(Err(e)) => return Err(io::Error::other(e)),
-                Some(Ok((key, bytes, size))) if key.is_empty() => {
-                    self.plain = Some(io::Cursor::new(bytes));
-                    self.expected = size;
-                    self.got = 0;
-                }
-                Some(Ok((key, bytes, size))) => {
+                Some(Ok(Piece::Opened(bytes))) => self.plain = Some(io::Cursor::new(bytes)),
+                Some(Ok(Piece::Sealed(key, bytes, size))) => {
                     let reader = seal::open(io::Cursor::new(bytes), &self.keyring, &key)
                         .map_err(|e| io::Error::other(e.into_error(&key)))?;
                     self.current = Some(reader);
